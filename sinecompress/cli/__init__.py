@@ -1,0 +1,51 @@
+"""The ``sinecompress`` command line. Each command is a thin wrapper over a library function.
+
+Data goes to stdout (``--json``), messages and progress to stderr. Known errors print one line
+and exit with their documented code (see ``sinecompress.errors``); no tracebacks.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from .. import __version__
+from ..errors import SineCompressError
+from ._console import err_console
+
+app = typer.Typer(
+    name="sinecompress",
+    help="Compress models with sine-activated low-rank matrices, and inspect the result.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool):
+    if value:
+        print(f"sinecompress {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")):
+    """Compress models with sine-activated low-rank matrices, and inspect the result."""
+
+
+# Command modules register themselves on `app` when imported.
+from . import factorize_cmd, inflate_cmd  # noqa: E402,F401
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        app(args=argv, standalone_mode=True)
+    except SineCompressError as e:
+        err_console.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted", markup=False)
+        sys.exit(130)

@@ -1,0 +1,3 @@
+from rich.console import Console
+
+err_console = Console(stderr=True)

@@ -1,0 +1,71 @@
+"""Which layers to compress.
+
+The rule (the same for CLI flags, recipes and adapters): a pattern is a Python regular
+expression matched in full (``re.fullmatch``) against a *module name*, i.e. a tensor name
+without its ``.weight`` suffix. ``encoder\\.layer\\.\\d+\\.intermediate\\.dense`` matches that
+module in every layer; ``.*dense`` matches every module whose name ends in ``dense``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from .errors import UsageError
+
+# Never compressed by default: lookup tables, normalisation scales, and output heads that share
+# storage with an embedding. Matched against module names, like user patterns.
+DEFAULT_EXCLUDE = (
+    r"(.*\.)?(\w*[Ee]mbed\w*|wte|wpe|shared)(\..*)?",  # any dotted component naming an embedding
+    r"(.*\.)?(\w*[Nn]orm\w*|ln_\w+)(\..*)?",  # norms (most are 1-D anyway)
+)
+
+FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "float64", "float32", "float16", "bfloat16"}
+
+
+def compile_patterns(patterns: Iterable[str], what: str) -> list[re.Pattern]:
+    out = []
+    for p in patterns:
+        try:
+            out.append(re.compile(p))
+        except re.error as e:
+            raise UsageError(f"{what} pattern {p!r} is not a valid regular expression ({e}); fix the pattern") from None
+    return out
+
+
+def module_name(tensor_name: str) -> str:
+    return tensor_name[: -len(".weight")] if tensor_name.endswith(".weight") else tensor_name
+
+
+def full_match(patterns: list[re.Pattern], name: str) -> bool:
+    return any(p.fullmatch(name) for p in patterns)
+
+
+def select_targets(shapes: dict[str, tuple[int, ...]], dtypes: dict[str, str],
+                   targets: Iterable[str] = (), exclude: Iterable[str] = (),
+                   tied: Iterable[str] = (), source: str = "model") -> list[str]:
+    """Module names to compress, in checkpoint order.
+
+    Candidates are 2-D floating ``*.weight`` tensors. With no ``targets``, every candidate is taken
+    except embeddings, norms and heads tied to an embedding (``tied``). Each user pattern must match
+    at least one candidate, otherwise the call fails naming the pattern.
+    """
+    tpats = compile_patterns(targets, "--target")
+    xpats = compile_patterns(exclude, "--exclude")
+    dpats = compile_patterns(DEFAULT_EXCLUDE, "default exclude")
+    tied = set(tied)
+    candidates = [module_name(k) for k, s in shapes.items()
+                  if k.endswith(".weight") and len(s) == 2 and dtypes[k] in FLOAT_DTYPES]
+    if tpats:
+        for p in tpats:
+            if not any(p.fullmatch(c) for c in candidates):
+                raise UsageError(f"--target {p.pattern!r} matches no 2-D weight in {source}; "
+                                 "patterns match whole module names (tensor name minus '.weight'), "
+                                 "run `sinecompress report` to list them")
+        chosen = [c for c in candidates if full_match(tpats, c)]
+    else:
+        chosen = [c for c in candidates if not full_match(dpats, c) and c not in tied]
+    for p in xpats:
+        if not any(p.fullmatch(c) for c in chosen):
+            raise UsageError(f"--exclude {p.pattern!r} matches none of the selected layers in {source}")
+    return [c for c in chosen if not full_match(xpats, c)]
