@@ -7,15 +7,11 @@ __version__ = "0.1.0"
 from .errors import GateFailed, InputError, SineCompressError, UsageError  # noqa: E402
 from .layers import LowRankLinear, SineLowRankLinear, sine_weight  # noqa: E402
 
-
-def __getattr__(name):
-    # The pipeline pulls in more of torch/transformers; import it on first use, not at `import sinecompress`.
-    lazy = {"factorize": "factorize", "inflate": "inflate", "load": "load", "compress_": "compress"}
-    if name in lazy:
-        import importlib
-
-        return getattr(importlib.import_module(f".{lazy[name]}", __name__), name)
-    raise AttributeError(name)
+# Functions share their modules' names; importing them here makes `sinecompress.load` the function.
+from .compress import compress_  # noqa: E402
+from .factorize import factorize  # noqa: E402
+from .inflate import inflate  # noqa: E402
+from .load import load  # noqa: E402
 
 __all__ = [
     "__version__", "SineLowRankLinear", "LowRankLinear", "sine_weight",
