@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import torch
 
-from .errors import SineCompressError, UsageError
+from .errors import GateFailed, InputError, SineCompressError, UsageError
 from .plan import LayerPlan
 
 T = TypeVar("T")
@@ -49,15 +49,13 @@ class Dist:
         Without this, one rank's one-line error (say, an unreadable tensor) would leave the others
         waiting forever at the next barrier.
         """
+        if not self.active:
+            return fn()
         err, result = None, None
         try:
             result = fn()
         except SineCompressError as e:
             err = (type(e).__name__, e.exit_code, str(e))
-        if not self.active:
-            if err:
-                raise _rebuild(err)
-            return result
         errs = [None] * self.world
         torch.distributed.all_gather_object(errs, err)
         first = next((e for e in errs if e), None)
@@ -73,13 +71,11 @@ class Dist:
         return self.broadcast(result)
 
 
-class _Remote(SineCompressError):
-    pass
-
-
 def _rebuild(err) -> SineCompressError:
-    _name, code, msg = err
-    e = _Remote(msg)
+    """The same kind of error on every rank, so each exits with the same code and message."""
+    name, code, msg = err
+    cls = {"UsageError": UsageError, "InputError": InputError, "GateFailed": GateFailed}.get(name, SineCompressError)
+    e = cls(msg)
     e.exit_code = code
     return e
 

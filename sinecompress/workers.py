@@ -62,6 +62,11 @@ def factorize_workers(source, out, workers: int, threads: int | None = None, **k
         from .factorize import factorize
 
         return factorize(source, out, **kwargs)
+    from pathlib import Path
+
+    from .writer import check_output
+
+    check_output(Path(out), kwargs.get("overwrite", False))  # the cheap checks before starting processes
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
