@@ -8,6 +8,7 @@ file pages are reclaimable page cache and are not counted.
     python benchmarks/streaming_rss.py            # ~3.5 GB checkpoint (and a half-size one)
     python benchmarks/streaming_rss.py --quick    # ~0.4 GB, a minute or two
     python benchmarks/streaming_rss.py --json     # machine-readable results on stdout
+    python benchmarks/streaming_rss.py --json --no-write > r.json; python benchmarks/streaming_rss.py --render r.json
 """
 
 from __future__ import annotations
@@ -94,7 +95,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     ap.add_argument("--dir", default=None, help="scratch directory (default: a temporary one, removed after)")
     ap.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+    ap.add_argument("--render", metavar="JSON", help="only rewrite the BENCHMARKS.md section from a saved --json output")
     args = ap.parse_args(argv)
+    if args.render:
+        results = json.loads(Path(args.render).read_text())
+        write_section("streaming_rss", to_markdown(results))
+        return results
 
     shape = (2048, 4096) if args.quick else (4096, 8192)  # largest tensor: 32 MiB or 128 MiB (F32)
     layers = 8 if args.quick else 36

@@ -58,9 +58,19 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def open_pickle(path: Path, model_dir: Path | None = None) -> PickleSource:
-    state = load_state(path)
-    infos = {k: TensorInfo(k, tuple(v.shape), TORCH_TO_ST_ALL[v.dtype], path) for k, v in state.items()}
+def open_pickle(path: Path | list[Path], model_dir: Path | None = None) -> PickleSource:
+    """A source over one pickle file, or over all the shards of a directory (``pytorch_model-0000i-of-N.bin``)."""
+    paths = path if isinstance(path, list) else [path]
+    state: dict[str, torch.Tensor] = {}
+    infos: dict[str, TensorInfo] = {}
+    for p in paths:
+        part = load_state(p)
+        dup = next((k for k in part if k in state), None)
+        if dup is not None:
+            raise InputError(f"{p}: tensor {dup!r} also appears in another pickle file of {model_dir or p.parent}")
+        state.update(part)
+        infos.update({k: TensorInfo(k, tuple(v.shape), TORCH_TO_ST_ALL[v.dtype], p) for k, v in part.items()})
+    path = paths[0]
     shown = str(model_dir if model_dir is not None else path)
     src = PickleSource(model_dir or path, "pickle", infos, {}, model_dir=model_dir, display=shown)
     src._state = state

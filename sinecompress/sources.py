@@ -209,7 +209,7 @@ def open_source(spec: str | Path, allow_pickle: bool = False) -> Source:
         if pickles and allow_pickle:
             from .pickle_source import open_pickle
 
-            return open_pickle(pickles[0], model_dir=path)
+            return open_pickle(pickles, model_dir=path)
         if pickles:
             raise InputError(f"{path}: only pickle weights (.bin/.pt) found; convert them to safetensors "
                              "or pass --allow-pickle to load them with weights_only=True")

@@ -136,6 +136,9 @@ def prepare(out: Path, src: Source, plan: Plan, resume: bool) -> WorkDir:
     path = work_path(out)
     fp = fingerprint(src, plan)
     run = path / "run.json"
+    owner = _owner(path)
+    if owner is not None:
+        raise UsageError(f"{out}: another run (process {owner}) is writing this output; wait for it or stop it")
     if path.exists() and resume:
         try:
             old = json.loads(run.read_text())
@@ -145,6 +148,7 @@ def prepare(out: Path, src: Source, plan: Plan, resume: bool) -> WorkDir:
             what = _first_difference(old, fp)
             raise UsageError(f"--resume: {path} was made by a different run ({what} differs); "
                              "rerun with the same source and flags, or without --resume to start over")
+        _claim(path)
         return WorkDir(path)
     if path.exists():
         n = len(list(path.glob("layer-*")))
@@ -157,7 +161,29 @@ def prepare(out: Path, src: Source, plan: Plan, resume: bool) -> WorkDir:
     path.mkdir()
     with atomic_file(run) as tmp:
         tmp.write_text(json.dumps(fp, sort_keys=True))
+    _claim(path)
     return WorkDir(path)
+
+
+def _claim(path: Path) -> None:
+    (path / "owner.pid").write_text(str(os.getpid()))
+
+
+def _owner(path: Path) -> int | None:
+    """The pid of a live process (other than this one) that holds this work directory, if any."""
+    try:
+        pid = int((path / "owner.pid").read_text())
+    except (OSError, ValueError):
+        return None
+    if pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    return pid
 
 
 def _first_difference(old, new) -> str:

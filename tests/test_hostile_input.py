@@ -291,3 +291,16 @@ def test_plain_pickle_state_dict_with_allow_pickle(tmp_path):
     assert [x["rel_error"] for x in s["layers"]] == [x["rel_error"] for x in ref["layers"]]
     a, b = load_file(str(tmp_path / "o.safetensors")), load_file(str(tmp_path / "r.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sharded_pickle_directory_with_allow_pickle(tmp_path):
+    sd = tiny_state()
+    d = tmp_path / "model"
+    d.mkdir()
+    keys = list(sd)
+    torch.save({k: sd[k] for k in keys[:5]}, d / "pytorch_model-00001-of-00002.bin")
+    torch.save({k: sd[k] for k in keys[5:]}, d / "pytorch_model-00002-of-00002.bin")
+    with pytest.raises(InputError, match="--allow-pickle"):
+        open_source(d)
+    src = open_source(d, allow_pickle=True)
+    assert list(src.tensors) == keys and all(torch.equal(src.get(k), sd[k]) for k in keys)

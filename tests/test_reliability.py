@@ -225,3 +225,20 @@ def test_sigkill_leaves_nothing_at_the_output_path(tmp_path, big_source):
                        "--out", out)
     assert code == 0, err
     assert leftovers(tmp_path) == [] and out.exists()
+
+
+def test_a_live_run_owns_its_work_dir(tmp_path):
+    m = tiny_file(tmp_path / "m.safetensors")
+    out = tmp_path / "o.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        factorize(m, out, method="svd", rank=4, progress=_interrupt_after(1))
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (work_path(out) / "owner.pid").write_text(str(sleeper.pid))  # as if that process were mid-run
+        with pytest.raises(UsageError, match=f"another run \\(process {sleeper.pid}\\)"):
+            factorize(m, out, method="svd", rank=4, resume=True)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    factorize(m, out, method="svd", rank=4, resume=True)  # its owner is gone: the run continues
+    assert out.exists()
