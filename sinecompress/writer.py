@@ -100,7 +100,11 @@ def atomic_output(out: Path, overwrite: bool = False) -> Iterator[Path]:
         if out.exists():  # only reached with overwrite
             old = out.parent / f".{out.name}{TMP_MARK}old-{os.getpid()}"
             os.replace(out, old)
-            os.replace(tmp, out)
+            try:
+                os.replace(tmp, out)
+            except BaseException:
+                os.replace(old, out)  # stopped between the two renames: put the previous output back
+                raise
             _remove(old)
         else:
             os.replace(tmp, out)
