@@ -33,6 +33,8 @@ from sinecompress.shards import write_weights  # noqa: E402
 from sinecompress.writer import Entry  # noqa: E402
 
 MiB = 2**20
+SVD = ("svd", ["--method", "svd", "--rank", "16"])
+SINE = ("sine (2 steps)", ["--method", "sine", "--rank", "16", "--steps", "2"])
 ROOT = Path(__file__).resolve().parents[1]
 FOOTPRINT = ("import time, torch, sinecompress.cli, sinecompress.factorize\n"
              "torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # the sine fit imports the optimiser stack\n"
@@ -114,9 +116,7 @@ def main(argv=None) -> dict:
         sizes = [layers] if args.quick else [layers // 2, layers]
         for n in sizes:
             ck = make_checkpoint(scratch / f"ckpt{n}", n, shape, shard)
-            runs = [("svd", ["--method", "svd", "--rank", "16"])]
-            if n == sizes[-1]:
-                runs.append(("sine (2 steps)", ["--method", "sine", "--rank", "16", "--steps", "2"]))
+            runs = [SVD, SINE] if n == sizes[-1] else [SVD]
             for label, flags in runs:
                 out = scratch / f"out{n}-{label.split()[0]}"
                 cmd = py + ["-m", "sinecompress", "factorize", ck["path"], *flags, "--out", str(out),
@@ -155,6 +155,10 @@ def to_markdown(res: dict) -> str:
         "",
         f"Machine: {machine_line(res['machine'])}. Command: `python benchmarks/streaming_rss.py"
         f"{' --quick' if res['quick'] else ''}`.",
+        "",
+        f"Flags: svd `{' '.join(SVD[1])}`; sine `{' '.join(SINE[1])}` (no calibration); output "
+        f"`--max-shard-size {'200MB' if res['quick'] else '1GB'}`. Times are wall-clock on a shared machine "
+        "(other jobs were running) and are not a speed benchmark.",
         "",
         f"Import footprint: **{base / MiB:,.0f} MiB**.",
         "",
