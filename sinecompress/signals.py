@@ -17,13 +17,22 @@ class Interrupted(BaseException):  # like KeyboardInterrupt: `except Exception` 
         self.exit_code = 128 + signum  # 130 for SIGINT, 143 for SIGTERM (the shell's convention)
 
 
+received: Interrupted | None = None  # set once a signal arrived, whatever exception carried it out
+
+
 def _raise(signum, frame):
+    global received
     # Raise once; a second signal during cleanup must not interrupt the cleanup itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise Interrupted(signum)
+    received = Interrupted(signum)
+    # Native code that calls back into Python (safetensors, torch) may wrap this exception in its
+    # own error type; the CLI checks `received` so such a run still reports the signal.
+    raise received
 
 
 def install() -> None:
+    global received
+    received = None
     signal.signal(signal.SIGINT, _raise)
     signal.signal(signal.SIGTERM, _raise)

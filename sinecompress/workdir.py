@@ -69,7 +69,9 @@ def factor_shapes(lp: LayerPlan) -> dict[str, tuple[int, ...]]:
 def fingerprint(src: Source, plan: Plan) -> dict:
     """What must not change between an interrupted run and its ``--resume``."""
     files = sorted({t.file for t in src.tensors.values()})
-    stats = {str(f.resolve()): [f.stat().st_size, f.stat().st_mtime_ns] for f in files}
+    # In-memory sources (timm:NAME, a live module) have no file to check: their name stands in.
+    stats = {str(f.resolve()) if f.is_file() else str(f): [f.stat().st_size, f.stat().st_mtime_ns] if f.is_file()
+             else None for f in files}
     return {"tool_version": __version__, "plan": {k: v for k, v in plan.to_dict().items() if k != "source"},
             "files": stats}
 

@@ -8,11 +8,12 @@ import sys
 
 import pytest
 import torch
-from _reliability_fixtures import ROOT, cli, leftovers, tiny_file
 
 from sinecompress.distributed import share
 from sinecompress.factorize import factorize
 from sinecompress.plan import LayerPlan
+
+from ._reliability_fixtures import ROOT, cli, leftovers, tiny_file
 
 
 def _files(d):

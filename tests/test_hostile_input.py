@@ -7,7 +7,6 @@ import struct
 
 import pytest
 import torch
-from _reliability_fixtures import cli, leftovers, run_cli, tiny_file, tiny_state
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
@@ -16,6 +15,8 @@ from sinecompress.errors import InputError, UsageError
 from sinecompress.factorize import factorize
 from sinecompress.sources import open_source
 from sinecompress.workdir import SineCompressWarning
+
+from ._reliability_fixtures import cli, leftovers, run_cli, tiny_file, tiny_state
 
 
 def _raw(path):

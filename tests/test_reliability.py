@@ -8,14 +8,13 @@ import signal
 import subprocess
 import sys
 import time
+from importlib import import_module
 
 import pytest
 import torch
-from _reliability_fixtures import ROOT, cli, leftovers, tiny_file, tiny_state
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-import sinecompress.factorize as fz
 from sinecompress.errors import UsageError
 from sinecompress.factorize import factorize
 from sinecompress.format import META_KEY
@@ -25,6 +24,8 @@ from sinecompress.shards import parse_size, split_shards
 from sinecompress.sources import INDEX_NAME, open_source
 from sinecompress.workdir import SineCompressWarning, work_path
 from sinecompress.writer import Entry
+
+from ._reliability_fixtures import ROOT, cli, leftovers, tiny_file, tiny_state
 
 
 def _files(d):
@@ -101,6 +102,7 @@ def test_interrupted_run_resumes_to_identical_output(tmp_path, monkeypatch):
     work = work_path(out)
     assert len(list(work.glob("layer-*.safetensors"))) == 2
     calls = []
+    fz = import_module("sinecompress.factorize")  # the module (sinecompress.factorize is also the function)
     real = fz.fit_layer
     monkeypatch.setattr(fz, "fit_layer", lambda *a, **k: calls.append(a[1].name) or real(*a, **k))
     factorize(m, out, resume=True, **kw)

@@ -53,10 +53,16 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, standalone_mode=True)
     except SineCompressError as e:
+        if signals.received is not None:  # the error was the signal, wrapped by native code
+            _interrupted(signals.received)
         err_console.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except signals.Interrupted as e:
-        hint = getattr(e, "hint", "")
-        err_console.print(f"interrupted ({e.name}); temporary output removed{'; ' + hint if hint else ''}",
-                          markup=False, highlight=False, soft_wrap=True)
-        sys.exit(e.exit_code)
+        _interrupted(e)
+
+
+def _interrupted(e) -> None:
+    hint = getattr(e, "hint", "")
+    err_console.print(f"interrupted ({e.name}); temporary output removed{'; ' + hint if hint else ''}",
+                      markup=False, highlight=False, soft_wrap=True)
+    sys.exit(e.exit_code)

@@ -15,8 +15,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from .. import signals
 from ..factorize import factorize
-from ..signals import Interrupted
 from ..workdir import work_path
 from ..workers import factorize_workers
 from . import app
@@ -74,8 +74,9 @@ def factorize_cmd(
                     bar.update(task, total=total, completed=done, layer=name)
 
                 summary = factorize(source, out, progress=report, **kwargs)
-    except Interrupted as e:
-        e.hint = f"fitted layers are kept in {work_path(out)}; rerun with --resume to continue"
+    except BaseException:
+        if signals.received is not None:
+            signals.received.hint = f"fitted layers are kept in {work_path(out)}; rerun with --resume to continue"
         raise
     if summary is None:  # a torchrun rank other than 0: rank 0 reports
         return
