@@ -38,14 +38,19 @@ def example_dir(name: str) -> Path:
     return hits[0]
 
 
+ST_DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                  "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
+MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit
+
+
 def check_safetensors_header(path: Path) -> dict:
     """Validate a safetensors header before any tensor is touched; return it.
 
-    Guards against lying headers: a header length past the file, offsets past the end,
-    overlapping ranges and byte counts that disagree with shape × dtype.
+    Guards against lying headers: a header length past the file, non-object entries, bad dtypes,
+    negative or non-integer dims, offsets past the end, byte counts that disagree with
+    shape × dtype, overlapping ranges, holes and trailing bytes (the format packs tensors back to
+    back), and non-string metadata. Anything that passes can be read by ``safe_open``.
     """
-    sizes = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-             "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -53,41 +58,56 @@ def check_safetensors_header(path: Path) -> dict:
             if len(raw) < 8:
                 raise InputError(f"{path}: not a safetensors file (shorter than 8 bytes)")
             (n,) = struct.unpack("<Q", raw)
-            if n > min(size - 8, 100_000_000):
-                raise InputError(f"{path}: corrupt safetensors header (length {n} exceeds the file)")
+            if n > min(size - 8, MAX_HEADER_BYTES):
+                raise InputError(f"{path}: corrupt safetensors header (length {n} exceeds the file or the 100 MB limit)")
             header = json.loads(f.read(n))
-    except (OSError, ValueError, UnicodeDecodeError) as e:
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError) as e:
         if isinstance(e, InputError):
             raise
-        raise InputError(f"{path}: not a valid safetensors file ({type(e).__name__}: {e})") from None
+        raise InputError(f"{path}: not a valid safetensors file ({type(e).__name__}: {str(e)[:200]})") from None
     if not isinstance(header, dict):
         raise InputError(f"{path}: corrupt safetensors header (not a JSON object)")
+    meta = header.get("__metadata__")
+    if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
+        raise InputError(f"{path}: corrupt safetensors header ('__metadata__' must map strings to strings)")
     data_len = size - 8 - n
     spans = []
     for name, info in header.items():
         if name == "__metadata__":
             continue
         try:
+            if not isinstance(info, dict):
+                raise TypeError
             dtype, shape, (start, end) = info["dtype"], info["shape"], info["data_offsets"]
+            if not isinstance(shape, list):
+                raise TypeError
             count = 1
             for d in shape:
-                if not isinstance(d, int) or d < 0:
+                if type(d) is not int or d < 0:
                     raise ValueError
                 count *= d
-            ok = isinstance(start, int) and isinstance(end, int) and 0 <= start <= end <= data_len
+            ints = type(start) is int and type(end) is int
         except (KeyError, TypeError, ValueError):
             raise InputError(f"{path}: tensor {name!r} has a malformed header entry") from None
-        if dtype not in sizes:
+        if not isinstance(dtype, str) or dtype not in ST_DTYPE_SIZES:
             raise InputError(f"{path}: tensor {name!r} has unsupported dtype {dtype!r}")
-        if not ok:
+        if not ints or not 0 <= start <= end:
+            raise InputError(f"{path}: tensor {name!r} has invalid data offsets {info['data_offsets']!r}")
+        if end > data_len:
             raise InputError(f"{path}: tensor {name!r} has data offsets past the end of the file (truncated?)")
-        if end - start != count * sizes[dtype]:
+        if end - start != count * ST_DTYPE_SIZES[dtype]:
             raise InputError(f"{path}: tensor {name!r} byte range does not match its shape {shape} and dtype {dtype}")
         spans.append((start, end, name))
     spans.sort()
-    for (_s0, e0, n0), (s1, _e1, n1) in zip(spans, spans[1:]):
-        if s1 < e0:
-            raise InputError(f"{path}: tensors {n0!r} and {n1!r} have overlapping data ranges")
+    pos, prev = 0, None
+    for s0, e0, n0 in spans:
+        if s0 < pos:
+            raise InputError(f"{path}: tensors {prev!r} and {n0!r} have overlapping data ranges")
+        if s0 > pos:
+            raise InputError(f"{path}: {s0 - pos} unused bytes before tensor {n0!r} (corrupt or lying header)")
+        pos, prev = e0, n0
+    if pos != data_len:
+        raise InputError(f"{path}: {data_len - pos} bytes after the last tensor (corrupt or lying header)")
     return header
 
 
@@ -149,8 +169,12 @@ def _read_file(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     return infos, meta
 
 
-def open_source(spec: str | Path) -> Source:
-    """Open a checkpoint for lazy reading; raise InputError naming the path if it cannot be read."""
+def open_source(spec: str | Path, allow_pickle: bool = False) -> Source:
+    """Open a checkpoint for lazy reading; raise InputError naming the path if it cannot be read.
+
+    Pickle checkpoints (``.bin``/``.pt``/``.pth``) are refused unless ``allow_pickle``, and even then
+    are loaded with ``torch.load(weights_only=True)``, which never runs code from the file.
+    """
     spec = str(spec)
     if spec.startswith("example:"):
         src = open_source(example_dir(spec.split(":", 1)[1]))
@@ -166,10 +190,7 @@ def open_source(spec: str | Path) -> Source:
     if path.is_dir():
         index = path / INDEX_NAME
         if index.exists():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (ValueError, KeyError, TypeError):
-                raise InputError(f"{index}: not a valid safetensors index (needs a 'weight_map' object)") from None
+            weight_map = read_index(index)
             tensors: dict[str, TensorInfo] = {}
             meta: dict[str, str] = {}
             for shard in sorted(set(weight_map.values())):
@@ -188,15 +209,39 @@ def open_source(spec: str | Path) -> Source:
         if single.exists():
             infos, meta = _read_file(single)
             return Source(path, "hf_dir", infos, meta, model_dir=path, display=str(path))
-        if any(path.glob("*.bin")) or any(path.glob("*.pt")):
+        pickles = sorted(path.glob("*.bin")) + sorted(path.glob("*.pt"))
+        if pickles and allow_pickle:
+            from .pickle_source import open_pickle
+
+            return open_pickle(pickles, model_dir=path)
+        if pickles:
             raise InputError(f"{path}: only pickle weights (.bin/.pt) found; convert them to safetensors "
                              "or pass --allow-pickle to load them with weights_only=True")
         raise InputError(f"{path}: no {SINGLE_NAME} or {INDEX_NAME} in this directory")
+    if path.suffix in (".bin", ".pt", ".pth") and allow_pickle:
+        from .pickle_source import open_pickle
+
+        return open_pickle(path)
     if path.suffix in (".bin", ".pt", ".pth"):
         raise InputError(f"{path}: pickle-based checkpoint refused; convert it to safetensors "
                          "or pass --allow-pickle to load it with weights_only=True")
     infos, meta = _read_file(path)
     return Source(path, "file", infos, meta, display=str(path))
+
+
+def read_index(index: Path) -> dict[str, str]:
+    """The ``weight_map`` of a sharded checkpoint's index, checked: shard names are plain file names."""
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        if not isinstance(weight_map, dict):
+            raise TypeError
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError):
+        raise InputError(f"{index}: not a valid safetensors index (needs a 'weight_map' object)") from None
+    for name, shard in weight_map.items():
+        # A shard named "../x" or "/etc/x" would read outside the model directory.
+        if not isinstance(shard, str) or not shard or shard != Path(shard).name or shard in (".", ".."):
+            raise InputError(f"{index}: tensor {name!r} maps to {shard!r}, which is not a file in this directory")
+    return weight_map
 
 
 def tied_heads(src: Source) -> list[str]:

@@ -7,6 +7,7 @@ known names, dtypes and shapes, so no more than one tensor is ever held for writ
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -66,7 +67,8 @@ def write_safetensors(path: Path, entries: list[Entry], metadata: dict[str, str]
             if tuple(t.shape) != tuple(e.shape) or st_dtype(t) != e.dtype:
                 raise RuntimeError(f"{e.name}: produced {st_dtype(t)}{list(t.shape)}, "
                                    f"header says {e.dtype}{list(e.shape)}")
-            f.write(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+            f.write(t.reshape(-1).view(torch.uint8).numpy().data)  # the tensor's own bytes, no copy
+            del t
             if on_tensor:
                 on_tensor(e)
         f.flush()
@@ -90,6 +92,7 @@ def atomic_output(out: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``out``; rename it to ``out`` only if the block succeeds."""
     out = Path(out)
     check_output(out, overwrite)
+    clean_stale(out)
     tmp = tmp_name(out)
     _remove(tmp)
     try:
@@ -97,13 +100,38 @@ def atomic_output(out: Path, overwrite: bool = False) -> Iterator[Path]:
         if out.exists():  # only reached with overwrite
             old = out.parent / f".{out.name}{TMP_MARK}old-{os.getpid()}"
             os.replace(out, old)
-            os.replace(tmp, out)
+            try:
+                os.replace(tmp, out)
+            except BaseException:
+                os.replace(old, out)  # stopped between the two renames: put the previous output back
+                raise
             _remove(old)
         else:
             os.replace(tmp, out)
     except BaseException:
         _remove(tmp)
         raise
+
+
+def clean_stale(out: Path) -> list[Path]:
+    """Remove temporary outputs for ``out`` left by killed runs (their process no longer exists)."""
+    removed = []
+    for p in out.parent.glob(f".{glob.escape(out.name)}{TMP_MARK}*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            _remove(p)
+            removed.append(p)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _remove(p: Path) -> None:

@@ -7,6 +7,7 @@ and exit with their documented code (see ``sinecompress.errors``); no tracebacks
 from __future__ import annotations
 
 import sys
+import warnings
 
 import typer
 
@@ -40,12 +41,28 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 from . import factorize_cmd, inflate_cmd  # noqa: E402,F401
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    err_console.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> None:
+    from .. import signals
+
+    signals.install()
+    warnings.showwarning = _show_warning  # one line per warning, no source location
     try:
         app(args=argv, standalone_mode=True)
     except SineCompressError as e:
+        if signals.received is not None:  # the error was the signal, wrapped by native code
+            _interrupted(signals.received)
         err_console.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        err_console.print("interrupted", markup=False)
-        sys.exit(130)
+    except signals.Interrupted as e:
+        _interrupted(e)
+
+
+def _interrupted(e) -> None:
+    hint = getattr(e, "hint", "")
+    err_console.print(f"interrupted ({e.name}); temporary output removed{'; ' + hint if hint else ''}",
+                      markup=False, highlight=False, soft_wrap=True)
+    sys.exit(e.exit_code)

@@ -15,7 +15,10 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from .. import signals
 from ..factorize import factorize
+from ..workdir import work_path
+from ..workers import factorize_workers
 from . import app
 from ._console import err_console
 from .summary_view import print_summary
@@ -46,17 +49,37 @@ def factorize_cmd(
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives byte-identical output."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from the layers it already "
+                                "fitted (kept in .<out>.sc.work next to the output); the source and flags must match."),
+    max_shard_size: str = typer.Option(None, "--max-shard-size", help="Split the output weights into shards of at "
+                                       "most this size (e.g. 2GB, 500MB) with a model.safetensors.index.json; "
+                                       "the output is then a directory."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept pickle checkpoints (.bin/.pt), loaded "
+                                      "with torch.load(weights_only=True), which refuses anything but tensors."),
+    workers: int = typer.Option(1, "--workers", help="Fit layers in N local processes (torch.distributed, gloo); "
+                                "for several machines use torchrun instead (docs/scale.md)."),
 ):
     """Factorise the chosen dense layers of a checkpoint into sine low-rank form."""
-    with progress_bar() as bar:
-        task = bar.add_task("fitting", total=None, layer="")
+    kwargs = dict(method=method, rank=rank, param_ratio=param_ratio, omega=omega, targets=target,
+                  exclude=exclude, steps=steps, seed=seed, overwrite=overwrite, resume=resume,
+                  max_shard_size=max_shard_size, allow_pickle=allow_pickle)
+    try:
+        if workers != 1:
+            summary = factorize_workers(source, out, workers, **kwargs)
+        else:
+            with progress_bar() as bar:
+                task = bar.add_task("fitting", total=None, layer="")
 
-        def report(name: str, done: int, total: int):
-            bar.update(task, total=total, completed=done, layer=name)
+                def report(name: str, done: int, total: int):
+                    bar.update(task, total=total, completed=done, layer=name)
 
-        summary = factorize(source, out, method=method, rank=rank, param_ratio=param_ratio, omega=omega,
-                            targets=target, exclude=exclude, steps=steps, seed=seed, overwrite=overwrite,
-                            progress=report)
+                summary = factorize(source, out, progress=report, **kwargs)
+    except BaseException:
+        if signals.received is not None:
+            signals.received.hint = f"fitted layers are kept in {work_path(out)}; rerun with --resume to continue"
+        raise
+    if summary is None:  # a torchrun rank other than 0: rank 0 reports
+        return
     print_summary(summary)
     if as_json:
         print(json.dumps(summary, indent=2))
