@@ -23,16 +23,19 @@ WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt
 def factorize(source: str | Path, out: str | Path, *, method: str = "sine", rank: int | None = None,
               param_ratio: float | None = None, omega: float | None = 100.0, targets=(), exclude=(),
               steps: int = 300, seed: int = 0, overwrite: bool = False,
-              progress: Progress | None = None) -> dict:
-    """Compress ``source`` into ``out`` and return the summary (what ``--json`` prints)."""
+              progress: Progress | None = None, rules=(), provenance: dict | None = None) -> dict:
+    """Compress ``source`` into ``out`` and return the summary (what ``--json`` prints).
+
+    ``rules``: per-layer settings (``plan.Rule``); ``provenance``: extra metadata (e.g. the recipe).
+    """
     t0 = time.perf_counter()
     out = Path(out)
     check_output(out, overwrite)  # fail before minutes of fitting, not after
     src = open_source(source)
     plan = build_plan(src, method=method, rank=rank, param_ratio=param_ratio, omega=omega,
-                      targets=targets, exclude=exclude, seed=seed, steps=steps)
+                      targets=targets, exclude=exclude, seed=seed, steps=steps, rules=rules)
     factors = fit_layers(src, plan, progress)
-    write_compressed(src, plan, factors, out, overwrite)
+    write_compressed(src, plan, factors, out, overwrite, extra=provenance)
     return summarize(src, plan, factors, out, time.perf_counter() - t0)
 
 
@@ -91,9 +94,10 @@ def entries_for(src: Source, plan: Plan, factors: dict[str, dict]) -> list[Entry
     return entries
 
 
-def write_compressed(src: Source, plan: Plan, factors: dict[str, dict], out: Path, overwrite: bool) -> None:
+def write_compressed(src: Source, plan: Plan, factors: dict[str, dict], out: Path, overwrite: bool,
+                     extra: dict | None = None) -> None:
     layers = {lp.name: layer_record(lp, factors[lp.name]) for lp in plan.active}
-    meta = make_metadata(layers, plan.to_dict(), plan.source)
+    meta = make_metadata(layers, plan.to_dict(), plan.source, extra)
     entries = entries_for(src, plan, factors)
     with atomic_output(out, overwrite) as tmp:
         if src.model_dir is None:

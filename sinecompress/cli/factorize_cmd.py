@@ -15,6 +15,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from ..errors import UsageError
 from ..factorize import factorize
 from . import app
 from ._console import err_console
@@ -29,9 +30,10 @@ def progress_bar():
 
 @app.command("factorize")
 def factorize_cmd(
-    source: str = typer.Argument(..., help="A .safetensors file, a sharded or Hugging Face model directory, "
+    ctx: typer.Context,
+    source: str = typer.Argument(None, help="A .safetensors file, a sharded or Hugging Face model directory, "
                                  "or example:minilm (the bundled all-MiniLM-L6-v2)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output path: a .safetensors file for a file input, "
+    out: Path = typer.Option(None, "--out", "-o", help="Output path: a .safetensors file for a file input, "
                              "a directory for a directory input."),
     rank: int = typer.Option(None, "--rank", "-k", help="Total factor rank per layer (sine part + linear part)."),
     param_ratio: float = typer.Option(None, "--param-ratio", help="Per-layer parameter budget as a fraction of "
@@ -46,8 +48,16 @@ def factorize_cmd(
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives byte-identical output."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    recipe: Path = typer.Option(None, "--recipe", help="YAML recipe (docs/recipes.md) giving model, output, "
+                                "settings and gates; flags given here override it. Exit 1 if a gate fails."),
 ):
     """Factorise the chosen dense layers of a checkpoint into sine low-rank form."""
+    if recipe is not None:
+        from .recipe_cmd import factorize_with_recipe
+
+        return factorize_with_recipe(ctx, recipe, overwrite, as_json)
+    if source is None or out is None:
+        raise UsageError("give SOURCE and --out OUT (or --recipe FILE)")
     with progress_bar() as bar:
         task = bar.add_task("fitting", total=None, layer="")
 
