@@ -115,13 +115,19 @@ def _read_state(model_dir: Path) -> dict:
     return dict(src.iter_tensors())
 
 
-def _inputs(model_dir: Path, config, texts, seq_len, seed):
-    try:
-        import transformers
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model")
 
-        tok = transformers.AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-    except Exception:  # no tokenizer files: a config-only model (tests, bare exports)
-        tok = None
+
+def _inputs(model_dir: Path, config, texts, seq_len, seed):
+    tok = None
+    # transformers builds a vocabulary-less tokenizer (all [UNK]) from a bare config: require real files.
+    if any((model_dir / f).exists() for f in TOKENIZER_FILES):
+        try:
+            import transformers
+
+            tok = transformers.AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        except Exception:  # unreadable tokenizer files: fall back to token ids
+            tok = None
     if tok is not None:
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token or tok.unk_token

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import typer
-from click.core import ParameterSource
 from rich.table import Table
 
 from ..gates import raise_if_failed
@@ -32,7 +31,9 @@ def factorize_with_recipe(ctx: typer.Context, recipe: Path, overwrite: bool, as_
 
     overrides = {}
     for flag, key in FLAG_TO_KEY.items():
-        if ctx.get_parameter_source(flag) == ParameterSource.COMMANDLINE and ctx.params[flag] not in (None, []):
+        # by name: typer vendors its own click, so click.core.ParameterSource is a different enum
+        given = getattr(ctx.get_parameter_source(flag), "name", None) == "COMMANDLINE"
+        if given and ctx.params[flag] not in (None, []):
             value = ctx.params[flag]
             overrides[key] = str(value) if isinstance(value, Path) else list(value) if isinstance(value, (list, tuple)) else value
     r, plan, _ = recipe_plan(recipe, overrides)
@@ -52,11 +53,13 @@ def factorize_with_recipe(ctx: typer.Context, recipe: Path, overwrite: bool, as_
 
 
 def print_plan(plan, name: str) -> None:
-    t = Table(title=f"effective plan ({name})", title_justify="left")
+    rules = "; ".join(f"#{i} {r.match}" for i, r in enumerate(plan.rules))
+    t = Table(title=f"effective plan ({name})", title_justify="left", caption=f"rules: {rules}" if rules else None,
+              caption_justify="left")
     for col in ("layer", "rule", "method", "rank", "ω", "note"):
         t.add_column(col, overflow="fold")
     for lp in plan.layers:
-        rule = "defaults" if lp.rule is None else f"#{lp.rule} {plan.rules[lp.rule].match}"
+        rule = "defaults" if lp.rule is None else f"#{lp.rule}"
         t.add_row(lp.name, rule, lp.method, str(lp.rank), f"{lp.omega:g}" if lp.omega else "-", lp.keep_dense or "")
     err_console.print(t)
 
