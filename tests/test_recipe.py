@@ -7,7 +7,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 
 from sinecompress.errors import UsageError
 from sinecompress.format import read_metadata
@@ -19,6 +21,17 @@ from sinecompress.recipe_run import recipe_plan, run_recipe
 from .conftest import ROOT, run_cli
 
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """The CLI in-process (subprocesses cost seconds of imports each): (exit code, stdout, stderr)."""
+    from sinecompress.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return e.value.code or 0, out, err
 
 
 def write(tmp_path: Path, text: str, name: str = "r.yaml") -> Path:
@@ -64,8 +77,6 @@ def test_misspelt_key_exits_2_with_its_line(tmp_path):
     assert r.returncode == 2
     assert f"{p}:3: unknown key 'targts' (did you mean 'targets'?)" in r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    good = run_cli("recipe", "validate", RECIPES[0])
-    assert good.returncode == 0, good.stderr
 
 
 @pytest.mark.parametrize("text, line, words", [
@@ -128,15 +139,15 @@ def test_first_matching_rule_wins(tiny_bert_dir, tmp_path):
                    "encoder.layer.1.output.dense": (1, "sine", 8)}
 
 
-def test_show_matches_what_factorize_compresses(tiny_bert_dir, tmp_path):
+def test_show_matches_what_factorize_compresses(tiny_bert_dir, tmp_path, capsys):
     p = bert_recipe(tmp_path, tiny_bert_dir, gates="{max_param_ratio: 0.9}")
-    show = run_cli("recipe", "show", p, "--json")
-    assert show.returncode == 0, show.stderr
-    shown = json.loads(show.stdout)
+    code, out, err = cli(capsys, "recipe", "show", p, "--json")
+    assert code == 0, err
+    shown = json.loads(out)
     assert not (tmp_path / "out").exists()  # show compresses nothing
-    run = run_cli("factorize", "--recipe", p, "--json")
-    assert run.returncode == 0, run.stderr
-    summary = json.loads(run.stdout)
+    code, out, err = cli(capsys, "factorize", "--recipe", p, "--json")
+    assert code == 0, err
+    summary = json.loads(out)
     done = [(x["name"], x["method"], x["rank"]) for x in summary["layers"] if not x["kept_dense"]]
     planned = [(x["name"], x["method"], x["rank"]) for x in shown["plan"]["layers"] if not x["keep_dense"]]
     assert done == planned and len(done) == 4
@@ -148,10 +159,12 @@ def test_show_matches_what_factorize_compresses(tiny_bert_dir, tmp_path):
     assert doc["recipe"]["text"] == p.read_text() and doc["recipe"]["sha256"] == summary["recipe"]["sha256"]
     assert doc["plan"]["rules"][0]["method"] == "svd"
     assert [lp["rule"] for lp in doc["plan"]["layers"]] == [0, 1, 1, 1]
-    assert "effective plan" in run.stderr
+    assert "effective plan" in err and "gate max_param_ratio: PASS" in err
+    code, out, _ = cli(capsys, "recipe", "show", p)  # the human listing
+    assert code == 0 and "rule #0 'encoder\\.layer\\.0\\.intermediate\\.dense': 1 layer(s)" in out
 
 
-def test_failing_gate_exits_1_and_writes_output(tmp_path, tiny_file):
+def test_failing_gate_exits_1_and_writes_output(tmp_path, tiny_file, capsys):
     p = write(tmp_path, f"""
         version: 1
         model: {tiny_file}
@@ -168,8 +181,10 @@ def test_failing_gate_exits_1_and_writes_output(tmp_path, tiny_file):
     assert "max_param_ratio" not in last  # the passing gate is not named as failing
     assert "Traceback" not in r.stderr
     # the same recipe with flags overriding model, output and rank: gate still fails, output still written
-    r2 = run_cli("factorize", "--recipe", p, tiny_file, "--out", tmp_path / "o2.safetensors", "--rank", "2")
-    assert r2.returncode == 1 and (tmp_path / "o2.safetensors").exists()
+    code, _, err = cli(capsys, "factorize", "--recipe", p, tiny_file, "--out", tmp_path / "o2.safetensors",
+                       "--rank", "2")
+    assert code == 1 and (tmp_path / "o2.safetensors").exists() and "gate max_rel_error: FAIL" in err
+    assert "2 (1 lin)" in err  # --rank 2 replaced the recipe's rank 4
 
 
 def test_passing_recipe_writes_output_and_min_cosine_needs_hf_dir(tmp_path, tiny_file):
@@ -214,10 +229,99 @@ def test_same_recipe_and_seed_give_byte_identical_output(tmp_path, tiny_bert_dir
     assert c["recipe"]["overrides"] == {"seed": 1}
 
 
-def test_recipe_init_writes_a_valid_template(tmp_path):
+def test_recipe_init_writes_a_valid_template(tmp_path, capsys):
     out = tmp_path / "new.yaml"
-    r = run_cli("recipe", "init", "--out", out)
-    assert r.returncode == 0, r.stderr
+    code, _, err = cli(capsys, "recipe", "init", "--out", out)
+    assert code == 0, err
     assert out.read_text() == TEMPLATE and load_recipe(out).version == 1
-    again = run_cli("recipe", "init", "--out", out)
-    assert again.returncode == 2 and "already exists" in again.stderr
+    code, _, err = cli(capsys, "recipe", "init", "--out", out)
+    assert code == 2 and "already exists" in err
+    code, stdout, _ = cli(capsys, "recipe", "init")
+    assert code == 0 and stdout == TEMPLATE
+
+
+# --- every shipped recipe runs on a small random-weight model of its architecture -----------------
+
+def run_shipped(name: str, model: Path, out: Path) -> dict:
+    s = run_recipe(ROOT / "recipes" / name, {"model": str(model), "output": str(out), "steps": 3})
+    assert out.exists()
+    assert [g["gate"] for g in s["gates"]] == [g for g in ("max_param_ratio", "max_rel_error", "min_cosine")
+                                                if g in load_recipe(ROOT / "recipes" / name).gates]
+    assert s["passed"] == all(g["passed"] for g in s["gates"])
+    return s
+
+
+def compressed(s: dict) -> list[str]:
+    return [x["name"] for x in s["layers"] if not x["kept_dense"]]
+
+
+def timm_file(tmp_path: Path, name: str, **kw):
+    import timm
+
+    torch.manual_seed(0)
+    m = timm.create_model(name, pretrained=False, num_classes=10, **kw).eval()
+    p = tmp_path / f"{name}.safetensors"
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(p))
+    return m, p
+
+
+def test_shipped_minilm_recipe_on_tiny_bert(tmp_path):
+    import transformers
+
+    # MLPs wide enough that the recipe's rank 32 is below break-even (256*64/320 = 51)
+    cfg = transformers.BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=256, max_position_embeddings=64)
+    torch.manual_seed(0)
+    transformers.BertModel(cfg).save_pretrained(str(tmp_path / "bert"))
+    s = run_shipped("minilm.yaml", tmp_path / "bert", tmp_path / "bert-sine")
+    assert compressed(s) == [f"encoder.layer.{i}.{m}.dense" for i in range(2) for m in ("intermediate", "output")]
+    cos = s["gates"][-1]
+    assert cos["gate"] == "min_cosine" and -1 <= cos["value"] <= 1 and "random token ids" in cos["detail"]
+
+
+def test_shipped_vit_recipe_on_tiny_vit(tmp_path):
+    import sinecompress
+
+    m, p = timm_file(tmp_path, "vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
+    s = run_shipped("vit.yaml", p, tmp_path / "vit-sine.safetensors")
+    assert compressed(s) == [f"blocks.{i}.mlp.fc{j}" for i in range(2) for j in (1, 2)]
+    assert all(x["params_after"] <= 0.3 * x["params_before"] for x in s["layers"])
+    loaded = sinecompress.load(tmp_path / "vit-sine.safetensors", model=m)
+    assert type(loaded.blocks[0].mlp.fc1).__name__ == "SineLowRankLinear"
+    assert loaded(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_shipped_convnext_recipe_on_tiny_convnext(tmp_path):
+    _, p = timm_file(tmp_path, "convnext_tiny", depths=(1, 1, 1, 2), dims=(8, 16, 24, 32))
+    s = run_shipped("convnext.yaml", p, tmp_path / "cn-sine.safetensors")
+    assert compressed(s) == [f"stages.3.blocks.{i}.mlp.fc{j}" for i in range(2) for j in (1, 2)]
+
+
+def test_convnext_recipe_on_conv_mlp_variant_says_why(tmp_path):
+    _, p = timm_file(tmp_path, "convnext_atto", depths=(1, 1, 1, 1), dims=(8, 16, 24, 32))
+    with pytest.raises(UsageError) as e:
+        run_recipe(ROOT / "recipes" / "convnext.yaml", {"model": str(p), "output": str(tmp_path / "x.safetensors")})
+    msg = str(e.value)
+    assert "convnext.yaml:" in msg and "1x1 convolutions" in msg and "stages.3.blocks.0.mlp.fc1" in msg
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_shipped_llama_recipe_on_tiny_llama(tmp_path, capsys):
+    import transformers
+
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(str(tmp_path / "llama"))
+    out = tmp_path / "llama-sine"
+    code, stdout, err = cli(capsys, "factorize", "--recipe", ROOT / "recipes" / "llama.yaml", tmp_path / "llama",
+                            "--out", out, "--steps", "3", "--json")
+    s = json.loads(stdout)
+    assert code == (0 if s["passed"] else 1), err
+    projs = [f"self_attn.{x}_proj" for x in "qkvo"] + [f"mlp.{x}_proj" for x in ("gate", "up", "down")]
+    assert sorted(compressed(s)) == sorted(f"model.layers.{i}.{p}" for i in range(2) for p in projs)
+    by_name = {x["name"]: x for x in s["layers"]}
+    k = by_name["model.layers.0.self_attn.k_proj"]  # rule 0: param_ratio 0.6 on a 16x32 layer
+    assert k["shape"] == [16, 32] and k["params_after"] <= 0.6 * 512 < (k["rank"] + 1) * 48 + 16
+    assert [g["gate"] for g in s["gates"]] == ["max_param_ratio", "max_rel_error", "min_cosine"]
+    assert (out / "config.json").exists() and (out / "model.safetensors").exists()

@@ -110,7 +110,7 @@ def show_cmd(file: Path = typer.Argument(..., help="Recipe YAML file."),
         return
     by_name = {lp.name: lp for lp in plan.layers}
     for row in rows:
-        head = "no rule (defaults)" if row["rule"] is None else f"rule #{row['rule']} {row['match']!r}"
+        head = "no rule (defaults)" if row["rule"] is None else f"rule #{row['rule']} '{row['match']}'"
         print(f"{head}: {len(row['layers'])} layer(s)")
         for name in row["layers"]:
             lp = by_name[name]
