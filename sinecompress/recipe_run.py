@@ -65,8 +65,16 @@ def recipe_plan(recipe: Recipe | str | Path, overrides: dict | None = None) -> t
     try:
         plan = build_plan(src, **{k: kw[k] for k in PLAN_KEYS})
     except UsageError as e:
-        raise UsageError(f"{recipe.path}: {e}") from None
+        raise UsageError(f"{_where(recipe, str(e))}: {e}") from None
     return recipe, plan, src
+
+
+def _where(recipe: Recipe, msg: str) -> str:
+    """FILE:LINE of the exclude pattern an error names, else just FILE."""
+    for i, x in enumerate(recipe.exclude):
+        if msg.startswith(f"--exclude {x!r}"):
+            return recipe.where(f"exclude[{i}]")
+    return recipe.path
 
 
 def rule_table(plan: Plan) -> list[dict]:
@@ -99,7 +107,7 @@ def run_recipe(recipe: Recipe | str | Path, overrides: dict | None = None, *, ov
     try:
         summary = factorize(model, output, overwrite=overwrite, progress=progress, provenance=provenance, **kw)
     except UsageError as e:
-        raise UsageError(f"{recipe.path}: {e}") from None
+        raise UsageError(f"{_where(recipe, str(e))}: {e}") from None
     results = check_gates(recipe.gates, summary, src.model_dir, Path(output))
     summary["recipe"] = {"path": recipe.path, "sha256": recipe.sha256, "overrides": applied}
     summary["gates"] = results

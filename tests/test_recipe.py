@@ -204,6 +204,20 @@ def test_passing_recipe_writes_output_and_min_cosine_needs_hf_dir(tmp_path, tiny
     assert not (tmp_path / "sub" / "o3.safetensors").exists()  # failed before fitting
 
 
+def test_exclude_that_matches_nothing_names_its_line(tmp_path, tiny_file):
+    p = write(tmp_path, f"""
+        version: 1
+        model: {tiny_file}
+        defaults: {{rank: 4}}
+        targets: [{{match: 'blocks\\.\\d+\\.fc1'}}]
+        exclude:
+          - 'blocks\\.0\\.fc1'
+          - 'nothing'
+        """)
+    with pytest.raises(UsageError, match=r"r.yaml:7: --exclude 'nothing' matches none"):
+        recipe_plan(p)
+
+
 def test_gate_arithmetic():
     summary = {"layers": [
         {"name": "a", "params_before": 100, "params_after": 20, "rel_error": 0.5},

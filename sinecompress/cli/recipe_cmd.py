@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
 import typer
 from rich.table import Table
 
+from ..factorize import factorize
 from ..gates import raise_if_failed
-from ..recipe import TEMPLATE, load_recipe
+from ..recipe import TEMPLATE, factorize_kwargs, load_recipe
 from ..recipe_run import recipe_plan, rule_table, run_recipe
 from ..writer import atomic_output
 from . import app
@@ -76,6 +78,7 @@ def validate_cmd(file: Path = typer.Argument(..., help="Recipe YAML file to chec
                  as_json: bool = typer.Option(False, "--json", help="Print the parsed recipe as JSON on stdout.")):
     """Check a recipe's schema, types and regexes without opening any model; errors say FILE:LINE."""
     r = load_recipe(file)
+    factorize_kwargs(r, set(inspect.signature(factorize).parameters))  # keys this build cannot honour
     if as_json:
         print(json.dumps({"path": r.path, "sha256": r.sha256, "version": r.version, "model": r.model,
                           "output": r.output, "defaults": r.defaults, "targets": [vars(t) for t in r.targets],
