@@ -11,6 +11,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+import sinecompress
 from sinecompress.errors import UsageError
 from sinecompress.format import read_metadata
 from sinecompress.gates import check_gates, raise_if_failed
@@ -139,6 +140,25 @@ def test_first_matching_rule_wins(tiny_bert_dir, tmp_path):
                    "encoder.layer.1.output.dense": (1, "sine", 8)}
 
 
+def test_build_plan_rules_keep_old_calls_working(tiny_file):
+    from sinecompress.plan import build_plan
+    from sinecompress.sources import open_source
+
+    src = open_source(tiny_file)
+    old = build_plan(src, rank=4, targets=[r"blocks\.\d+\.fc1"])
+    assert [(lp.name, lp.rank, lp.rule) for lp in old.layers] == [("blocks.0.fc1", 4, None), ("blocks.1.fc1", 4, None)]
+    plan = build_plan(src, param_ratio=0.5, rules=[{"match": r"blocks\.0\..*", "method": "svd", "rank": 3},
+                                                   {"match": r"blocks\.\d+\.fc2", "omega": 30.0}])
+    got = [(lp.name, lp.method, lp.rank, lp.omega, lp.rule) for lp in plan.layers]
+    assert got[:3] == [("blocks.0.fc1", "svd", 3, None, 0), ("blocks.0.fc2", "svd", 3, None, 0),
+                       ("blocks.1.fc2", "sine", got[2][2], 30.0, 1)]
+    assert len(got) == 3 and got[2][2] > 0
+    with pytest.raises(UsageError, match="needs exactly one of rank or param_ratio"):
+        build_plan(src, rules=[{"match": r"blocks\.0\.fc1"}])
+    with pytest.raises(UsageError, match="give exactly one of --rank K or --param-ratio R"):
+        build_plan(src, rank=2, param_ratio=0.3)
+
+
 def test_show_matches_what_factorize_compresses(tiny_bert_dir, tmp_path, capsys):
     p = bert_recipe(tmp_path, tiny_bert_dir, gates="{max_param_ratio: 0.9}")
     code, out, err = cli(capsys, "recipe", "show", p, "--json")
@@ -160,6 +180,9 @@ def test_show_matches_what_factorize_compresses(tiny_bert_dir, tmp_path, capsys)
     assert doc["plan"]["rules"][0]["method"] == "svd"
     assert [lp["rule"] for lp in doc["plan"]["layers"]] == [0, 1, 1, 1]
     assert "effective plan" in err and "gate max_param_ratio: PASS" in err
+    model = sinecompress.load(tmp_path / "out")  # mixed methods load: rule 0's svd layer, rule 1's sine layers
+    inter = model.encoder.layer
+    assert [type(inter[i].intermediate.dense).__name__ for i in range(2)] == ["LowRankLinear", "SineLowRankLinear"]
     code, out, _ = cli(capsys, "recipe", "show", p)  # the human listing
     assert code == 0 and "rule #0 'encoder\\.layer\\.0\\.intermediate\\.dense': 1 layer(s)" in out
 
