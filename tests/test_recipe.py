@@ -105,6 +105,13 @@ def test_recipe_errors_name_line_and_key(text, line, words):
     assert words in msg, msg
 
 
+def test_missing_or_unsafe_recipe_is_a_one_line_error(tmp_path):
+    with pytest.raises(UsageError, match=r"nope.yaml: cannot read recipe"):
+        load_recipe(tmp_path / "nope.yaml")
+    with pytest.raises(UsageError, match=r"u.yaml:2: invalid YAML"):  # no python tags: safe loading only
+        parse_recipe("version: 1\nmodel: !!python/name:os.system ''\n", "u.yaml")
+
+
 def test_yaml_quirks_are_accepted():
     r = parse_recipe("version: 1\nfinetune: {lr: 1e-4, steps: 0}\nexclude: 'a.*'\ndefaults: {omega: 30}\n")
     assert r.finetune["lr"] == 1e-4 and r.exclude == ["a.*"] and r.defaults["omega"] == 30.0
