@@ -96,8 +96,14 @@ def embedding_cosine(original: Path, compressed: Path, texts: list[str] = HELD_O
 
     compressed_model = load(compressed).float()
     ref = _hf_model_from_config(Path(original))
-    # The same key convention as load(): checkpoint names are the model's state-dict names.
-    _, unexpected = ref.load_state_dict(_read_state(Path(original)), strict=False)
+    # The same key convention as load(): checkpoint names are the model's state-dict names, and
+    # older checkpoints may store buffers that are now non-persistent (BERT's position_ids).
+    state = _read_state(Path(original))
+    _, unexpected = ref.load_state_dict(state, strict=False)
+    buffers = dict(ref.named_buffers())
+    for k in [k for k in unexpected if k in buffers and buffers[k].shape == state[k].shape]:
+        buffers[k].copy_(state[k])
+        unexpected.remove(k)
     if unexpected:
         raise InputError(f"{original}: tensors not in the model, e.g. {unexpected[0]!r}")
     ref = ref.float().eval()

@@ -317,6 +317,11 @@ def test_shipped_minilm_recipe_on_tiny_bert(tmp_path):
                                   intermediate_size=256, max_position_embeddings=64)
     torch.manual_seed(0)
     transformers.BertModel(cfg).save_pretrained(str(tmp_path / "bert"))
+    # like the real all-MiniLM-L6-v2 checkpoint: it stores a buffer that is now non-persistent
+    weights = tmp_path / "bert" / "model.safetensors"
+    with safe_open(str(weights), "pt") as f:
+        sd = {k: f.get_tensor(k) for k in f.keys()}
+    save_file({**sd, "embeddings.position_ids": torch.arange(64)[None]}, str(weights), metadata={"format": "pt"})
     s = run_shipped("minilm.yaml", tmp_path / "bert", tmp_path / "bert-sine")
     assert compressed(s) == [f"encoder.layer.{i}.{m}.dense" for i in range(2) for m in ("intermediate", "output")]
     cos = s["gates"][-1]
