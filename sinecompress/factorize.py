@@ -32,12 +32,13 @@ def factorize(source: str | Path, out: str | Path, *, method: str = "sine", rank
               param_ratio: float | None = None, omega: float | None = 100.0, targets=(), exclude=(),
               steps: int = 300, seed: int = 0, overwrite: bool = False,
               progress: Progress | None = None, resume: bool = False, max_shard_size: str | int | None = None,
-              allow_pickle: bool = False) -> dict | None:
+              allow_pickle: bool = False, rules=(), provenance: dict | None = None) -> dict | None:
     """Compress ``source`` into ``out`` and return the summary (what ``--json`` prints).
 
     Memory holds about one layer at a time: each fitted layer goes to the run's work directory
     (``workdir.py``) and the output is streamed from there. Under ``torchrun`` the layers are split
-    across ranks; ranks other than 0 return None.
+    across ranks; ranks other than 0 return None. ``rules``: per-layer settings (``plan.Rule``);
+    ``provenance``: extra metadata (e.g. the recipe).
     """
     t0 = time.perf_counter()
     out = Path(out)
@@ -47,13 +48,13 @@ def factorize(source: str | Path, out: str | Path, *, method: str = "sine", rank
     src = open_source(source, allow_pickle=allow_pickle)
     check_targets(src, targets)
     plan = build_plan(src, method=method, rank=rank, param_ratio=param_ratio, omega=omega,
-                      targets=targets, exclude=exclude, seed=seed, steps=steps)
+                      targets=targets, exclude=exclude, seed=seed, steps=steps, rules=rules)
     if dist.rank == 0:
         warn_kept_dense(plan)
     work = WorkDir(Path(dist.on_rank0(lambda: str(prepare(out, src, plan, resume).path))))
     dist.all_ok(lambda: fit_into(work, src, plan, progress, dist))
     factors = stored_factors(work, plan)
-    write_compressed(src, plan, factors, out, overwrite, shard_bytes, dist)
+    write_compressed(src, plan, factors, out, overwrite, shard_bytes, dist, extra=provenance)
     if dist.rank != 0:
         return None
     work.remove()
@@ -179,7 +180,8 @@ def entries_for(src: Source, plan: Plan, factors: dict[str, dict]) -> list[Entry
 
 
 def write_compressed(src: Source, plan: Plan, factors: dict[str, dict], out: Path, overwrite: bool,
-                     max_shard_bytes: int | None = None, dist: Dist | None = None) -> None:
+                     max_shard_bytes: int | None = None, dist: Dist | None = None,
+                     extra: dict | None = None) -> None:
     """Stream the output under a temporary name and rename it into place once complete.
 
     A file source gives a file; a directory source (or ``max_shard_bytes``) gives a directory with
@@ -188,7 +190,7 @@ def write_compressed(src: Source, plan: Plan, factors: dict[str, dict], out: Pat
     """
     dist = dist or Dist()
     layers = {lp.name: layer_record(lp, factors[lp.name]) for lp in plan.active}
-    meta = make_metadata(layers, plan.to_dict(), plan.source)
+    meta = make_metadata(layers, plan.to_dict(), plan.source, extra)
     entries = entries_for(src, plan, factors)
     as_dir = src.model_dir is not None or max_shard_bytes is not None
     with contextlib.ExitStack() as stack:

@@ -6,10 +6,24 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from .errors import UsageError
-from .matching import select_targets
+from .matching import compile_patterns, select_targets
 from .sources import Source, tied_heads
 
 METHODS = ("sine", "svd")
+
+
+@dataclass
+class Rule:
+    """Per-layer settings for the modules ``match`` full-matches; a None field falls back to the default.
+
+    A rule's ``rank`` or ``param_ratio`` replaces the default size (whichever of the two it has).
+    """
+
+    match: str
+    method: str | None = None
+    rank: int | None = None
+    param_ratio: float | None = None
+    omega: float | None = None
 
 
 @dataclass
@@ -22,6 +36,7 @@ class LayerPlan:
     omega: float | None
     linear_rank: int = 0  # part of `rank` given to the linear (SVD) term of a sine layer
     keep_dense: str | None = None  # reason the layer stays dense
+    rule: int | None = None  # index of the first Rule that matched this layer (recipes' `targets`)
 
     @property
     def dense_params(self) -> int:
@@ -48,6 +63,7 @@ class Plan:
     seed: int = 0
     steps: int = 300
     layers: list[LayerPlan] = field(default_factory=list)
+    rules: list[Rule] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -72,31 +88,64 @@ def split_rank(rank: int) -> int:
 
 
 def build_plan(src: Source, *, method: str = "sine", rank: int | None = None, param_ratio: float | None = None,
-               omega: float | None = 100.0, targets=(), exclude=(), seed: int = 0, steps: int = 300) -> Plan:
+               omega: float | None = 100.0, targets=(), exclude=(), seed: int = 0, steps: int = 300,
+               rules=()) -> Plan:
+    """``rules``: ordered Rules, the first that full-matches a layer sets its settings (defaults otherwise);
+    with no ``targets``, the rules' patterns are the targets."""
+    rules = [r if isinstance(r, Rule) else Rule(**r) for r in rules]
     if method not in METHODS:
         raise UsageError(f"--method {method!r} is unknown; choose one of {', '.join(METHODS)}")
-    if (rank is None) == (param_ratio is None):
+    if rank is not None and param_ratio is not None or (rank is None and param_ratio is None and not rules):
         raise UsageError("give exactly one of --rank K or --param-ratio R")
     if rank is not None and rank <= 0:
         raise UsageError(f"--rank must be a positive integer, got {rank}")
     if param_ratio is not None and not (0 < param_ratio < 1):
         raise UsageError(f"--param-ratio must be between 0 and 1 (exclusive), got {param_ratio}")
-    if method == "sine" and (omega is None or not math.isfinite(omega) or omega <= 0):
+    if method == "sine" and not rules and (omega is None or not math.isfinite(omega) or omega <= 0):
         raise UsageError(f"--omega must be a positive finite number, got {omega}")
+    targets = list(targets) or [r.match for r in rules]
     names = select_targets(src.shapes, src.dtypes, targets, exclude, tied=tied_heads(src), source=src.display)
     if not names:
         raise UsageError(f"no layer to compress in {src.display}; pass --target REGEX")
     plan = Plan(src.display, method, rank, param_ratio, omega if method == "sine" else None,
-                list(targets), list(exclude), seed, steps)
+                list(targets), list(exclude), seed, steps, rules=rules)
+    rule_pats = compile_patterns([r.match for r in rules], "rule")
     for name in names:
         info = src.tensors[name + ".weight"]
         m, n = info.shape
-        k = rank if rank is not None else rank_for_ratio(m, n, param_ratio, method)
-        lp = LayerPlan(name, (m, n), info.dtype, method, k, plan.omega,
-                       linear_rank=split_rank(k) if method == "sine" else 0)
+        i = next((i for i, p in enumerate(rule_pats) if p.fullmatch(name)), None)
+        meth, rank_, ratio, om = _settings(rules[i] if i is not None else None, name,
+                                           method, rank, param_ratio, omega)
+        k = rank_ if rank_ is not None else rank_for_ratio(m, n, ratio, meth)
+        lp = LayerPlan(name, (m, n), info.dtype, meth, k, om if meth == "sine" else None,
+                       linear_rank=split_rank(k) if meth == "sine" else 0, rule=i)
         if k <= 0:
-            lp.keep_dense = f"--param-ratio {param_ratio} leaves no rank for a {m}x{n} layer"
+            lp.keep_dense = f"--param-ratio {ratio} leaves no rank for a {m}x{n} layer"
         elif lp.factored_params >= lp.dense_params:
             lp.keep_dense = f"rank {k} is at or above break-even ({m * n // (m + n)}) for {m}x{n}: nothing saved"
         plan.layers.append(lp)
     return plan
+
+
+def _settings(rule: Rule | None, name: str, method, rank, param_ratio, omega):
+    """(method, rank, param_ratio, omega) of one layer: the rule's values over the defaults."""
+    if rule is None:
+        meth, size, om = method, (rank, param_ratio), omega
+    else:
+        meth = rule.method or method
+        sized = rule.rank is not None or rule.param_ratio is not None
+        size = (rule.rank, rule.param_ratio) if sized else (rank, param_ratio)
+        om = rule.omega if rule.omega is not None else omega
+    where = f"layer {name!r}" + (f" (rule {rule.match!r})" if rule else "")
+    if meth not in METHODS:
+        raise UsageError(f"{where}: method {meth!r} is unknown; choose one of {', '.join(METHODS)}")
+    k, ratio = size
+    if (k is None) == (ratio is None):
+        raise UsageError(f"{where}: needs exactly one of rank or param_ratio (in its rule or the defaults)")
+    if k is not None and (not isinstance(k, int) or k <= 0):
+        raise UsageError(f"{where}: rank must be a positive integer, got {k}")
+    if ratio is not None and not (0 < ratio < 1):
+        raise UsageError(f"{where}: param_ratio must be between 0 and 1 (exclusive), got {ratio}")
+    if meth == "sine" and (not isinstance(om, (int, float)) or not math.isfinite(om) or om <= 0):
+        raise UsageError(f"{where}: omega must be a positive finite number, got {om}")
+    return meth, k, ratio, om

@@ -16,6 +16,7 @@ from rich.progress import (
 )
 
 from .. import signals
+from ..errors import UsageError
 from ..factorize import factorize
 from ..workdir import work_path
 from ..workers import factorize_workers
@@ -32,9 +33,10 @@ def progress_bar():
 
 @app.command("factorize")
 def factorize_cmd(
-    source: str = typer.Argument(..., help="A .safetensors file, a sharded or Hugging Face model directory, "
+    ctx: typer.Context,
+    source: str = typer.Argument(None, help="A .safetensors file, a sharded or Hugging Face model directory, "
                                  "or example:minilm (the bundled all-MiniLM-L6-v2)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output path: a .safetensors file for a file input, "
+    out: Path = typer.Option(None, "--out", "-o", help="Output path: a .safetensors file for a file input, "
                              "a directory for a directory input."),
     rank: int = typer.Option(None, "--rank", "-k", help="Total factor rank per layer (sine part + linear part)."),
     param_ratio: float = typer.Option(None, "--param-ratio", help="Per-layer parameter budget as a fraction of "
@@ -58,8 +60,16 @@ def factorize_cmd(
                                       "with torch.load(weights_only=True), which refuses anything but tensors."),
     workers: int = typer.Option(1, "--workers", help="Fit layers in N local processes (torch.distributed, gloo); "
                                 "for several machines use torchrun instead (docs/scale.md)."),
+    recipe: Path = typer.Option(None, "--recipe", help="YAML recipe (docs/recipes.md) giving model, output, "
+                                "settings and gates; flags given here override it. Exit 1 if a gate fails."),
 ):
     """Factorise the chosen dense layers of a checkpoint into sine low-rank form."""
+    if recipe is not None:
+        from .recipe_cmd import factorize_with_recipe
+
+        return factorize_with_recipe(ctx, recipe, overwrite, as_json)
+    if source is None or out is None:
+        raise UsageError("give SOURCE and --out OUT (or --recipe FILE)")
     kwargs = dict(method=method, rank=rank, param_ratio=param_ratio, omega=omega, targets=target,
                   exclude=exclude, steps=steps, seed=seed, overwrite=overwrite, resume=resume,
                   max_shard_size=max_shard_size, allow_pickle=allow_pickle)
