@@ -9,7 +9,8 @@ from .errors import UsageError
 from .matching import select_targets
 from .sources import Source, tied_heads
 
-METHODS = ("sine", "svd")
+METHODS = ("sine", "svd", "wsvd")  # wsvd: whitened SVD (SVD-LLM), needs calibration data
+LINEAR_FRACTION = 0.75  # share of a sine layer's rank given to its linear part (docs/fitting.md)
 
 
 @dataclass
@@ -19,7 +20,7 @@ class LayerPlan:
     dtype: str
     method: str
     rank: int  # total factor rank (sine part + linear part)
-    omega: float | None
+    omega: float | None  # None for linear methods, and for sine layers until --omega auto has chosen
     linear_rank: int = 0  # part of `rank` given to the linear (SVD) term of a sine layer
     keep_dense: str | None = None  # reason the layer stays dense
 
@@ -42,7 +43,7 @@ class Plan:
     method: str
     rank: int | None
     param_ratio: float | None
-    omega: float | None
+    omega: float | str | None  # a number, "auto" (chosen per layer), or None for linear methods
     targets: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
     seed: int = 0
@@ -67,8 +68,9 @@ def rank_for_ratio(m: int, n: int, ratio: float, method: str) -> int:
 
 
 def split_rank(rank: int) -> int:
-    """Linear part of a sine layer's rank: half, as the hybrid fit in DESIGN.md (a lead, tuned in fit)."""
-    return rank // 2 if rank >= 2 else 0
+    """Linear part of a sine layer's rank (LINEAR_FRACTION, measured in docs/fitting.md); the sine part
+    keeps at least one rank."""
+    return min(int(round(rank * LINEAR_FRACTION)), rank - 1) if rank >= 2 else 0
 
 
 def build_plan(src: Source, *, method: str = "sine", rank: int | None = None, param_ratio: float | None = None,
@@ -81,8 +83,13 @@ def build_plan(src: Source, *, method: str = "sine", rank: int | None = None, pa
         raise UsageError(f"--rank must be a positive integer, got {rank}")
     if param_ratio is not None and not (0 < param_ratio < 1):
         raise UsageError(f"--param-ratio must be between 0 and 1 (exclusive), got {param_ratio}")
-    if method == "sine" and (omega is None or not math.isfinite(omega) or omega <= 0):
-        raise UsageError(f"--omega must be a positive finite number, got {omega}")
+    if isinstance(omega, str) and omega != "auto":
+        try:
+            omega = float(omega)
+        except ValueError:
+            raise UsageError(f"--omega must be 'auto' or a positive number, got {omega!r}") from None
+    if method == "sine" and omega != "auto" and (omega is None or not math.isfinite(omega) or omega <= 0):
+        raise UsageError(f"--omega must be 'auto' or a positive finite number, got {omega}")
     names = select_targets(src.shapes, src.dtypes, targets, exclude, tied=tied_heads(src), source=src.display)
     if not names:
         raise UsageError(f"no layer to compress in {src.display}; pass --target REGEX")
@@ -92,7 +99,7 @@ def build_plan(src: Source, *, method: str = "sine", rank: int | None = None, pa
         info = src.tensors[name + ".weight"]
         m, n = info.shape
         k = rank if rank is not None else rank_for_ratio(m, n, param_ratio, method)
-        lp = LayerPlan(name, (m, n), info.dtype, method, k, plan.omega,
+        lp = LayerPlan(name, (m, n), info.dtype, method, k, None if plan.omega == "auto" else plan.omega,
                        linear_rank=split_rank(k) if method == "sine" else 0)
         if k <= 0:
             lp.keep_dense = f"--param-ratio {param_ratio} leaves no rank for a {m}x{n} layer"
