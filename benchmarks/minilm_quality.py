@@ -94,10 +94,9 @@ def main():
     rows = run(args)
     if args.json:
         print(json.dumps(rows, indent=2))
-    if not args.quick:
-        write_section("minilm_quality", "## minilm_quality\n\n" + table(rows, args))
-    else:
-        print(table(rows, args), file=sys.stderr)
+    title = "## minilm_quality" + (" (--quick: k=32, small text sets, few steps)" if args.quick else "")
+    write_section("minilm_quality", f"{title}\n\nCommand: `PYTHONPATH=. python benchmarks/minilm_quality.py "
+                  f"{' '.join(sys.argv[1:])}`. " + table(rows, args))
 
 
 if __name__ == "__main__":

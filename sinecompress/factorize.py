@@ -47,6 +47,12 @@ def factorize(source: str | Path, out: str | Path, *, method: str = "sine", rank
                           samples=calib_samples, seq_len=seq_len, model=model, device=device)
     if cal is None and method == "wsvd":
         raise UsageError(f"--method wsvd needs calibration data, and {note.split(';')[0]}")
+    if cal is not None:
+        from .plan import LINEAR_FRACTION, split_rank
+
+        for lp in plan.active:
+            if lp.method == "sine":
+                lp.linear_rank = split_rank(lp.rank, LINEAR_FRACTION)
     factors = fit_layers(src, plan, progress, cal, device)
     tune = None
     if cal is not None and ft_steps > 0:

@@ -10,7 +10,7 @@ from .matching import select_targets
 from .sources import Source, tied_heads
 
 METHODS = ("sine", "svd", "wsvd")  # wsvd: whitened SVD (SVD-LLM), needs calibration data
-LINEAR_FRACTION = 0.75  # share of a sine layer's rank given to its linear part (docs/fitting.md)
+LINEAR_FRACTION = 0.75  # linear share of a sine layer's rank when calibrated (docs/fitting.md)
 
 
 @dataclass
@@ -67,10 +67,10 @@ def rank_for_ratio(m: int, n: int, ratio: float, method: str) -> int:
     return max(0, math.floor((ratio * m * n - amp) / (m + n)))
 
 
-def split_rank(rank: int) -> int:
-    """Linear part of a sine layer's rank (LINEAR_FRACTION, measured in docs/fitting.md); the sine part
-    keeps at least one rank."""
-    return min(int(round(rank * LINEAR_FRACTION)), rank - 1) if rank >= 2 else 0
+def split_rank(rank: int, fraction: float = 0.5) -> int:
+    """Linear part of a sine layer's rank: half for the weight-space fit; LINEAR_FRACTION for the
+    activation-aware fit (measured in docs/fitting.md). The sine part keeps at least one rank."""
+    return min(int(round(rank * fraction)), rank - 1) if rank >= 2 else 0
 
 
 def build_plan(src: Source, *, method: str = "sine", rank: int | None = None, param_ratio: float | None = None,

@@ -140,9 +140,9 @@ def test_cli_bad_calib_file_is_an_input_error(tiny, tmp_path):
 @pytest.mark.slow
 def test_minilm_calibrated_fit_beats_svd_on_a_few_layers(tmp_path):
     targets = [r"encoder\.layer\.0\.(intermediate|output)\.dense"]
-    common = dict(rank=16, targets=targets, calib_samples=32, seq_len=32, steps=20)
+    common = dict(rank=16, targets=targets, calib_samples=16, seq_len=32, steps=10)
     svd = factorize("example:minilm", tmp_path / "s", method="svd", **common)
-    sine = factorize("example:minilm", tmp_path / "t", method="sine", omega=100.0, ft_steps=4, **common)
+    sine = factorize("example:minilm", tmp_path / "t", method="sine", omega=100.0, ft_steps=2, **common)
     assert sine["calibration"]["used"]
     for a, b in zip(svd["layers"], sine["layers"]):
         assert b["act_error"] < a["act_error"]
