@@ -51,21 +51,23 @@ def _docstrings(module_name: str) -> list[str]:
             mod = importlib.import_module(module_name)
     except Exception:  # a module missing on this Python build just contributes nothing
         return []
+    with warnings.catch_warnings():  # some modules warn when their attributes are touched
+        warnings.simplefilter("ignore")
+        return _collect_docs(mod)
+
+
+def _collect_docs(mod) -> list[str]:
     docs = [inspect.getdoc(mod) or ""]
     for name in sorted(vars(mod)):
         if name.startswith("_"):
             continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            obj = getattr(mod, name)
+        obj = getattr(mod, name)
         if getattr(obj, "__module__", None) != mod.__name__:
             continue
         docs.append(inspect.getdoc(obj) or "")
         if inspect.isclass(obj):
             for meth in sorted(vars(obj)):
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    attr = getattr(obj, meth, None)
+                attr = getattr(obj, meth, None)
                 if not meth.startswith("_") and callable(attr):
                     docs.append(inspect.getdoc(attr) or "")
     return docs
