@@ -34,7 +34,7 @@ def default_ft_steps(device: str) -> int:
 
 
 # End-to-end fine-tune steps when --steps is not given (docs/fitting.md: what fits the time budget).
-FT_STEPS_CPU = 50
+FT_STEPS_CPU = 200
 FT_STEPS_GPU = 1000
 
 
@@ -64,7 +64,7 @@ def factorize_cmd(
     no_calib: bool = typer.Option(False, "--no-calib", help="Skip calibration: fit weights only (faster, worse)."),
     steps: int = typer.Option(None, "--steps", help="End-to-end calibration fine-tune steps (distillation "
                               "against the original model); default depends on --device (see docs/fitting.md)."),
-    fit_steps: int = typer.Option(100, "--fit-steps", help="Optimisation steps of each layer's sine fit."),
+    fit_steps: int = typer.Option(30, "--fit-steps", help="Optimisation steps of each layer's sine fit."),
     lr: float = typer.Option(1e-2, "--lr", help="Fine-tune learning rate, relative to each factor's RMS."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu or cuda."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives byte-identical output."),
