@@ -1,4 +1,4 @@
-"""The main job, as one straight line: source → plan → fit each layer → write → summary."""
+"""The main job, as one straight line: source → plan → calibrate → fit each layer → (fine-tune) → write → summary."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from pathlib import Path
 
 import torch
 
+from .calibrate import Calibration, calibrate
 from .distributed import Dist, from_env, share
-from .errors import InputError
+from .errors import InputError, UsageError
 from .fit import fit_sine, rel_error, truncated_svd
 from .format import ST_TO_TORCH, factor_names, make_metadata
 from .plan import LayerPlan, Plan, build_plan
@@ -29,64 +30,138 @@ WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt
 
 
 def factorize(source: str | Path, out: str | Path, *, method: str = "sine", rank: int | None = None,
-              param_ratio: float | None = None, omega: float | None = 100.0, targets=(), exclude=(),
+              param_ratio: float | None = None, omega: float | str | None = 100.0, targets=(), exclude=(),
               steps: int = 300, seed: int = 0, overwrite: bool = False,
               progress: Progress | None = None, resume: bool = False, max_shard_size: str | int | None = None,
-              allow_pickle: bool = False, rules=(), provenance: dict | None = None) -> dict | None:
+              allow_pickle: bool = False, rules=(), provenance: dict | None = None,
+              calib: str | Path | None = None, calibration: bool | None = None, calib_samples: int = 256,
+              seq_len: int = 128, ft_steps: int = 0, lr: float = 1e-2, device: str = "cpu", model=None,
+              ft_progress=None) -> dict | None:
     """Compress ``source`` into ``out`` and return the summary (what ``--json`` prints).
 
-    Memory holds about one layer at a time: each fitted layer goes to the run's work directory
-    (``workdir.py``) and the output is streamed from there. Under ``torchrun`` the layers are split
-    across ranks; ranks other than 0 return None. ``rules``: per-layer settings (``plan.Rule``);
-    ``provenance``: extra metadata (e.g. the recipe).
+    ``steps`` are the per-layer fit's steps; ``ft_steps`` the end-to-end calibration fine-tune's
+    (0: none). Calibration (``calibration``: None = automatic, on for text model directories) makes
+    every fit activation-aware; ``model`` supplies the network for sources without a config.json.
+    Weight-only runs hold about one layer at a time: each fitted layer goes to the run's work
+    directory (``workdir.py``), which also gives ``resume``, and the output is streamed from there.
+    Under ``torchrun`` their layers are split across ranks; ranks other than 0 return None.
+    ``rules``: per-layer settings (``plan.Rule``); ``provenance``: extra metadata (e.g. the recipe).
     """
+    from .distill import resolve_device
+
     t0 = time.perf_counter()
     out = Path(out)
     dist = from_env()
     shard_bytes = parse_size(max_shard_size) if max_shard_size is not None else None
     check_output(out, overwrite)  # fail before minutes of fitting, not after
+    device = resolve_device(device)
     src = open_source(source, allow_pickle=allow_pickle)
     check_targets(src, targets)
     plan = build_plan(src, method=method, rank=rank, param_ratio=param_ratio, omega=omega,
                       targets=targets, exclude=exclude, seed=seed, steps=steps, rules=rules)
     if dist.rank == 0:
         warn_kept_dense(plan)
-    work = WorkDir(Path(dist.on_rank0(lambda: str(prepare(out, src, plan, resume).path))))
-    dist.all_ok(lambda: fit_into(work, src, plan, progress, dist))
-    factors = stored_factors(work, plan)
+    cal, note = calibrate(src, [lp.name for lp in plan.active], calib=calib, enabled=calibration,
+                          samples=calib_samples, seq_len=seq_len, model=model, device=device)
+    if cal is None and any(lp.method == "wsvd" for lp in plan.active):
+        raise UsageError(f"--method wsvd needs calibration data, and {note.split(';')[0]}")
+    tune, work = None, None
+    if cal is None:
+        work = WorkDir(Path(dist.on_rank0(lambda: str(prepare(out, src, plan, resume).path))))
+        dist.all_ok(lambda: fit_into(work, src, plan, progress, dist))
+        factors = stored_factors(work, plan)
+    else:
+        # Calibrated fits need the model's activations and tune all layers together: one process, in memory.
+        if dist.world > 1 or resume:
+            raise UsageError("--resume and multi-process runs are for weight-only fits; add --no-calib")
+        from .plan import LINEAR_FRACTION, split_rank
+
+        for lp in plan.active:
+            if lp.method == "sine":
+                lp.linear_rank = split_rank(lp.rank, LINEAR_FRACTION)
+        factors = fit_layers(src, plan, progress, cal, device)
+        if ft_steps > 0:
+            from .finetune import finetune
+
+            tune = finetune(src, plan, factors, cal, steps=ft_steps, lr=lr, seed=seed, device=device,
+                            progress=ft_progress)
     write_compressed(src, plan, factors, out, overwrite, shard_bytes, dist, extra=provenance)
     if dist.rank != 0:
         return None
-    work.remove()
-    return summarize(src, plan, factors, out, time.perf_counter() - t0)
+    if work is not None:
+        work.remove()
+    summary = summarize(src, plan, factors, out, time.perf_counter() - t0)
+    summary["calibration"] = cal.record() if cal else {"used": False}
+    summary["calibration"]["note"] = note
+    summary["finetune"] = tune
+    return summary
 
 
-def fit_layer(w: torch.Tensor, lp: LayerPlan, plan: Plan) -> dict:
-    """Fit one layer; return its factor tensors (original dtype) and its relative error."""
-    dtype = ST_TO_TORCH[lp.dtype]
+def fit_layer(w: torch.Tensor, lp: LayerPlan, plan: Plan, gram: torch.Tensor | None = None,
+              device: str = "cpu") -> dict:
+    """Fit one layer; return its factor tensors (original dtype) and its errors.
+
+    With ``gram`` (the layer's calibration XᵀX) the fit is activation-aware and ``act_error`` is
+    reported beside the weight-space ``rel_error``. A sine layer without ω (``--omega auto``) gets
+    one from ``omega.choose_omega`` first.
+    """
     w32 = w.float()
-    if lp.method == "svd":
-        u, v = truncated_svd(w32, lp.rank, seed=plan.seed)
-        f = {"u": u.to(dtype), "v": v.to(dtype)}
-        f["rel_error"] = rel_error(f["u"].float() @ f["v"].float().T, w32)
-        return f
-    r = fit_sine(w32, lp.rank - lp.linear_rank, lp.omega, linear_rank=lp.linear_rank,
-                 steps=plan.steps, seed=plan.seed)
-    f = {k: (r[k].to(dtype) if r.get(k) is not None else None) for k in ("u", "v", "amp", "lin_u", "lin_v")}
-    from .layers import sine_weight
+    trials = None
+    if lp.method == "sine" and lp.omega is None:
+        from .omega import choose_omega
 
-    f["rel_error"] = rel_error(sine_weight(f["u"], f["v"], lp.omega, f["amp"], f["lin_u"], f["lin_v"],
-                                           dtype=torch.float32), w32)
+        lp.omega, trials = choose_omega(w32.to(device), lp.rank, lp.linear_rank, plan.steps, plan.seed,
+                                        gram=None if gram is None else gram.to(device))
+    if gram is not None and lp.method != "svd":  # svd stays the plain baseline; its act_error is still measured
+        from .fit_activation import fit_calibrated
+
+        r = fit_calibrated(w32.to(device), gram.to(device), lp.method, lp.rank, lp.linear_rank, lp.omega,
+                           steps=plan.steps, seed=plan.seed)
+        r = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in r.items()}
+    elif lp.method == "svd":
+        u, v = truncated_svd(w32, lp.rank, seed=plan.seed)
+        r = {"u": u, "v": v}
+    else:
+        r = fit_sine(w32, lp.rank - lp.linear_rank, lp.omega, linear_rank=lp.linear_rank,
+                     steps=plan.steps, seed=plan.seed)
+    f = finish_factors(r, lp, w32, gram)
+    if trials:
+        f["omega_trials"] = {f"{k:g}": round(v, 6) for k, v in trials.items()}
     return f
 
 
-def fit_layers(src: Source, plan: Plan, progress: Progress | None = None) -> dict[str, dict]:
+def finish_factors(r: dict, lp: LayerPlan, w32: torch.Tensor, gram: torch.Tensor | None = None) -> dict:
+    """Cast factors to the layer's dtype and measure the errors of what will actually be written."""
+    from .layers import sine_weight
+
+    dtype = ST_TO_TORCH[lp.dtype]
+    keys = ("u", "v") if lp.method != "sine" else ("u", "v", "amp", "lin_u", "lin_v")
+    f = {k: (r[k].to(dtype) if r.get(k) is not None else None) for k in keys}
+    if r.get("bias") is not None:
+        f["bias"] = r["bias"].to(dtype)
+    if lp.method == "sine":
+        w_hat = sine_weight(f["u"], f["v"], lp.omega, f["amp"], f["lin_u"], f["lin_v"], dtype=torch.float32)
+    else:
+        w_hat = f["u"].float() @ f["v"].float().T
+    f["rel_error"] = rel_error(w_hat, w32)
+    if gram is not None:
+        from .fit_activation import chol, whitened_error
+
+        f["act_error"] = whitened_error(w_hat, w32, chol(gram))
+        if "start_act_error" in r:
+            f["start_act_error"] = r["start_act_error"]
+    return f
+
+
+def fit_layers(src: Source, plan: Plan, progress: Progress | None = None, cal: Calibration | None = None,
+               device: str = "cpu") -> dict[str, dict]:
     active = plan.active
     out = {}
     for i, lp in enumerate(active):
         if progress:
             progress(lp.name, i, len(active))
-        out[lp.name] = fit_layer(src.get(lp.name + ".weight"), lp, plan)
+        gram = cal.grams[lp.name]["gram"] if cal is not None else None
+        out[lp.name] = fit_layer(src.get(lp.name + ".weight"), lp, plan, gram, device)
     if progress:
         progress("", len(active), len(active))
     return out
@@ -121,21 +196,22 @@ def fit_into(work: WorkDir, src: Source, plan: Plan, progress: Progress | None =
 class StoredFactors(Mapping):
     """One fitted layer's factors, read from the work directory only when the writer asks for them."""
 
-    def __init__(self, work: WorkDir, i: int, rel_error: float, keys):
-        self.work, self.i, self.rel_error, self.keys_ = work, i, rel_error, tuple(keys)
+    def __init__(self, work: WorkDir, i: int, record: dict, keys):
+        self.work, self.i, self.keys_ = work, i, tuple(keys)
+        self.scalars = {k: v for k, v in record.items() if k != "omega"}  # rel_error, act_error, ...
 
     def __getitem__(self, key):
-        if key == "rel_error":
-            return self.rel_error
+        if key in self.scalars:
+            return self.scalars[key]
         if key not in self.keys_:
             return None
         return self.work.factor(self.i, key)
 
     def __iter__(self):
-        return iter(("rel_error", *self.keys_))
+        return iter((*self.scalars, *self.keys_))
 
     def __len__(self):
-        return 1 + len(self.keys_)
+        return len(self.scalars) + len(self.keys_)
 
 
 def stored_factors(work: WorkDir, plan: Plan) -> dict[str, StoredFactors]:
@@ -150,27 +226,35 @@ def stored_factors(work: WorkDir, plan: Plan) -> dict[str, StoredFactors]:
         if "dense" in rec:
             lp.keep_dense = rec["dense"]
             continue
-        out[lp.name] = StoredFactors(work, i, rec["rel_error"], factor_shapes(lp))
+        if lp.method == "sine" and rec.get("omega") is not None:
+            lp.omega = rec["omega"]  # chosen by --omega auto, possibly on another rank or an earlier run
+        out[lp.name] = StoredFactors(work, i, rec, factor_shapes(lp))
     return out
 
 
 def layer_record(lp: LayerPlan, f: dict) -> dict:
     return {"name": lp.name, "kind": "sine" if lp.method == "sine" else "lowrank", "shape": list(lp.shape),
             "dtype": lp.dtype, "rank": lp.rank, "linear_rank": lp.linear_rank, "omega": lp.omega,
-            "amplitude": "row" if lp.method == "sine" else None, "rel_error": f["rel_error"]}
+            "amplitude": "row" if lp.method == "sine" else None, "rel_error": f["rel_error"],
+            "act_error": f.get("act_error"), "method": lp.method}
 
 
 def entries_for(src: Source, plan: Plan, factors: dict[str, dict]) -> list[Entry]:
     """Output tensors in source order: each factorised weight replaced in place by its factors."""
     by_weight = {lp.name + ".weight": lp for lp in plan.active}
+    # A calibration fine-tune also tunes the biases of the compressed layers.
+    tuned = {lp.name + ".bias": factors[lp.name]["bias"] for lp in plan.active if factors[lp.name].get("bias") is not None}
     entries = []
     for name, info in src.tensors.items():
         lp = by_weight.get(name)
+        if name in tuned:
+            entries.append(Entry(name, info.dtype, info.shape, lambda t=tuned[name]: t))
+            continue
         if lp is None:
             entries.append(Entry(name, info.dtype, info.shape, lambda n=name: src.get(n)))
             continue
         f = factors[lp.name]
-        kind = "lowrank" if lp.method == "svd" else "sine"
+        kind = "sine" if lp.method == "sine" else "lowrank"
         keys = ("u", "v") if kind == "lowrank" else ("u", "v", "amp", "lin_u", "lin_v")
         shapes = factor_shapes(lp)
         for key, fname in zip(keys, factor_names(lp.name, kind, lp.linear_rank)):
@@ -238,7 +322,12 @@ def summarize(src: Source, plan: Plan, factors: dict[str, dict], out: Path, seco
                "linear_rank": lp.linear_rank, "omega": lp.omega, "params_before": lp.dense_params,
                "params_after": lp.factored_params, "rel_error": None, "kept_dense": lp.keep_dense}
         if lp.name in factors:
-            rec["rel_error"] = factors[lp.name]["rel_error"]
+            f = factors[lp.name]
+            rec["rel_error"] = f["rel_error"]
+            rec["act_error"] = f.get("act_error")
+            rec["start_act_error"] = f.get("start_act_error")
+            if "omega_trials" in f:
+                rec["omega_trials"] = f["omega_trials"]
         layers.append(rec)
     out_bytes = sum(p.stat().st_size for p in ([out] if out.is_file() else out.rglob("*.safetensors")))
     return {

@@ -9,7 +9,8 @@ from .errors import UsageError
 from .matching import compile_patterns, select_targets
 from .sources import Source, tied_heads
 
-METHODS = ("sine", "svd")
+METHODS = ("sine", "svd", "wsvd")  # wsvd: whitened SVD (SVD-LLM), needs calibration data
+LINEAR_FRACTION = 0.75  # linear share of a sine layer's rank when calibrated (docs/fitting.md)
 
 
 @dataclass
@@ -33,7 +34,7 @@ class LayerPlan:
     dtype: str
     method: str
     rank: int  # total factor rank (sine part + linear part)
-    omega: float | None
+    omega: float | None  # None for linear methods, and for sine layers until --omega auto has chosen
     linear_rank: int = 0  # part of `rank` given to the linear (SVD) term of a sine layer
     keep_dense: str | None = None  # reason the layer stays dense
     rule: int | None = None  # index of the first Rule that matched this layer (recipes' `targets`)
@@ -57,7 +58,7 @@ class Plan:
     method: str
     rank: int | None
     param_ratio: float | None
-    omega: float | None
+    omega: float | str | None  # a number, "auto" (chosen per layer), or None for linear methods
     targets: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
     seed: int = 0
@@ -82,9 +83,10 @@ def rank_for_ratio(m: int, n: int, ratio: float, method: str) -> int:
     return max(0, math.floor((ratio * m * n - amp) / (m + n)))
 
 
-def split_rank(rank: int) -> int:
-    """Linear part of a sine layer's rank: half, as the hybrid fit in DESIGN.md (a lead, tuned in fit)."""
-    return rank // 2 if rank >= 2 else 0
+def split_rank(rank: int, fraction: float = 0.5) -> int:
+    """Linear part of a sine layer's rank: half for the weight-space fit; LINEAR_FRACTION for the
+    activation-aware fit (measured in docs/fitting.md). The sine part keeps at least one rank."""
+    return min(int(round(rank * fraction)), rank - 1) if rank >= 2 else 0
 
 
 def build_plan(src: Source, *, method: str = "sine", rank: int | None = None, param_ratio: float | None = None,
@@ -101,8 +103,13 @@ def build_plan(src: Source, *, method: str = "sine", rank: int | None = None, pa
         raise UsageError(f"--rank must be a positive integer, got {rank}")
     if param_ratio is not None and not (0 < param_ratio < 1):
         raise UsageError(f"--param-ratio must be between 0 and 1 (exclusive), got {param_ratio}")
-    if method == "sine" and not rules and (omega is None or not math.isfinite(omega) or omega <= 0):
-        raise UsageError(f"--omega must be a positive finite number, got {omega}")
+    if isinstance(omega, str) and omega != "auto":
+        try:
+            omega = float(omega)
+        except ValueError:
+            raise UsageError(f"--omega must be 'auto' or a positive number, got {omega!r}") from None
+    if method == "sine" and not rules and omega != "auto" and (omega is None or not math.isfinite(omega) or omega <= 0):
+        raise UsageError(f"--omega must be 'auto' or a positive finite number, got {omega}")
     targets = list(targets) or [r.match for r in rules]
     names = select_targets(src.shapes, src.dtypes, targets, exclude, tied=tied_heads(src), source=src.display)
     if not names:
@@ -117,7 +124,7 @@ def build_plan(src: Source, *, method: str = "sine", rank: int | None = None, pa
         meth, rank_, ratio, om = _settings(rules[i] if i is not None else None, name,
                                            method, rank, param_ratio, omega)
         k = rank_ if rank_ is not None else rank_for_ratio(m, n, ratio, meth)
-        lp = LayerPlan(name, (m, n), info.dtype, meth, k, om if meth == "sine" else None,
+        lp = LayerPlan(name, (m, n), info.dtype, meth, k, om if meth == "sine" and om != "auto" else None,
                        linear_rank=split_rank(k) if meth == "sine" else 0, rule=i)
         if k <= 0:
             lp.keep_dense = f"--param-ratio {ratio} leaves no rank for a {m}x{n} layer"
@@ -146,6 +153,11 @@ def _settings(rule: Rule | None, name: str, method, rank, param_ratio, omega):
         raise UsageError(f"{where}: rank must be a positive integer, got {k}")
     if ratio is not None and not (0 < ratio < 1):
         raise UsageError(f"{where}: param_ratio must be between 0 and 1 (exclusive), got {ratio}")
-    if meth == "sine" and (not isinstance(om, (int, float)) or not math.isfinite(om) or om <= 0):
-        raise UsageError(f"{where}: omega must be a positive finite number, got {om}")
+    if isinstance(om, str) and om != "auto":
+        try:
+            om = float(om)
+        except ValueError:
+            raise UsageError(f"{where}: omega must be 'auto' or a positive number, got {om!r}") from None
+    if meth == "sine" and om != "auto" and (not isinstance(om, (int, float)) or not math.isfinite(om) or om <= 0):
+        raise UsageError(f"{where}: omega must be 'auto' or a positive finite number, got {om}")
     return meth, k, ratio, om

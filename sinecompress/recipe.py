@@ -295,6 +295,8 @@ def factorize_kwargs(recipe: Recipe, accepted: set[str], overrides: dict | None 
             raise UsageError(f"{recipe.where(key)}: '{key}' is not supported by this sinecompress build "
                              "(its factorize has no such option); remove it from the recipe")
         kw[target] = value
+    if "ft_steps" in o:  # factorize --steps: the end-to-end fine-tune's steps
+        kw["ft_steps"] = o["ft_steps"]
     if "wsvd" in {kw["method"], *(r.method for r in rules)} and "wsvd" not in _methods():
         line = recipe.where("defaults.method")
         raise UsageError(f"{line}: method 'wsvd' is not supported by this sinecompress build; use sine or svd")

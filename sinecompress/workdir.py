@@ -89,7 +89,10 @@ class WorkDir:
     def save(self, i: int, lp: LayerPlan, factors: dict) -> None:
         tensors = {k: v for k, v in factors.items() if isinstance(v, torch.Tensor)}
         entries = [Entry(k, _st(t), tuple(t.shape), lambda t=t: t) for k, t in tensors.items()]
-        meta = {"layer": lp.name, "rel_error": json.dumps(float(factors["rel_error"]))}
+        # Scalars the fit chose or measured (ω under --omega auto, activation error, ...) travel with the factors.
+        extra = {k: v for k, v in factors.items() if not isinstance(v, torch.Tensor) and v is not None}
+        extra["omega"] = lp.omega
+        meta = {"layer": lp.name, "rel_error": json.dumps(float(factors["rel_error"])), "extra": json.dumps(extra)}
         with atomic_file(self.layer_file(i)) as tmp:
             write_safetensors(tmp, entries, meta)
 
@@ -119,7 +122,7 @@ class WorkDir:
             ok = (meta.get("layer") == lp.name and set(header) == set(want)
                   and all(tuple(header[k]["shape"]) == s and header[k]["dtype"] == lp.dtype for k, s in want.items()))
             if ok:
-                return {"rel_error": float(json.loads(meta["rel_error"]))}
+                return {**json.loads(meta.get("extra", "{}")), "rel_error": float(json.loads(meta["rel_error"]))}
         except (InputError, ValueError, KeyError, TypeError):
             pass
         f.unlink()  # damaged or from another plan: fit it again

@@ -31,6 +31,17 @@ def progress_bar():
                     TimeRemainingColumn(), console=err_console, transient=True)
 
 
+# End-to-end fine-tune steps when --steps is not given (docs/fitting.md: what fits the time budget).
+FT_STEPS_CPU = 200
+FT_STEPS_GPU = 1000
+
+
+def default_ft_steps(device: str) -> int:
+    from ..distill import resolve_device
+
+    return FT_STEPS_GPU if resolve_device(device) == "cuda" else FT_STEPS_CPU
+
+
 @app.command("factorize")
 def factorize_cmd(
     ctx: typer.Context,
@@ -41,13 +52,26 @@ def factorize_cmd(
     rank: int = typer.Option(None, "--rank", "-k", help="Total factor rank per layer (sine part + linear part)."),
     param_ratio: float = typer.Option(None, "--param-ratio", help="Per-layer parameter budget as a fraction of "
                                       "the dense layer (amplitude included); the rank follows from it."),
-    omega: float = typer.Option(100.0, "--omega", help="Sine frequency ω."),
-    method: str = typer.Option("sine", "--method", help="sine (sine low-rank) or svd (truncated SVD baseline)."),
+    omega: str = typer.Option("auto", "--omega", help="Sine frequency ω, or 'auto' to choose it per layer "
+                              "by a short trial fit at each of 30, 100, 300 (recorded in the summary)."),
+    method: str = typer.Option("sine", "--method", help="sine (hybrid sine low-rank), svd (truncated SVD "
+                               "baseline) or wsvd (whitened SVD, activation-aware; needs calibration)."),
     target: list[str] = typer.Option([], "--target", help="Regex matched in full against module names "
                                      "(tensor name minus '.weight'); repeatable. Default: every 2-D linear "
                                      "weight except embeddings, norms and tied heads."),
     exclude: list[str] = typer.Option([], "--exclude", help="Regex (full match) of modules to leave dense; repeatable."),
-    steps: int = typer.Option(300, "--steps", help="Optimisation steps of the per-layer sine fit."),
+    # --- calibration and fitting (docs/fitting.md) ---
+    calib: Path = typer.Option(None, "--calib", help="Calibration data: text lines (.txt), JSONL "
+                               '{"text": ...}, or a .safetensors file of model input tensors. '
+                               "Default for text models: built-in text (Python stdlib docstrings)."),
+    calib_samples: int = typer.Option(256, "--calib-samples", help="Number of calibration samples."),
+    seq_len: int = typer.Option(128, "--seq-len", help="Maximum tokens per calibration text."),
+    no_calib: bool = typer.Option(False, "--no-calib", help="Skip calibration: fit weights only (faster, worse)."),
+    steps: int = typer.Option(None, "--steps", help="End-to-end calibration fine-tune steps (distillation "
+                              "against the original model); default depends on --device (see docs/fitting.md)."),
+    fit_steps: int = typer.Option(30, "--fit-steps", help="Optimisation steps of each layer's sine fit."),
+    lr: float = typer.Option(1e-2, "--lr", help="Fine-tune learning rate, relative to each factor's RMS."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu or cuda."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives byte-identical output."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
@@ -71,8 +95,10 @@ def factorize_cmd(
     if source is None or out is None:
         raise UsageError("give SOURCE and --out OUT (or --recipe FILE)")
     kwargs = dict(method=method, rank=rank, param_ratio=param_ratio, omega=omega, targets=target,
-                  exclude=exclude, steps=steps, seed=seed, overwrite=overwrite, resume=resume,
-                  max_shard_size=max_shard_size, allow_pickle=allow_pickle)
+                  exclude=exclude, steps=fit_steps, seed=seed, overwrite=overwrite, resume=resume,
+                  max_shard_size=max_shard_size, allow_pickle=allow_pickle, calib=calib,
+                  calibration=False if no_calib else None, calib_samples=calib_samples, seq_len=seq_len,
+                  ft_steps=default_ft_steps(device) if steps is None else steps, lr=lr, device=device)
     try:
         if workers != 1:
             summary = factorize_workers(source, out, workers, **kwargs)
@@ -83,7 +109,12 @@ def factorize_cmd(
                 def report(name: str, done: int, total: int):
                     bar.update(task, total=total, completed=done, layer=name)
 
-                summary = factorize(source, out, progress=report, **kwargs)
+                ft_task = bar.add_task("fine-tune", total=None, layer="", visible=False)
+
+                def ft_report(step: int, total: int, loss: float):
+                    bar.update(ft_task, total=total, completed=step, layer=f"loss {loss:.4f}", visible=True)
+
+                summary = factorize(source, out, progress=report, ft_progress=ft_report, **kwargs)
     except BaseException:
         if signals.received is not None:
             signals.received.hint = f"fitted layers are kept in {work_path(out)}; rerun with --resume to continue"

@@ -1,0 +1,73 @@
+"""Shared MiniLM helpers for the fitting benchmarks: model, texts, embeddings, metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from sinecompress.calibrate import builtin_texts, tokenize
+from sinecompress.load import _hf_model_from_config
+from sinecompress.sources import example_dir, open_source
+
+MLP_TARGETS = r"encoder\.layer\.\d+\.(intermediate|output)\.dense"
+
+
+def minilm():
+    """all-MiniLM-L6-v2 built from its config, with its own weights loaded.
+
+    ``SC_MODEL_DIR`` points at another copy of the model directory (the GPU machine has no package).
+    """
+    d = Path(os.environ["SC_MODEL_DIR"]) if os.environ.get("SC_MODEL_DIR") else example_dir("minilm")
+    model = _hf_model_from_config(d)
+    src = open_source(d)
+    sd = {k: src.get(k) for k in src.tensors}
+    model.load_state_dict(sd, strict=False)
+    return model.eval(), d
+
+
+def mlp_names(model) -> list[str]:
+    import re
+
+    return [n for n, _ in model.named_modules() if re.fullmatch(MLP_TARGETS, n)]
+
+
+def texts_for(split: str, count: int) -> list[str]:
+    """Built-in stdlib text; ``SC_TEXTS`` (JSON {"calib": [...], "heldout": [...]}) pins the exact text
+    (another Python version has other docstrings)."""
+    if os.environ.get("SC_TEXTS"):
+        return json.loads(Path(os.environ["SC_TEXTS"]).read_text())[split][:count]
+    return builtin_texts(split, count)
+
+
+def batches_for(d, split: str, count: int, seq_len: int = 128):
+    return tokenize(texts_for(split, count), d, seq_len)
+
+
+@torch.no_grad()
+def embed(model, batches) -> torch.Tensor:
+    """Mean-pooled, L2-normalised sentence embeddings (the sentence-transformers recipe)."""
+    out = []
+    dev = next(model.parameters()).device
+    for b in batches:
+        b = {k: v.to(dev) for k, v in b.items()}
+        h = model(**b).last_hidden_state
+        m = b["attention_mask"].unsqueeze(-1).to(h.dtype)
+        e = (h * m).sum(1) / m.sum(1).clamp_min(1)
+        out.append(torch.nn.functional.normalize(e, dim=-1).cpu())
+    return torch.cat(out)
+
+
+def quality(ref: torch.Tensor, emb: torch.Tensor) -> dict:
+    """Mean cosine to the reference embeddings; top-1 nearest-neighbour agreement (self excluded)."""
+    cos = float((ref * emb).sum(-1).mean())
+
+    def nn1(e):
+        s = e @ e.T
+        s.fill_diagonal_(-2)
+        return s.argmax(1)
+
+    agree = float((nn1(ref) == nn1(emb)).float().mean())
+    return {"cosine": cos, "nn_agreement": agree}

@@ -1,0 +1,103 @@
+"""Quality at equal parameters on all 12 MLP matrices of all-MiniLM-L6-v2: svd, wsvd, wsvd + the
+calibration fine-tune, and sine (hybrid fit + the same fine-tune).
+
+Metrics on held-out text (stdlib docstrings of modules never used for calibration): mean cosine
+between compressed and original mean-pooled sentence embeddings, and top-1 nearest-neighbour
+agreement; plus wall time and peak memory. "k" is the budget: every method stays within a rank-k
+linear factorisation's parameters (the sine layers use total rank k-1 plus their m amplitudes).
+
+    PYTHONPATH=. python benchmarks/minilm_quality.py            # full table, writes BENCHMARKS.md
+    PYTHONPATH=. python benchmarks/minilm_quality.py --quick --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _bench import machine_info, machine_line, write_section  # noqa: E402
+from _minilm import batches_for, embed, minilm, mlp_names, quality  # noqa: E402
+from explore_fit import fit_variant  # noqa: E402
+
+from sinecompress.calibrate import capture_grams  # noqa: E402
+from sinecompress.distill import compressed_module, distill, swap_in  # noqa: E402
+
+REFERENCE = {"svd": {32: 0.358, 64: 0.372, 128: 0.482, 192: 0.655},
+             "wsvd": {32: 0.595, 64: 0.697, 128: 0.846, 192: 0.923}}
+METHODS = {"svd": ("svd", 0), "wsvd": ("wsvd", 0), "wsvd+ft": ("wsvd", 1), "sine": ("hybrid:100:0.75", 1)}
+
+
+def run(args) -> list[dict]:
+    torch.manual_seed(0)
+    model, d = minilm()
+    names = mlp_names(model)
+    calib = batches_for(d, "calib", args.calib)
+    held = batches_for(d, "heldout", args.heldout)
+    grams = capture_grams(model, names, calib)
+    ref = embed(model, held)
+    mods = dict(model.named_modules())
+    rows = []
+    for k in args.k:
+        for method in args.methods:
+            variant, tune = METHODS[method]
+            t0 = time.perf_counter()
+            student = copy.deepcopy(model)
+            for name in names:
+                w = mods[name].weight.detach().float()
+                kind, f, _err, omega = fit_variant(variant, w, grams[name]["gram"], k, args.fit_steps, 1e-2)
+                swap_in(student, name, compressed_module(kind, f, mods[name].bias.detach(), omega))
+            if tune:
+                distill(student, model, calib, names, steps=args.ft_steps, lr=args.lr)
+            q = quality(ref, embed(student, held))
+            rows.append({"k": k, "method": method, **{m: round(v, 4) for m, v in q.items()},
+                         "reference_cosine": REFERENCE.get(method, {}).get(k),
+                         "seconds": round(time.perf_counter() - t0, 1),
+                         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)})
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
+def table(rows, args) -> str:
+    lines = [f"Machine: {machine_line(machine_info())}. Calibration {args.calib} texts, held-out {args.heldout} texts, "
+             f"fit steps {args.fit_steps}, fine-tune steps {args.ft_steps}.", "",
+             "| k | method | cosine | NN agreement | DESIGN.md cosine | seconds | peak RSS MB |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ref = "-" if r["reference_cosine"] is None else f"{r['reference_cosine']:.3f}"
+        lines.append(f"| {r['k']} | {r['method']} | {r['cosine']:.3f} | {r['nn_agreement']:.3f} | {ref} | "
+                     f"{r['seconds']} | {r['peak_rss_mb']} |")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--k", type=int, nargs="+", default=[32, 64, 128, 192])
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    ap.add_argument("--calib", type=int, default=256)
+    ap.add_argument("--heldout", type=int, default=1000)
+    ap.add_argument("--fit-steps", type=int, default=100)
+    ap.add_argument("--ft-steps", type=int, default=100)
+    ap.add_argument("--lr", type=float, default=1e-2)
+    ap.add_argument("--quick", action="store_true", help="k=32 only, small text sets, few steps")
+    ap.add_argument("--json", action="store_true", help="print the rows as JSON on stdout")
+    args = ap.parse_args()
+    if args.quick:
+        args.k, args.calib, args.heldout, args.fit_steps, args.ft_steps = [32], 64, 200, 20, 10
+    rows = run(args)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    title = "## minilm_quality" + (" (--quick: k=32, small text sets, few steps)" if args.quick else "")
+    write_section("minilm_quality", f"{title}\n\nCommand: `PYTHONPATH=. python benchmarks/minilm_quality.py "
+                  f"{' '.join(sys.argv[1:])}`. " + table(rows, args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Fits on small layers: each method beats its warm start, wsvd is the closed form, seeds are deterministic."""
+
+from __future__ import annotations
+
+import torch
+
+from sinecompress.fit import fit_sine, rel_error, truncated_svd
+from sinecompress.fit_activation import (
+    chol,
+    fit_calibrated,
+    fit_hybrid,
+    shifted_target,
+    whitened_error,
+    whitened_svd,
+)
+from sinecompress.omega import choose_omega
+
+
+def _layer(m=48, n=32, tokens=400, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(m, n, generator=g) / n**0.5
+    # Anisotropic inputs, as real activations are: a few directions carry most of the energy.
+    x = torch.randn(tokens, n, generator=g) * torch.logspace(0, -2, n)
+    return w, x, (x.T @ x).double()
+
+
+def test_wsvd_equals_closed_form():
+    w, _, gram = _layer()
+    L = chol(gram, 1e-6)
+    u, v = whitened_svd(w, L, 6)
+    # Eckart–Young in the whitened space: the error is the tail of W L's singular values.
+    s = torch.linalg.svdvals(w.double() @ L)
+    expected = float((s[6:] ** 2).sum().sqrt() / (s**2).sum().sqrt())
+    assert abs(whitened_error(u @ v.T, w, L) - expected) < 1e-4
+    assert torch.linalg.matrix_rank(u @ v.T) == 6
+
+
+def test_wsvd_beats_svd_on_activations_and_svd_beats_wsvd_on_weights():
+    w, _, gram = _layer()
+    L = chol(gram)
+    su, sv = truncated_svd(w, 6)
+    wu, wv = whitened_svd(w, L, 6)
+    assert whitened_error(wu @ wv.T, w, L) < whitened_error(su @ sv.T, w, L)
+    assert rel_error(su @ sv.T, w) <= rel_error(wu @ wv.T, w) + 1e-6
+
+
+def test_hybrid_fit_improves_on_its_warm_start():
+    w, _, gram = _layer()
+    f = fit_hybrid(w, chol(gram), rank=3, linear_rank=5, omega=100.0, steps=60, seed=0)
+    assert f["act_error"] < f["start_act_error"]
+    assert f["u"].shape == (48, 3) and f["lin_u"].shape == (48, 5) and f["amp"].shape == (48,)
+
+
+def test_weight_space_sine_fit_improves_on_its_svd_start():
+    w, _, _ = _layer()
+    u, v = truncated_svd(w, 5)
+    f = fit_sine(w, 3, 100.0, linear_rank=5, steps=60, seed=0)
+    assert f["rel_error"] < rel_error(u @ v.T, w)
+
+
+def test_fits_are_deterministic_for_a_seed():
+    w, _, gram = _layer()
+    a = fit_calibrated(w, gram, "sine", 8, 5, 100.0, steps=20, seed=3)
+    b = fit_calibrated(w, gram, "sine", 8, 5, 100.0, steps=20, seed=3)
+    for k in ("u", "v", "amp", "lin_u", "lin_v"):
+        assert torch.equal(a[k], b[k])
+    assert a["act_error"] == b["act_error"]
+
+
+def test_shifted_target_recovers_the_original_outputs():
+    w, x, _ = _layer(tokens=2000)
+    x_shift = x + 0.05 * torch.randn_like(x) * x.std(0)
+    g_s = (x_shift.T @ x_shift).double()
+    cross = (x_shift.T @ x).double()
+    w_star = shifted_target(w, g_s, cross, damp=1e-8)
+    # W* applied to the shifted inputs reproduces the original outputs better than W itself does.
+    y = x @ w.T
+    assert torch.linalg.norm(x_shift @ w_star.T - y) < torch.linalg.norm(x_shift @ w.T - y)
+
+
+def test_choose_omega_picks_the_lowest_trial_error():
+    w, _, gram = _layer()
+    best, trials = choose_omega(w, 8, 5, steps=50, seed=0, gram=gram)
+    assert set(trials) == {30.0, 100.0, 300.0}
+    assert trials[best] == min(trials.values())
