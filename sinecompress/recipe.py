@@ -158,8 +158,9 @@ def load_recipe(path: str | Path) -> Recipe:
 
 
 def parse_recipe(text: str, name: str = "<recipe>") -> Recipe:
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)  # the reader already rejects some bytes (control characters)
         node = loader.get_single_node()
         if node is None:
             raise UsageError(f"{name}:1: empty recipe; start from `sinecompress recipe init`")
@@ -172,7 +173,8 @@ def parse_recipe(text: str, name: str = "<recipe>") -> Recipe:
     except yaml.YAMLError as e:
         raise UsageError(f"{name}: invalid YAML: {e}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if data.get("version") != RECIPE_VERSION:
         raise UsageError(f"{recipe.where('version')}: recipe version {data.get('version')} is not supported; "
                          f"this sinecompress reads version {RECIPE_VERSION}")

@@ -30,7 +30,7 @@ def test_version_and_help():
 
 def test_factorize_json_then_inflate(tiny_file, tmp_path):
     out = tmp_path / "c.safetensors"
-    p = run_cli("factorize", tiny_file, "--rank", "4", "--omega", "30", "--steps", "5", "--out", out, "--json")
+    p = run_cli("factorize", tiny_file, "--rank", "4", "--omega", "30", "--fit-steps", "5", "--out", out, "--json")
     assert p.returncode == 0, p.stderr
     s = json.loads(p.stdout)
     assert s["params_after"] < s["params_before"] and len(s["layers"]) == 4
@@ -74,10 +74,10 @@ def test_pattern_matching_nothing(tiny_file, tmp_path):
 def test_existing_output_needs_overwrite(tiny_file, tmp_path):
     out = tmp_path / "o.safetensors"
     out.write_bytes(b"keep me")
-    p = run_cli("factorize", tiny_file, "--rank", "4", "--steps", "2", "--out", out)
+    p = run_cli("factorize", tiny_file, "--rank", "4", "--fit-steps", "2", "--out", out)
     assert_one_line_error(p, 2, "already exists", "--overwrite")
     assert out.read_bytes() == b"keep me"
-    p = run_cli("factorize", tiny_file, "--rank", "4", "--steps", "2", "--out", out, "--overwrite")
+    p = run_cli("factorize", tiny_file, "--rank", "4", "--fit-steps", "2", "--out", out, "--overwrite")
     assert p.returncode == 0, p.stderr
     assert out.read_bytes() != b"keep me"
     assert [q.name for q in tmp_path.iterdir() if q.name.startswith(".")] == []

@@ -43,13 +43,13 @@ def test_share_balances_by_size_and_is_deterministic():
 @pytest.mark.slow
 def test_torchrun_two_gloo_ranks_match_single_process(tmp_path):
     src = tiny_file(tmp_path / "m.safetensors")
-    kw = ["--method", "sine", "--rank", "6", "--steps", "5", "--max-shard-size", "8KB"]
+    kw = ["--method", "sine", "--rank", "6", "--omega", "100", "--fit-steps", "5", "--max-shard-size", "8KB"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                         "-m", "sinecompress", "factorize", str(src), *kw, "--out", str(tmp_path / "dist")],
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    _single(src, tmp_path / "single", method="sine", rank=6, steps=5, max_shard_size="8KB")
+    _single(src, tmp_path / "single", method="sine", rank=6, omega=100.0, steps=5, max_shard_size="8KB")
     dist, single = _files(tmp_path / "dist"), _files(tmp_path / "single")
     assert len(single) >= 3  # several shards plus the index: both ranks wrote shards
     assert dist == single
@@ -62,5 +62,5 @@ def test_workers_flag_matches_single_process(tmp_path):
     code, _, err = cli("factorize", src, "--method", "svd", "--rank", "4", "--workers", "2",
                        "--out", tmp_path / "w.safetensors")
     assert code == 0, err
-    _single(src, tmp_path / "s.safetensors", method="svd", rank=4)
+    _single(src, tmp_path / "s.safetensors", method="svd", rank=4, steps=30)  # the CLI's --fit-steps default
     assert (tmp_path / "w.safetensors").read_bytes() == (tmp_path / "s.safetensors").read_bytes()

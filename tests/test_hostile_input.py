@@ -211,9 +211,9 @@ def test_nonfinite_target_kept_dense_with_warning(tmp_path):
 @pytest.mark.parametrize("args,needle", [
     (["--rank", "0"], "--rank must be a positive integer"),
     (["--rank", "-3"], "--rank must be a positive integer"),
-    (["--rank", "4", "--omega", "-5"], "--omega must be a positive finite number"),
-    (["--rank", "4", "--omega", "nan"], "--omega must be a positive finite number"),
-    (["--rank", "4", "--omega", "inf"], "--omega must be a positive finite number"),
+    (["--rank", "4", "--omega", "-5"], "--omega must be 'auto' or a positive finite number"),
+    (["--rank", "4", "--omega", "nan"], "--omega must be 'auto' or a positive finite number"),
+    (["--rank", "4", "--omega", "inf"], "--omega must be 'auto' or a positive finite number"),
     (["--rank", "4", "--target", r"blocks\.9\.fc1"], "matches no 2-D weight"),
     (["--rank", "4", "--target", r"blocks\.0\.norm"], "'blocks.0.norm.weight', a 1-D F32 tensor"),
     (["--rank", "4", "--target", r"blocks\.0\.fc1\.bias"], "'blocks.0.fc1.bias', a 1-D F32 tensor"),
@@ -222,7 +222,7 @@ def test_nonfinite_target_kept_dense_with_warning(tmp_path):
 ])
 def test_bad_settings_exit_2_one_line(tmp_path, args, needle):
     m = tiny_file(tmp_path / "m.safetensors")
-    code, _, err = cli("factorize", m, "--method", "sine", "--steps", "1", *args, "--out", tmp_path / "o.safetensors")
+    code, _, err = cli("factorize", m, "--method", "sine", "--fit-steps", "1", *args, "--out", tmp_path / "o.safetensors")
     assert code == 2, err
     assert needle in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1

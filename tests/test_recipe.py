@@ -364,7 +364,7 @@ def test_shipped_llama_recipe_on_tiny_llama(tmp_path, capsys):
     transformers.LlamaForCausalLM(cfg).save_pretrained(str(tmp_path / "llama"))
     out = tmp_path / "llama-sine"
     code, stdout, err = cli(capsys, "factorize", "--recipe", ROOT / "recipes" / "llama.yaml", tmp_path / "llama",
-                            "--out", out, "--steps", "3", "--json")
+                            "--out", out, "--fit-steps", "3", "--json")
     s = json.loads(stdout)
     assert code == (0 if s["passed"] else 1), err
     projs = [f"self_attn.{x}_proj" for x in "qkvo"] + [f"mlp.{x}_proj" for x in ("gate", "up", "down")]
