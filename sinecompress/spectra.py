@@ -112,7 +112,7 @@ def singular_values(w: torch.Tensor, exact: bool | None = None, top: int = DEFAU
         raise ValueError(f"expected a 2-D matrix, got shape {tuple(w.shape)}")
     w = w.float()
     shape = (int(w.shape[0]), int(w.shape[1]))
-    fro2 = float(w.double().pow(2).sum())
+    fro2 = float(torch.linalg.vector_norm(w, dtype=torch.float64)) ** 2
     if exact is None:
         exact = min(shape) <= EXACT_MAX_DIM or top >= min(shape)
     if exact or min(shape) == 0:

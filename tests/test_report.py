@@ -114,6 +114,22 @@ def test_dense_report_shows_what_rank_k_keeps(ckpts):
     assert layer["keep"][1]["params"] == 8 * (64 + 32)
 
 
+def test_large_layers_get_partial_spectra_unless_exact(ckpts, monkeypatch):
+    from sinecompress import spectra
+
+    monkeypatch.setattr(spectra, "EXACT_MAX_DIM", 16)  # every 32/64-wide test layer now counts as "large"
+    rep = report(ckpts["comp"], against=ckpts["dense"], top=8, rank=[2])
+    for layer in rep["layers"]:
+        w = layer["spectra"]["weight"]
+        assert not w["exact"] and len(w["singular_values"]) == 8
+        assert w["numerical_rank_is_lower_bound"] and layer["numerical_rank"] == 8
+        assert layer["effective_rank"] is None and layer["stable_rank"] > 0
+        assert layer["spectra"]["uv"]["numerical_rank"] == 2  # rank-2 phase: the partial spectrum sees it
+    ex = report(ckpts["comp"], against=ckpts["dense"], top=8, rank=[2], exact=True)
+    assert all(r["spectra"]["weight"]["exact"] and r["effective_rank"] for r in ex["layers"])
+    assert [r["rel_error"] for r in ex["layers"]] == [r["rel_error"] for r in rep["layers"]]
+
+
 def test_layers_regex_narrows_and_is_validated(ckpts):
     rep = report(ckpts["comp"], layers=r"blocks\.1\..*")
     assert [r["name"] for r in rep["layers"]] == ["blocks.1.fc1", "blocks.1.fc2"]

@@ -104,7 +104,7 @@ def report_cmd(
     rank: str = typer.Option(None, "--rank", "-k", help="Comma-separated ranks k at which to show the energy "
                              "a truncated SVD of the original keeps (default 8,32 for dense input)."),
     exact: bool = typer.Option(False, "--exact", help="Full spectrum for every layer, however large "
-                               "(default: randomized top singular values above 2048 rows and columns)."),
+                               "(default: randomized top singular values when both sides exceed 2048)."),
     top: int = typer.Option(DEFAULT_TOP, "--top", help="How many singular values a large layer's partial "
                             "spectrum computes."),
     rtol: float = typer.Option(None, "--rtol", help="Numerical rank counts σ_i > rtol·σ_max instead of "
@@ -169,7 +169,7 @@ def spectrum_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the random factors."),
     rtol: float = typer.Option(None, "--rtol", help="Numerical rank counts σ_i > rtol·σ_max instead of "
                                "numpy's rule σ_i > max(m,n)·eps·σ_max."),
-    exact: bool = typer.Option(False, "--exact", help="Full spectrum even above 2048 rows and columns."),
+    exact: bool = typer.Option(False, "--exact", help="Full spectrum even when both sides exceed 2048."),
     plot: Path = typer.Option(None, "--plot", help="Write spectra and rank-against-ω as a PNG (needs matplotlib)."),
     as_json: bool = typer.Option(False, "--json", help="Print the sweep as JSON on stdout (schema: docs/report.md)."),
 ):
