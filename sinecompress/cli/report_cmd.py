@@ -43,40 +43,46 @@ def _spark(spec: dict | None) -> str:
     return sparkline([x / top for x in spec["singular_values"]])
 
 
+def _report_columns(rep: dict) -> list[tuple[str, bool, object]]:
+    """(header, optional, cell function) for each column; optional ones go on narrow terminals."""
+    compressed = rep["input_kind"] == "compressed"
+
+    def lb(r):
+        return "≥" if r["spectra"]["weight"]["numerical_rank_is_lower_bound"] else ""
+
+    cols = [("layer", False, lambda r: r["name"]), ("shape", False, lambda r: "×".join(map(str, r["shape"])))]
+    if compressed:
+        cols += [("k (lin)", False, lambda r: f"{r['rank']} ({r['linear_rank']})" if r["linear_rank"] else str(r["rank"])),
+                 ("ω", False, lambda r: _fmt(r["omega"])),
+                 ("params", True, lambda r: f"{r['params_factored']:,}"),
+                 ("rate", True, lambda r: f"{r['compression_rate']:.1%}")]
+    cols += [("num. rank", False, lambda r: f"{lb(r)}{r['numerical_rank']}"),
+             ("eff. rank", False, lambda r: _fmt(r["effective_rank"], ".1f")),
+             ("stable", True, lambda r: f"{r['stable_rank']:.2f}")]
+    if compressed:
+        cols += [("rank UVᵀ→sin", True, lambda r: f"{r['spectra']['uv']['numerical_rank']}→"
+                  f"{r['spectra']['sine']['numerical_rank']}" if r["spectra"]["sine"] else "-")]
+    if rep["against"]:
+        cols += [("rel. error", False, lambda r: _fmt(r["rel_error"], ".4f"))]
+    if not compressed:
+        cols += [("rank-k keeps", False, lambda r: ", ".join(f"k={k['rank']}: {_fmt(k['energy'], '.0%')}"
+                                                           for k in r["keep"]) or "-")]
+    cols += [("spectrum σ/σmax (log)", True,
+              lambda r: (("Ŵ " if compressed else "") + _spark(r["spectra"]["weight"]))
+              + ("\nW " + _spark(r["spectra"]["original"]) if r["spectra"]["original"] else ""))]
+    return cols
+
+
 def print_report(rep: dict, console: Console) -> None:
     t = Table(title=f"{rep['source']}" + (f"  vs  {rep['against']}" if rep["against"] else ""), title_justify="left")
-    compressed = rep["input_kind"] == "compressed"
-    cols = [("layer", "left"), ("shape", "right")]
-    if compressed:
-        cols += [("k (lin)", "right"), ("ω", "right"), ("params", "right"), ("rate", "right")]
-    cols += [("num. rank", "right"), ("eff. rank", "right"), ("stable", "right")]
-    if compressed:
-        cols += [("rank UVᵀ→sin", "right")]
-    if rep["against"]:
-        cols += [("rel. error", "right")]
-    if not compressed:
-        cols += [("rank-k keeps", "right")]
-    cols += [("spectrum σ/σmax (log)", "left")]
-    for name, just in cols:
-        spark = name.startswith("spectrum")
-        t.add_column(name, justify=just, overflow="fold", no_wrap=spark, min_width=26 if spark else None)
+    cols = _report_columns(rep)
+    if console.width < 130:  # on a narrow terminal the core numbers matter more than sparklines and extras
+        cols = [c for c in cols if not c[1]]
+    for name, _, _ in cols:
+        left = name == "layer" or name.startswith("spectrum")
+        t.add_column(name, justify="left" if left else "right", overflow="fold", no_wrap=name.startswith("spectrum"))
     for layer in rep["layers"]:
-        row = [layer["name"], "×".join(map(str, layer["shape"]))]
-        if compressed:
-            row += [f"{layer['rank']} ({layer['linear_rank']})" if layer["linear_rank"] else str(layer["rank"]),
-                    _fmt(layer["omega"]), f"{layer['params_factored']:,}", f"{layer['compression_rate']:.1%}"]
-        lb = "≥" if layer["spectra"]["weight"]["numerical_rank_is_lower_bound"] else ""
-        row += [f"{lb}{layer['numerical_rank']}", _fmt(layer["effective_rank"], ".1f"), f"{layer['stable_rank']:.2f}"]
-        sp = layer["spectra"]
-        if compressed:
-            row += [f"{sp['uv']['numerical_rank']}→{sp['sine']['numerical_rank']}" if sp["sine"] else "-"]
-        if rep["against"]:
-            row += [_fmt(layer["rel_error"], ".4f")]
-        if not compressed:
-            row += [", ".join(f"k={k['rank']}: {_fmt(k['energy'], '.0%')}" for k in layer["keep"]) or "-"]
-        row += [(("Ŵ " if compressed else "") + _spark(sp["weight"]))
-                + ("\nW " + _spark(sp["original"]) if sp["original"] else "")]
-        t.add_row(*row)
+        t.add_row(*(cell(layer) for _, _, cell in cols))
     console.print(t)
     parts = [f"tolerance: {rep['tolerance']}"]
     if rep["params_before"] is not None:
