@@ -1,0 +1,263 @@
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from sinecompress.cli import main
+from sinecompress.errors import InputError, UsageError
+from sinecompress.factorize import factorize
+from sinecompress.report import report
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGETS = [r"blocks\.\d+\.fc\d"]
+
+# The schema is pinned here literally (not imported), so a change to it fails this test: bump
+# schema_version and update docs/report.md when it must change.
+REPORT_KEYS = {"schema_version", "tool_version", "source", "against", "input_kind", "tolerance", "seconds",
+               "params_before", "params_after", "compression_rate", "model_params_before",
+               "model_params_after", "model_compression_rate", "bytes_on_disk", "bytes_original",
+               "mean_rel_error", "activation_error", "layers"}
+LAYER_KEYS = {"name", "kind", "shape", "dtype", "rank", "linear_rank", "omega", "params_dense",
+              "params_factored", "compression_rate", "numerical_rank", "effective_rank", "stable_rank",
+              "rel_error", "fit_rel_error", "keep", "spectra"}
+SPECTRA_KEYS = {"original", "weight", "uv", "sine"}
+SPECTRUM_KEYS = {"exact", "numerical_rank", "numerical_rank_is_lower_bound", "effective_rank", "stable_rank",
+                 "sigma_max", "tolerance", "singular_values"}
+KEEP_KEYS = {"rank", "params", "energy", "rel_error"}
+
+
+def _tiny_model(path: Path) -> Path:
+    g = torch.Generator().manual_seed(0)
+    t = {"embed.weight": torch.randn(50, 32, generator=g), "norm.weight": torch.ones(32)}
+    for i in range(2):
+        t[f"blocks.{i}.fc1.weight"] = torch.randn(64, 32, generator=g) / 6
+        t[f"blocks.{i}.fc1.bias"] = torch.zeros(64)
+        t[f"blocks.{i}.fc2.weight"] = torch.randn(32, 64, generator=g) / 8
+    t["head.weight"] = torch.randn(10, 32, generator=g)
+    save_file(t, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    d = tmp_path_factory.mktemp("report")
+    dense = _tiny_model(d / "dense.safetensors")
+    comp = d / "comp.safetensors"
+    summary = factorize(dense, comp, rank=4, omega=100.0, targets=TARGETS, steps=40, seed=0)
+    return {"dir": d, "dense": dense, "comp": comp, "summary": summary}
+
+
+def run_cli(*args):
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), COLUMNS="200")
+    return subprocess.run([sys.executable, "-m", "sinecompress", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=120)
+
+
+def cli(capsys, *args):
+    """Run the CLI in-process (a subprocess costs seconds of imports); return (exit code, stdout, stderr)."""
+    with pytest.raises(SystemExit) as e:
+        main([str(a) for a in args])
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+def test_compressed_report_schema_and_sine_rank(ckpts):
+    rep = report(ckpts["comp"], against=ckpts["dense"])
+    assert set(rep) == REPORT_KEYS and rep["schema_version"] == 1
+    assert rep["input_kind"] == "compressed"
+    names = [r["name"] for r in rep["layers"]]
+    assert names == ["blocks.0.fc1", "blocks.0.fc2", "blocks.1.fc1", "blocks.1.fc2"]
+    for layer in rep["layers"]:
+        assert set(layer) == LAYER_KEYS
+        assert set(layer["spectra"]) == SPECTRA_KEYS
+        for s in layer["spectra"].values():
+            assert set(s) == SPECTRUM_KEYS
+        for k in layer["keep"]:
+            assert set(k) == KEEP_KEYS
+        assert layer["kind"] == "sine" and layer["rank"] == 4 and layer["omega"] == 100.0
+        assert layer["spectra"]["uv"]["numerical_rank"] == layer["rank"] - layer["linear_rank"]
+        assert layer["numerical_rank"] > layer["rank"]  # the sine raised the rank
+        assert layer["spectra"]["sine"]["numerical_rank"] > layer["rank"]
+        # the error against the original agrees with the one factorize measured while fitting
+        assert layer["rel_error"] == pytest.approx(layer["fit_rel_error"], abs=1e-4)
+        m, n = layer["shape"]
+        assert layer["params_dense"] == m * n and layer["params_factored"] == 4 * (m + n) + m
+    s = ckpts["summary"]
+    for key in ("params_before", "params_after", "model_params_before", "model_params_after"):
+        assert rep[key] == s[key], key
+    assert rep["compression_rate"] == pytest.approx(s["compression_rate"])
+    assert rep["bytes_on_disk"] == ckpts["comp"].stat().st_size
+    assert rep["bytes_original"] == ckpts["dense"].stat().st_size
+    json.dumps(rep)  # serialisable as is
+
+
+def test_dense_report_shows_what_rank_k_keeps(ckpts):
+    rep = report(ckpts["dense"], rank=[2, 8])
+    assert rep["input_kind"] == "dense"
+    # default selection, as factorize's: 2-D weights minus embeddings, norms and (maybe tied) heads
+    assert [r["name"] for r in rep["layers"]] == ["blocks.0.fc1", "blocks.0.fc2", "blocks.1.fc1", "blocks.1.fc2"]
+    assert rep["params_after"] == rep["params_before"] and rep["compression_rate"] == 1.0
+    from safetensors.torch import load_file
+
+    w = load_file(str(ckpts["dense"]))["blocks.0.fc1.weight"].double()
+    s2 = torch.linalg.svdvals(w) ** 2
+    layer = rep["layers"][0]
+    assert layer["numerical_rank"] == 32 and layer["spectra"]["original"] is None
+    assert [k["rank"] for k in layer["keep"]] == [2, 8]
+    assert layer["keep"][1]["energy"] == pytest.approx(float(s2[:8].sum() / s2.sum()), abs=1e-5)
+    assert layer["keep"][1]["params"] == 8 * (64 + 32)
+
+
+def test_large_layers_get_partial_spectra_unless_exact(ckpts, monkeypatch):
+    from sinecompress import spectra
+
+    monkeypatch.setattr(spectra, "EXACT_MAX_DIM", 16)  # every 32/64-wide test layer now counts as "large"
+    rep = report(ckpts["comp"], against=ckpts["dense"], top=8, rank=[2])
+    for layer in rep["layers"]:
+        w = layer["spectra"]["weight"]
+        assert not w["exact"] and len(w["singular_values"]) == 8
+        assert w["numerical_rank_is_lower_bound"] and layer["numerical_rank"] == 8
+        assert layer["effective_rank"] is None and layer["stable_rank"] > 0
+        assert layer["spectra"]["uv"]["numerical_rank"] == 2  # rank-2 phase: the partial spectrum sees it
+    ex = report(ckpts["comp"], against=ckpts["dense"], top=8, rank=[2], exact=True)
+    assert all(r["spectra"]["weight"]["exact"] and r["effective_rank"] for r in ex["layers"])
+    assert [r["rel_error"] for r in ex["layers"]] == [r["rel_error"] for r in rep["layers"]]
+
+
+def test_layers_regex_narrows_and_is_validated(ckpts):
+    rep = report(ckpts["comp"], layers=r"blocks\.1\..*")
+    assert [r["name"] for r in rep["layers"]] == ["blocks.1.fc1", "blocks.1.fc2"]
+    assert rep["params_before"] == 64 * 32 * 2
+    with pytest.raises(UsageError, match="matches no layer"):
+        report(ckpts["comp"], layers="fc1")  # full match: 'fc1' is not a module name
+    with pytest.raises(UsageError, match="not a valid regular expression"):
+        report(ckpts["comp"], layers="(")
+    # an explicit pattern may pick a layer the default leaves out
+    assert [r["name"] for r in report(ckpts["dense"], layers="embed")["layers"]] == ["embed"]
+
+
+def test_against_must_match(ckpts, tmp_path):
+    with pytest.raises(InputError, match="dense original"):
+        report(ckpts["comp"], against=ckpts["comp"])
+    other = tmp_path / "other.safetensors"
+    save_file({"blocks.0.fc1.weight": torch.zeros(64, 16)}, str(other))
+    with pytest.raises(InputError, match=r"blocks\.0\.fc1"):
+        report(ckpts["comp"], against=other)
+
+
+def test_calib_is_refused_not_faked(ckpts):
+    with pytest.raises(UsageError, match="--calib"):
+        report(ckpts["comp"], calib="data.txt")
+
+
+def test_cli_json_on_stdout_table_on_stderr(ckpts):
+    r = run_cli("report", ckpts["comp"], "--against", ckpts["dense"], "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert set(rep) == REPORT_KEYS and len(rep["layers"]) == 4
+    assert "blocks.0.fc1" in r.stderr and "rel. error" in r.stderr  # the table went to stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_cli_table_on_stdout_without_json(ckpts, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    rc, out, _ = cli(capsys, "report", ckpts["dense"])
+    assert rc == 0 and "rank-k keeps" in out and "blocks.0.fc1" in out
+
+
+@pytest.mark.parametrize("make, code, words", [
+    (lambda d: d / "missing.safetensors", 3, "no such file"),
+    (lambda d: (d / "junk.safetensors").write_bytes(b"\x01\x02") and d / "junk.safetensors", 3, "junk.safetensors"),
+])
+def test_cli_bad_input_is_one_line(tmp_path, capsys, make, code, words):
+    rc, _, err = cli(capsys, "report", make(tmp_path))
+    assert rc == code
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0]
+
+
+def test_cli_against_wrong_shape_exit_3(ckpts, tmp_path, capsys):
+    other = tmp_path / "other.safetensors"
+    save_file({"blocks.0.fc1.weight": torch.zeros(64, 16)}, str(other))
+    rc, _, err = cli(capsys, "report", ckpts["comp"], "--against", other)
+    assert rc == 3 and len(err.strip().splitlines()) == 1 and "blocks.0.fc1" in err
+
+
+def test_plot_writes_png(ckpts, tmp_path, capsys):
+    pytest.importorskip("matplotlib", reason="the plot extra is not installed")
+    out = tmp_path / "spectra.png"
+    rc, _, err = cli(capsys, "report", ckpts["comp"], "--against", ckpts["dense"], "--plot", out)
+    assert rc == 0 and "wrote" in err
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+    assert not [p for p in tmp_path.iterdir() if p.name != "spectra.png"]  # no temp file left behind
+
+
+def test_plot_without_matplotlib_says_how_to_install(ckpts, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    out = tmp_path / "x.png"
+    for argv in (["report", str(ckpts["comp"]), "--plot", str(out)], ["spectrum", "--plot", str(out)]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "matplotlib" in err[0] and "sinecompress[plot]" in err[0]
+    assert not out.exists()
+
+
+def test_adapter_dir_without_adapters_module(tmp_path, monkeypatch):
+    (tmp_path / "adapter_config.json").write_text("{}")
+    monkeypatch.setitem(sys.modules, "sinecompress.adapters", None)
+    with pytest.raises(UsageError, match="adapter_delta_weights"):
+        report(tmp_path)
+
+
+def test_adapter_dir_uses_adapter_delta_weights_when_present(tmp_path, monkeypatch):
+    (tmp_path / "adapter_config.json").write_text("{}")
+    g = torch.Generator().manual_seed(0)
+    deltas = {"blocks.0.fc1": torch.randn(64, 3, generator=g) @ torch.randn(3, 32, generator=g),
+              "blocks.0.fc2": torch.randn(32, 2, generator=g) @ torch.randn(2, 64, generator=g)}
+    mod = types.ModuleType("sinecompress.adapters")
+    mod.adapter_delta_weights = lambda adapter_dir: deltas
+    monkeypatch.setitem(sys.modules, "sinecompress.adapters", mod)
+    rep = report(tmp_path)
+    assert set(rep) == REPORT_KEYS and rep["input_kind"] == "adapter"
+    assert [(r["name"], r["numerical_rank"]) for r in rep["layers"]] == [("blocks.0.fc1", 3), ("blocks.0.fc2", 2)]
+    assert all(set(r) == LAYER_KEYS for r in rep["layers"])
+
+
+def test_spectrum_cli(ckpts, capsys):
+    rc, out, err = cli(capsys, "spectrum", "--shape", "64x48", "--rank", "3", "--omegas", "1,10,100", "--json")
+    assert rc == 0, err
+    sw = json.loads(out)
+    ranks = [p["numerical_rank"] for p in sw["omegas"]]
+    assert sw["uv"]["numerical_rank"] == 3 and ranks[0] < ranks[-1]
+    rc, out, err = cli(capsys, "spectrum", ckpts["comp"], "--layer", "blocks.0.fc1", "--omegas", "10,100", "--json")
+    assert rc == 0, err
+    sw = json.loads(out)
+    assert sw["layer_omega"] == 100.0 and sw["rank"] == 2 and sw["shape"] == [64, 32]
+    rc, out, _ = cli(capsys, "spectrum", ckpts["dense"], "--layer", "blocks.0.fc1", "--rank", "4", "--json")
+    assert rc == 0 and json.loads(out)["uv"]["numerical_rank"] == 4
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--shape", "64by48"], "--shape"),
+    (["--omegas", "1,-5"], "--omegas"),
+    (["--shape", "8x8", "--rank", "9"], "exceeds"),
+    (["--layer", "x"], "needs a checkpoint"),
+])
+def test_spectrum_cli_usage_errors(capsys, args, words):
+    rc, _, err = cli(capsys, "spectrum", *args)
+    assert rc == 2 and words in err and len(err.strip().splitlines()) == 1
+
+
+def test_spectrum_unknown_layer(ckpts, capsys):
+    rc, _, err = cli(capsys, "spectrum", ckpts["comp"], "--layer", "nope")
+    assert rc == 2 and "nope" in err and len(err.strip().splitlines()) == 1
