@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,9 @@ from torch import nn
 
 from .. import __version__
 from ..errors import InputError, UsageError
-from ..sources import Source, check_safetensors_header, open_source
+from ..factorize import copy_model_files
+from ..sources import SINGLE_NAME, Source, check_safetensors_header, open_source
+from ..writer import Entry, atomic_output, check_output, write_safetensors
 from .config import AdapterConfig
 from .functional import dense_delta
 from .inject import inject_adapters, iter_adapters
@@ -116,10 +116,11 @@ def save_adapter(model: nn.Module, out_dir: str | Path, overwrite: bool = True) 
             "omega_pattern": {n: m.omega for n, m in mods if m.omega != omega},
             "update": "dW = sin(omega * B @ A) / sqrt(in_features) * (alpha / r)",
         }
-    _atomic_dir(out_dir, overwrite, lambda tmp: (
-        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"}),
-        (tmp / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n"),
-    ))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(out_dir, overwrite) as tmp:
+        tmp.mkdir()
+        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        (tmp / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
     return out_dir
 
 
@@ -259,110 +260,40 @@ def _match_base_keys(src: Source, mods: list[AdapterModule]) -> dict[str, str]:
     return out
 
 
-_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+_FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 
 
 def merge_checkpoint(base: str | Path, adapter_dir: str | Path, out: str | Path, overwrite: bool = False) -> dict:
     """Write base + adapter as a dense safetensors checkpoint; return a summary.
 
-    ``out`` ending in ``.safetensors`` is one file; anything else is a directory holding
-    ``model.safetensors`` plus the base directory's other files (config, tokenizer). The base is read
-    one tensor at a time and the output is streamed to a temporary name, then renamed.
+    Like ``inflate``: a file base gives a file, a directory base a directory (``model.safetensors``
+    plus the base's config and tokenizer files). The base is read one tensor at a time and the output
+    streamed under a temporary name, then renamed; an existing ``out`` needs ``overwrite``.
     """
     src = open_source(base)
     mods = read_adapter(adapter_dir)
     keys = _match_base_keys(src, mods)
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise UsageError(f"{out}: already exists; pass --overwrite to replace it")
+    check_output(out, overwrite)
     by_key = {keys[m.name]: m for m in mods}
     for k in by_key:
-        if src.tensors[k].dtype not in _DTYPES:
-            raise InputError(f"{src.display or src.path}: {k} has dtype {src.tensors[k].dtype}; only float weights can merge")
-    meta = dict(src.metadata)
-    meta["sinecompress_merged_adapter"] = json.dumps({"adapter": str(adapter_dir), "kind": mods[0].kind,
-                                                      "modules": len(mods), "tool_version": __version__})
+        if src.tensors[k].dtype not in _FLOAT_DTYPES:
+            raise InputError(f"{src.display}: {k} has dtype {src.tensors[k].dtype}; only float weights can be merged")
 
-    def tensor(name):
+    def produce(name):
         t = src.get(name)
         m = by_key.get(name)
         return t if m is None else m.merged(t).to(t.dtype)
 
-    def write(target: Path):
-        _stream_safetensors(target, [(k, src.tensors[k].dtype, src.tensors[k].shape) for k in src.tensors],
-                            tensor, meta)
-
-    if out.suffix == ".safetensors":
-        _atomic_file(out, overwrite, write)
-    else:
-        def fill(tmp: Path):
-            if src.model_dir is not None:
-                for p in sorted(src.model_dir.iterdir()):
-                    if p.is_file() and not p.name.endswith(".safetensors") and p.name != "model.safetensors.index.json":
-                        shutil.copy2(p, tmp / p.name)
-            write(tmp / "model.safetensors")
-        _atomic_dir(out, overwrite, fill)
-    return {"base": str(base), "adapter": str(adapter_dir), "out": str(out), "kind": mods[0].kind,
-            "merged_modules": len(mods), "tensors": len(src.tensors)}
-
-
-def _stream_safetensors(path: Path, entries, get, metadata: dict[str, str]):
-    """Write a safetensors file tensor by tensor, so only one tensor is in memory at a time."""
-    sizes = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-             "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
-    header: dict = {"__metadata__": metadata} if metadata else {}
-    offset = 0
-    for name, dtype, shape in entries:
-        n = sizes[dtype] * math.prod(shape)
-        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + n]}
-        offset += n
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    with open(path, "wb") as f:
-        f.write(len(raw).to_bytes(8, "little"))
-        f.write(raw)
-        for name, _dtype, shape in entries:
-            t = get(name)
-            if tuple(t.shape) != tuple(shape):
-                raise InputError(f"{name}: read shape {tuple(t.shape)} differs from its header {tuple(shape)}")
-            f.write(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _tmp_name(target: Path) -> Path:
-    return target.with_name(f".{target.name}.sc.tmp{os.getpid()}")
-
-
-def _atomic_file(target: Path, overwrite: bool, write):
-    if target.exists() and not overwrite:
-        raise UsageError(f"{target}: already exists; pass --overwrite to replace it")
-    if target.is_dir():
-        raise UsageError(f"{target}: is a directory; give a .safetensors file name or a new directory")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(target)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _atomic_dir(target: Path, overwrite: bool, fill):
-    if target.exists() and not overwrite:
-        raise UsageError(f"{target}: already exists; pass --overwrite to replace it")
-    if target.exists() and not target.is_dir():
-        raise UsageError(f"{target}: exists and is not a directory")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(target)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    old = target.with_name(f".{target.name}.sc.old{os.getpid()}")
-    try:
-        fill(tmp)
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+    entries = [Entry(k, info.dtype, info.shape, lambda n=k: produce(n)) for k, info in src.tensors.items()]
+    meta = {"format": "pt", "sinecompress_merged_adapter": json.dumps(
+        {"adapter": str(adapter_dir), "kind": mods[0].kind, "modules": len(mods), "tool_version": __version__})}
+    with atomic_output(out, overwrite) as tmp:
+        if src.model_dir is None:
+            write_safetensors(tmp, entries, meta)
+        else:
+            tmp.mkdir()
+            copy_model_files(src.model_dir, tmp)
+            write_safetensors(tmp / SINGLE_NAME, entries, meta)
+    return {"base": src.display, "adapter": str(adapter_dir), "output": str(out), "kind": mods[0].kind,
+            "merged_modules": sorted(m.name for m in mods), "tensors": len(entries)}

@@ -20,7 +20,6 @@ from torch import nn
 from .functional import adapter_linear, dense_delta
 
 
-
 class AdapterLinear(nn.Module):
     """Base class: a frozen ``base_layer`` plus rank-``r`` factors. Subclasses pick the update."""
 

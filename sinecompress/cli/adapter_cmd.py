@@ -20,8 +20,8 @@ def merge(
     base: str = typer.Argument(..., help="Base checkpoint: a .safetensors file, a sharded or Hugging Face "
                                          "model directory, or example:minilm."),
     adapter: Path = typer.Argument(..., help="Adapter directory (adapter_config.json + adapter_model.safetensors)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output: a .safetensors file, or a directory that gets "
-                                                      "model.safetensors plus the base directory's config files."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output path: a .safetensors file for a file base, a directory "
+                                                      "(model.safetensors + config/tokenizer files) for a directory base."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ):
@@ -32,5 +32,5 @@ def merge(
     if as_json:
         print(json.dumps(summary))
     else:
-        err_console.print(f"merged {summary['merged_modules']} {summary['kind']} modules into {summary['out']}",
+        err_console.print(f"merged {len(summary['merged_modules'])} {summary['kind']} modules into {summary['output']}",
                           markup=False, highlight=False)
