@@ -43,32 +43,55 @@ def dense_delta(A, B, omega: float, scale: float, sine: bool) -> torch.Tensor:
         return w.mul_(scale)
 
 
+def _unit_delta(A, B, omega: float, sine: bool, cd: torch.dtype, keep_phase: bool = False):
+    """sin(ω·B A) (or B A) in the compute dtype ``cd``, phase in fp32; optionally also the fp32 phase.
+
+    ω is folded into the r×out factor and the scale c is left to the caller's matmul (addmm's alpha),
+    so the m×n data is written once in fp32 and once in ``cd``: this function is memory-bound, and
+    each extra elementwise pass over m×n costs about as much as the adapter's matmuls.
+    """
+    pd = _phase_dtype(A)
+    phase = (B.to(pd) * omega if sine else B.to(pd)) @ A.to(pd)
+    if not sine:
+        return (phase if cd == pd else phase.to(cd)), (phase if keep_phase else None)
+    if cd == pd and not keep_phase:
+        return phase.sin_(), None
+    s = torch.empty(phase.shape, dtype=cd, device=phase.device)
+    torch.sin(phase, out=s)
+    return s, (phase if keep_phase else None)
+
+
 class _AdapterLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, x_delta, A, B, W0, magnitude, omega, scale, sine, fuse):
         cd = _compute_dtype(x)
+        pd = _phase_dtype(A)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            dW = dense_delta(A, B, omega, scale, sine)
+            x2 = x.reshape(-1, x.shape[-1]).to(cd)
+            xd2 = x2 if x_delta is None else x_delta.reshape(-1, x_delta.shape[-1]).to(cd)
             norm = rs = None
-            full = None
-            if W0 is not None and (magnitude is not None or fuse):
-                full = dW + W0.to(dW.dtype)
             if magnitude is not None:
+                # DoRA: the row norm needs W0 + ΔW in fp32; it is a constant for backward (see docstring).
+                full = dense_delta(A, B, omega, scale, sine).add_(W0.to(pd))
                 norm = torch.linalg.vector_norm(full, dim=1)
-                rs = magnitude.to(norm.dtype) / norm
-            xd = x if x_delta is None else x_delta
-            if full is not None and fuse and x_delta is None:
-                w = full if rs is None else full * rs[:, None]
-                y = xd.to(cd) @ w.to(cd).T
+                rs = magnitude.to(pd) / norm
+                if fuse and x_delta is None:
+                    y = x2 @ full.mul_(rs[:, None]).to(cd).T
+                else:
+                    del full
+                    s, _ = _unit_delta(A, B, omega, sine, cd)
+                    y = torch.addmm(x2 @ W0.to(cd).T, xd2, s.T, alpha=scale).mul_(rs.to(cd))
             else:
-                y = xd.to(cd) @ dW.to(cd).T
-                if W0 is not None:
-                    y = y + x.to(cd) @ W0.to(cd).T
-                if rs is not None:
-                    y = y * rs.to(cd)
+                s, _ = _unit_delta(A, B, omega, sine, cd)
+                if W0 is None:
+                    y = (xd2 @ s.T).mul_(scale)
+                elif fuse and x_delta is None:
+                    y = x2 @ torch.add(W0.to(cd), s, alpha=scale).T
+                else:
+                    y = torch.addmm(x2 @ W0.to(cd).T, xd2, s.T, alpha=scale)
         ctx.save_for_backward(x, x_delta, A, B, W0, magnitude, norm)
         ctx.omega, ctx.scale, ctx.sine, ctx.cd = omega, scale, sine, cd
-        return y
+        return y.reshape(*x.shape[:-1], y.shape[-1])
 
     @staticmethod
     def backward(ctx, g):
@@ -77,9 +100,8 @@ class _AdapterLinear(torch.autograd.Function):
         need_x, need_xd, need_A, need_B, _, need_m = ctx.needs_input_grad[:6]
         pd = _phase_dtype(A)
         with torch.autocast(device_type=g.device.type, enabled=False):
-            # Rebuild the phase; sin and cos come from it here instead of being kept since forward.
-            phase = (B.to(pd) @ A.to(pd)).mul_(omega) if sine else None
-            dW = (phase.sin() if sine else B.to(pd) @ A.to(pd)).mul_(scale)
+            # Rebuild the phase here instead of keeping sin/cos of it since forward.
+            s, phase = _unit_delta(A, B, omega, sine, cd, keep_phase=need_A or need_B)
             rs = None if magnitude is None else magnitude.to(pd) / norm
             same_x = x_delta is None
             xd = x if same_x else x_delta
@@ -88,35 +110,37 @@ class _AdapterLinear(torch.autograd.Function):
             grad_x = grad_xd = grad_A = grad_B = grad_m = None
             if need_x or need_xd:
                 if same_x:
-                    w = dW if W0 is None else dW + W0.to(pd)
-                    grad_x = (gs @ w.to(cd)).reshape(x.shape).to(x.dtype)
+                    w = s * scale if W0 is None else torch.add(W0.to(cd), s, alpha=scale)
+                    grad_x = (gs @ w).reshape(x.shape).to(x.dtype)
+                    del w
                 else:
                     if need_x and W0 is not None:
                         grad_x = (gs @ W0.to(cd)).reshape(x.shape).to(x.dtype)
                     if need_xd:
-                        grad_xd = (gs @ dW.to(cd)).reshape(xd.shape).to(xd.dtype)
+                        grad_xd = (gs @ s).mul_(scale).reshape(xd.shape).to(xd.dtype)
             if need_A or need_B or need_m:
                 xd2 = xd.reshape(-1, xd.shape[-1]).to(cd)
-                G = (g2.T @ xd2).to(pd)  # ∂L/∂(x_d ΔWᵀ) summed over tokens: the one dense product
+                G = g2.T @ xd2  # ∂L/∂(x_d ΔWᵀ) summed over tokens: the one dense product backward needs
                 if need_m:
-                    grad_rs = (G * dW).sum(1)
+                    grad_rs = (G.to(pd) * s.to(pd)).sum(1).mul_(scale)
                     if W0 is not None:
                         if same_x:
-                            grad_rs += (G * W0.to(pd)).sum(1)
+                            grad_rs += (G.to(pd) * W0.to(pd)).sum(1)
                         else:
                             x2 = x.reshape(-1, x.shape[-1]).to(cd)
                             grad_rs += ((g2.T @ x2).to(pd) * W0.to(pd)).sum(1)
                     grad_m = (grad_rs / norm).to(magnitude.dtype)
                 if need_A or need_B:
+                    del s
+                    # ∂L/∂phase = c·ω·cos(phase) ⊙ G (⊙ DoRA's row scale); constants go on the r-sized results.
+                    gp = phase.cos_().mul_(G) if sine else G.to(pd)
                     if rs is not None:
-                        G.mul_(rs[:, None])
-                    G.mul_(scale)
-                    if sine:
-                        G.mul_(phase.cos_().mul_(omega))
+                        gp.mul_(rs[:, None])
+                    k = scale * omega if sine else scale
                     if need_B:
-                        grad_B = (G @ A.to(pd).T).to(B.dtype)
+                        grad_B = (gp @ A.to(pd).T).mul_(k).to(B.dtype)
                     if need_A:
-                        grad_A = (B.to(pd).T @ G).to(A.dtype)
+                        grad_A = (B.to(pd).T @ gp).mul_(k).to(A.dtype)
         return grad_x, grad_xd, grad_A, grad_B, None, grad_m, None, None, None, None
 
 
