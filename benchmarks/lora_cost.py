@@ -5,9 +5,8 @@ For each variant, one training step (forward, backward, AdamW) on the same model
                torch.autograd.graph.saved_tensors_hooks, parameters excluded (they exist anyway)
   step_s       median wall time per step
   peak_bytes   (CUDA) peak allocated memory during a step
-Variants: lora (two thin matmuls), sine_lora (lean autograd, default settings: Triton kernels on
-CUDA, one fused matmul with W0+ΔW only in fp32), sine_lora_torch (the same with torch ops only),
-sine_lora_fused (forces one matmul with W0+ΔW also in bf16), sine_lora_naive (official-code style:
+Variants: lora (two thin matmuls), sine_lora (lean autograd, default settings: one fused matmul
+with W0+ΔW only in fp32), sine_lora_fused (forces one matmul with W0+ΔW also in bf16), sine_lora_naive (official-code style:
 autograd through the dense sin(ω·BA), which keeps it for backward), dora (peft's formulation),
 dora_lean, sine_dora (lean), sine_dora_naive (peft's DoRA with the dense sine).
 
@@ -38,7 +37,6 @@ TARGETS = [r"model\.layers\.\d+\.self_attn\.(q|k|v)_proj", r"model\.layers\.\d+\
 VARIANTS = {
     "lora": {"kind": "lora"},
     "sine_lora": {"kind": "sine_lora"},
-    "sine_lora_torch": {"kind": "sine_lora", "kernel": "torch"},
     "sine_lora_fused": {"kind": "sine_lora", "fuse": True},
     "sine_lora_naive": {"kind": "sine_lora", "lean": False},
     "dora": {"kind": "dora", "lean": False},

@@ -31,7 +31,6 @@ class AdapterConfig:
     dropout: float = 0.0
     lean: bool = True  # memory-lean autograd for the sine and DoRA kinds; False = autograd through dense ΔW
     fuse: bool | None = None  # one matmul with W0 + ΔW; None: only in float32/float64 (see functional.py)
-    kernel: str = "auto"  # sine LoRA on CUDA: "triton" kernels, "torch" ops, or "auto" (Triton when it imports)
     rank_pattern: dict[str, int] = field(default_factory=dict)
     alpha_pattern: dict[str, float] = field(default_factory=dict)
     omega_pattern: dict[str, float] = field(default_factory=dict)
@@ -41,8 +40,6 @@ class AdapterConfig:
             raise UsageError(f"adapter kind {self.kind!r} is not one of {', '.join(KINDS)}")
         if int(self.r) <= 0:
             raise UsageError(f"adapter rank r must be a positive integer, got {self.r}")
-        if self.kernel not in ("auto", "torch", "triton"):
-            raise UsageError(f"adapter kernel must be auto, torch or triton, got {self.kernel!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise UsageError(f"adapter dropout must be in [0, 1), got {self.dropout}")
         for what, pats in (("rank_pattern", self.rank_pattern), ("alpha_pattern", self.alpha_pattern),

@@ -63,17 +63,15 @@ def _unit_delta(A, B, omega: float, sine: bool, cd: torch.dtype, keep_phase: boo
 
 class _AdapterLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, x_delta, A, B, W0, magnitude, omega, scale, sine, fuse, use_triton):
+    def forward(ctx, x, x_delta, A, B, W0, magnitude, omega, scale, sine, fuse):
         cd = _compute_dtype(x)
         pd = _phase_dtype(A)
-        ctx.omega, ctx.scale, ctx.sine, ctx.cd, ctx.use_triton = omega, scale, sine, cd, use_triton
+        ctx.omega, ctx.scale, ctx.sine, ctx.cd = omega, scale, sine, cd
         with torch.autocast(device_type=x.device.type, enabled=False):
             x2 = x.reshape(-1, x.shape[-1]).to(cd)
             xd2 = x2 if x_delta is None else x_delta.reshape(-1, x_delta.shape[-1]).to(cd)
             norm = rs = None
-            if use_triton:
-                y = _triton_forward(x2, xd2, x_delta is None, A, B, W0, omega, scale, fuse, cd)
-            elif magnitude is not None:
+            if magnitude is not None:
                 # DoRA: the row norm needs W0 + ΔW in fp32; it is a constant for backward (see docstring).
                 full = dense_delta(A, B, omega, scale, sine).add_(W0.to(pd))
                 norm = torch.linalg.vector_norm(full, dim=1)
@@ -101,10 +99,6 @@ class _AdapterLinear(torch.autograd.Function):
         omega, scale, sine, cd = ctx.omega, ctx.scale, ctx.sine, ctx.cd
         need_x, need_xd, need_A, need_B, _, need_m = ctx.needs_input_grad[:6]
         pd = _phase_dtype(A)
-        if ctx.use_triton:
-            with torch.autocast(device_type=g.device.type, enabled=False):
-                grads = _triton_backward(g, x, x_delta, A, B, W0, omega, scale, cd, need_x, need_xd, need_A, need_B)
-            return (*grads, None, None, None, None, None)
         with torch.autocast(device_type=g.device.type, enabled=False):
             # Rebuild the phase here instead of keeping sin/cos of it since forward.
             s, phase = _unit_delta(A, B, omega, sine, cd, keep_phase=need_A or need_B)
@@ -147,71 +141,21 @@ class _AdapterLinear(torch.autograd.Function):
                         grad_B = (gp @ A.to(pd).T).mul_(k).to(B.dtype)
                     if need_A:
                         grad_A = (B.to(pd).T @ gp).mul_(k).to(A.dtype)
-        return grad_x, grad_xd, grad_A, grad_B, None, grad_m, None, None, None, None, None
-
-
-def _triton_forward(x2, xd2, same_x, A, B, W0, omega, scale, fuse, cd):
-    from .triton_sine import unit_sine
-
-    Bw = B.float() * omega
-    if W0 is None:
-        return (xd2 @ unit_sine(Bw, A, cd).T).mul_(scale)
-    if fuse and same_x:
-        return x2 @ unit_sine(Bw, A, cd, W0=W0.to(cd), scale=scale).T
-    return torch.addmm(x2 @ W0.to(cd).T, xd2, unit_sine(Bw, A, cd).T, alpha=scale)
-
-
-def _triton_backward(g, x, x_delta, A, B, W0, omega, scale, cd, need_x, need_xd, need_A, need_B):
-    from .triton_sine import grad_phase, unit_sine
-
-    Bw = B.float() * omega
-    g2 = g.reshape(-1, g.shape[-1]).to(cd)
-    xd = x if x_delta is None else x_delta
-    grad_x = grad_xd = grad_A = grad_B = None
-    if x_delta is None and need_x:
-        w = unit_sine(Bw, A, cd, W0=W0.to(cd), scale=scale) if W0 is not None else unit_sine(Bw, A, cd).mul_(scale)
-        grad_x = (g2 @ w).reshape(x.shape).to(x.dtype)
-        del w
-    elif x_delta is not None:
-        if need_x and W0 is not None:
-            grad_x = (g2 @ W0.to(cd)).reshape(x.shape).to(x.dtype)
-        if need_xd:
-            grad_xd = (g2 @ unit_sine(Bw, A, cd)).mul_(scale).reshape(xd.shape).to(xd.dtype)
-    if need_A or need_B:
-        G = g2.T @ xd.reshape(-1, xd.shape[-1]).to(cd)
-        gp = grad_phase(Bw, A, G)
-        del G
-        k = scale * omega
-        if need_B:
-            grad_B = (gp @ A.float().T).mul_(k).to(B.dtype)
-        if need_A:
-            grad_A = (B.float().T @ gp).mul_(k).to(A.dtype)
-    return grad_x, grad_xd, grad_A, grad_B, None, None
+        return grad_x, grad_xd, grad_A, grad_B, None, grad_m, None, None, None, None
 
 
 def adapter_linear(x, A, B, *, omega: float = 1.0, scale: float = 1.0, sine: bool = True,
-                   base_weight=None, magnitude=None, x_delta=None, fuse: bool | None = None,
-                   kernel: str = "auto"):
+                   base_weight=None, magnitude=None, x_delta=None, fuse: bool | None = None):
     """``s ⊙ (x W0ᵀ + x_d ΔWᵀ)`` (no bias) with memory-lean backward; see the module docstring.
 
     ``base_weight`` is frozen: it never receives a gradient. ``magnitude`` (DoRA) needs
     ``base_weight``. ``fuse`` forms W0 + ΔW once and does one matmul instead of two; the default
     fuses only in float32/float64, because rounding W0 + ΔW to bfloat16 per weight would swallow a
     small ΔW in the forward pass (the gradient is unaffected: backward always uses the fused weight).
-    ``kernel``: "torch", "triton" (CUDA only; sine LoRA without DoRA magnitude), or "auto" (Triton
-    where it applies and imports).
     """
     if magnitude is not None and base_weight is None:
         raise ValueError("a DoRA magnitude needs the base weight")
     if fuse is None:
         fuse = _compute_dtype(x) in (torch.float32, torch.float64)
-    from . import triton_sine
-
-    if kernel not in ("auto", "torch", "triton"):
-        raise ValueError(f"kernel must be 'auto', 'torch' or 'triton', got {kernel!r}")
-    fits = sine and magnitude is None and triton_sine.available(x)
-    if kernel == "triton" and not fits:
-        raise ValueError("the Triton kernel needs CUDA, Triton, and a sine adapter without DoRA magnitude")
-    use_triton = fits and kernel != "torch"
     return _AdapterLinear.apply(x, x_delta, A, B, base_weight, magnitude, float(omega), float(scale),
-                                bool(sine), bool(fuse), use_triton)
+                                bool(sine), bool(fuse))

@@ -37,7 +37,7 @@ def inject_adapters(model: nn.Module, config: AdapterConfig, targets: Iterable[s
         r, alpha, omega = config.for_module(name)
         parent, attr = _parent(model, name)
         layer = cls(getattr(parent, attr), r, alpha, omega, dropout=config.dropout, lean=config.lean,
-                    fuse=config.fuse, kernel=config.kernel)
+                    fuse=config.fuse)
         setattr(parent, attr, layer)
     return chosen
 

@@ -27,7 +27,7 @@ class AdapterLinear(nn.Module):
     dora = False
 
     def __init__(self, base_layer: nn.Linear, r: int, alpha: float, omega: float = 1.0,
-                 dropout: float = 0.0, lean: bool = True, fuse: bool | None = None, kernel: str = "auto"):
+                 dropout: float = 0.0, lean: bool = True, fuse: bool | None = None):
         super().__init__()
         if not isinstance(base_layer, nn.Linear):
             raise TypeError(f"adapters wrap nn.Linear, got {type(base_layer).__name__}")
@@ -41,7 +41,7 @@ class AdapterLinear(nn.Module):
             base_layer.bias.requires_grad_(False)
         self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
         self.r, self.alpha, self.omega = int(r), float(alpha), float(omega)
-        self.lean, self.fuse, self.kernel, self.merged = lean, fuse, kernel, False
+        self.lean, self.fuse, self.merged = lean, fuse, False
         w = base_layer.weight
         # Adapters live in float32 even on a half-precision base (as peft does): under autocast they are
         # cast per use, and the optimizer keeps full-precision state.
@@ -159,10 +159,9 @@ class SineLoRALinear(AdapterLinear):
             return self.base_layer(x) + self._naive_sine_out(xd)
         if xd is x:
             y = adapter_linear(x, A, B, omega=self.omega, scale=self.scale, sine=True,
-                               base_weight=self.base_layer.weight, fuse=self.fuse, kernel=self.kernel)
+                               base_weight=self.base_layer.weight, fuse=self.fuse)
             return self._bias(y)
-        return self.base_layer(x) + adapter_linear(xd, A, B, omega=self.omega, scale=self.scale, sine=True,
-                                                   kernel=self.kernel)
+        return self.base_layer(x) + adapter_linear(xd, A, B, omega=self.omega, scale=self.scale, sine=True)
 
 
 class DoRALinear(AdapterLinear):
