@@ -98,3 +98,27 @@ def test_merge_cli_bad_input_is_one_line_exit_3(base_and_adapter, capsys, case):
     assert code == 3, err
     assert want in err and len(err.strip().splitlines()) == 1 and out == ""
     assert [p.name for p in tmp.iterdir() if p.name.startswith(("out", ".out"))] == []
+
+
+@pytest.mark.slow
+def test_merge_cli_on_bundled_minilm_directory(tmp_path, capsys):
+    """A Hugging Face directory base gives a directory that stock transformers loads, equal to the adapted model."""
+    transformers = pytest.importorskip("transformers")
+    from sinecompress.sources import example_dir
+
+    src = example_dir("minilm")
+    model = transformers.AutoModel.from_pretrained(str(src)).eval()
+    inject_adapters(model, AdapterConfig(kind="sine_dora", r=2, omega=200.0),
+                    [r"encoder\.layer\.[01]\.attention\.self\.(query|value)"])
+    with torch.no_grad():
+        for _, m in iter_adapters(model):
+            m.lora_B.weight.normal_(0, 0.05)
+    save_adapter(model, tmp_path / "ad")
+    code, out, err = _main(capsys, "adapter", "merge", "example:minilm", tmp_path / "ad", "--out", tmp_path / "merged")
+    assert code == 0, err
+    assert (tmp_path / "merged" / "config.json").exists() and (tmp_path / "merged" / "tokenizer.json").exists()
+    merged = transformers.AutoModel.from_pretrained(str(tmp_path / "merged")).eval()
+    ids = torch.tensor([[101, 7592, 2088, 2003, 1037, 3231, 102]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).last_hidden_state, model(input_ids=ids).last_hidden_state,
+                                   rtol=1e-4, atol=1e-4)

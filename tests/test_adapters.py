@@ -149,6 +149,14 @@ def test_targets_use_full_match_and_fail_loudly():
     assert inject_adapters(_mlp(), AdapterConfig(), ["0"]) == ["0"]  # "0" does not match "…0" substrings
 
 
+def test_second_injection_keeps_earlier_adapters_trainable():
+    model = _mlp()
+    inject_adapters(model, AdapterConfig(kind="lora", r=2), ["0"])
+    inject_adapters(model, AdapterConfig(kind="sine_lora", r=3), ["2"])
+    assert trainable_parameters(model) == 2 * (12 + 16) + 3 * (16 + 8)
+    assert [n for n, _ in iter_adapters(model)] == ["0", "2"]
+
+
 def _autocast_cases():
     # bfloat16 matmul on this project's CPU (AMX) dies with SIGILL in torch's oneDNN path, so the CPU
     # check uses float16 autocast; bfloat16 is checked on CUDA.

@@ -30,8 +30,12 @@ def inject_adapters(model: nn.Module, config: AdapterConfig, targets: Iterable[s
                              f"names, e.g. {linears[0] if linears else '(model has no nn.Linear)'!r}")
     chosen = [n for n in linears if full_match(tpats, n) and not full_match(xpats, n)]
     if freeze_base:
+        # Adapters injected earlier keep training; everything else is frozen.
+        earlier = {id(p) for _, m in iter_adapters(model) for n, p in m.named_parameters()
+                   if not n.startswith("base_layer.")}
         for p in model.parameters():
-            p.requires_grad_(False)
+            if id(p) not in earlier:
+                p.requires_grad_(False)
     cls = LAYERS[config.kind]
     for name in chosen:
         r, alpha, omega = config.for_module(name)
