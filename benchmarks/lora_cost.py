@@ -184,6 +184,15 @@ def render(results: list[dict]) -> str:
                 row += f" {v['peak_bytes'] / 2**30:.2f} | {v['peak_bytes'] / base['peak_bytes']:.3f} |"
             lines.append(row)
         lines.append("")
+        if "sine_lora" in r:
+            v = r["sine_lora"]
+            mem = max(v["saved_bytes"] / base["saved_bytes"],
+                      v["peak_bytes"] / base["peak_bytes"] if cuda else 0.0)
+            t = v["step_s"] / base["step_s"]
+            lines += [f"Targets (sine_lora vs lora): memory {mem:.3f}× (≤ 1.05: {'met' if mem <= 1.05 else 'NOT met'}), "
+                      f"time {t:.2f}× (≤ 1.15: {'met' if t <= 1.15 else 'NOT met'}).", ""]
+        if r.get("note"):
+            lines += [f"Note: {r['note']}.", ""]
     return "\n".join(lines)
 
 
