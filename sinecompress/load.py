@@ -42,6 +42,11 @@ def load(path: str | Path, model: nn.Module | None = None):
     rest = {k: src.get(k) for k in src.tensors if k not in factor_owned and k.rsplit(".", 1)[0] not in layers}
     missing, unexpected = model.load_state_dict(rest, strict=False)
     missing = [k for k in missing if k.rsplit(".", 1)[0] not in layers]
+    buffers = dict(model.named_buffers())
+    for k in [k for k in unexpected if k in buffers]:  # old checkpoints store now non-persistent buffers
+        if buffers[k].shape == rest[k].shape:
+            buffers[k].copy_(rest[k])
+            unexpected.remove(k)
     if unexpected:
         raise InputError(f"{src.display}: tensors not in the model, e.g. {unexpected[0]!r}")
     if missing:

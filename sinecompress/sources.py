@@ -156,6 +156,10 @@ def open_source(spec: str | Path) -> Source:
         src = open_source(example_dir(spec.split(":", 1)[1]))
         src.display = spec
         return src
+    if spec.startswith("timm:"):
+        from .module_source import timm_source
+
+        return timm_source(spec.split(":", 1)[1])
     path = Path(spec)
     if not path.exists():
         raise InputError(f"{path}: no such file or directory")
