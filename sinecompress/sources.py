@@ -85,7 +85,7 @@ def check_safetensors_header(path: Path) -> dict:
             raise InputError(f"{path}: tensor {name!r} byte range does not match its shape {shape} and dtype {dtype}")
         spans.append((start, end, name))
     spans.sort()
-    for (s0, e0, n0), (s1, _e1, n1) in zip(spans, spans[1:]):
+    for (_s0, e0, n0), (s1, _e1, n1) in zip(spans, spans[1:]):
         if s1 < e0:
             raise InputError(f"{path}: tensors {n0!r} and {n1!r} have overlapping data ranges")
     return header
@@ -156,6 +156,10 @@ def open_source(spec: str | Path) -> Source:
         src = open_source(example_dir(spec.split(":", 1)[1]))
         src.display = spec
         return src
+    if spec.startswith("timm:"):
+        from .module_source import timm_source
+
+        return timm_source(spec.split(":", 1)[1])
     path = Path(spec)
     if not path.exists():
         raise InputError(f"{path}: no such file or directory")

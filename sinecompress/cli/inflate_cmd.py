@@ -1,0 +1,26 @@
+"""`sinecompress inflate`: thin wrapper over sinecompress.inflate.inflate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from ..inflate import inflate
+from . import app
+from ._console import err_console
+
+
+@app.command("inflate")
+def inflate_cmd(
+    compressed: str = typer.Argument(..., help="A compressed .safetensors file or model directory."),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the dense checkpoint (file or directory)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+):
+    """Write dense weights with the original names, shapes and dtypes, loadable by stock tools."""
+    summary = inflate(compressed, out, overwrite=overwrite)
+    err_console.print(f"inflated {len(summary['layers'])} layers → {summary['output']}", highlight=False)
+    if as_json:
+        print(json.dumps(summary, indent=2))

@@ -1,0 +1,29 @@
+"""Rich rendering of a factorize summary, on stderr."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from ._console import err_console
+
+
+def print_summary(s: dict) -> None:
+    t = Table(title=f"{s['source']} → {s['output']}", title_justify="left")
+    for col, just in (("layer", "left"), ("shape", "right"), ("rank", "right"), ("ω", "right"),
+                      ("params", "right"), ("ratio", "right"), ("rel. error", "right")):
+        t.add_column(col, justify=just, overflow="fold")
+    for layer in s["layers"]:
+        shape = "×".join(map(str, layer["shape"]))
+        if layer["kept_dense"]:
+            t.add_row(layer["name"], shape, "-", "-", f"{layer['params_before']:,}", "dense", layer["kept_dense"])
+            continue
+        rank = str(layer["rank"]) + (f" ({layer['linear_rank']} lin)" if layer["linear_rank"] else "")
+        omega = f"{layer['omega']:g}" if layer["omega"] else "-"
+        t.add_row(layer["name"], shape, rank, omega, f"{layer['params_after']:,}",
+                  f"{layer['params_after'] / layer['params_before']:.1%}", f"{layer['rel_error']:.4f}")
+    err_console.print(t)
+    err_console.print(
+        f"target layers: {s['params_before']:,} → {s['params_after']:,} params ({s['compression_rate']:.1%}); "
+        f"whole model: {s['model_params_before']:,} → {s['model_params_after']:,} ({s['model_compression_rate']:.1%}); "
+        f"on disk: {s['bytes_before']:,} → {s['bytes_after']:,} bytes; {s['seconds']:.1f} s",
+        highlight=False)
