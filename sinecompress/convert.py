@@ -58,7 +58,7 @@ def _describe(module: nn.Module) -> str:
     return f"a {type(module).__name__}, not nn.Linear or a 1×1 nn.Conv2d"
 
 
-def _check_settings(method: str, rank, omega):
+def check_settings(method: str, rank, omega):
     if method not in METHODS:
         raise UsageError(f"method {method!r} is not one of {', '.join(METHODS)}")
     if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
@@ -108,7 +108,7 @@ def convert(module: nn.Module, targets: Iterable[str], rank: int, omega: float |
     With ``keep_if_larger`` a matched layer whose rank-k form would not be smaller than the dense
     layer (k(m+n) ≥ mn, e.g. a 256→1 output head) stays dense; its plan entry says so.
     """
-    _check_settings(method, rank, omega)
+    check_settings(method, rank, omega)
     names = select_layers(module, targets, exclude)
     plan = []
     for name in names:

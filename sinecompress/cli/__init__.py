@@ -37,7 +37,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 # Command modules register themselves on `app` when imported.
-from . import factorize_cmd, inflate_cmd  # noqa: E402,F401
+from . import convert_cmd, factorize_cmd, inflate_cmd  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> None:
