@@ -185,7 +185,22 @@ def markdown(report) -> str:
         paper = f"{p[0]:.1f} → {p[1]:.1f}" if p else "–"
         lines.append(f"| {k} | {sn['omega']:g} | {sn['params']:,} ({100 * sn['rate']:.1f}%) | {lr['iou']:.1f} | "
                      f"{sn['iou']:.1f} | {sn['iou'] - lr['iou']:+.1f} | {paper} |")
+    lines += ["", "Reading (computed from the rows above):", reading(report)]
     return "\n".join(lines)
+
+
+def reading(report) -> str:
+    """What the numbers say about the paper's claim, computed, so a rerun cannot leave stale prose."""
+    out = []
+    for rows, key, unit, name in ((report["results"], "psnr", "dB", "radiance field"),
+                                  (report["occupancy"], "iou", "IoU points", "occupancy")):
+        ks = sorted({r["k"] for r in rows if r["k"]})
+        gaps = {k: _pair(rows, k, key)[1][key] - _pair(rows, k, key)[0][key] for k in ks}
+        wins = [k for k in ks if gaps[k] > 0]
+        best = max(gaps, key=gaps.get)
+        out.append(f"- {name}: sine beats low-rank at k = {', '.join(map(str, wins)) or 'none'} of "
+                   f"{', '.join(map(str, ks))}; the gap is largest at k={best} ({gaps[best]:+.2f} {unit}).")
+    return "\n".join(out)
 
 
 def main(argv=None):
@@ -196,7 +211,16 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0, help="seed for init and batches")
     ap.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
     ap.add_argument("--section", default="neural_field", help="BENCHMARKS.md section name")
+    ap.add_argument("--from-json", nargs="+", metavar="PATH",
+                    help="do not train: render BENCHMARKS.md from earlier --json outputs (e.g. a GPU run)")
     args = ap.parse_args(argv)
+    if args.from_json:
+        reports = [json.loads(Path(p).read_text()) for p in args.from_json]
+        text = "\n\n".join(markdown(r) for r in reports)
+        if not args.no_write:
+            write_section(args.section, text)
+        print(text)
+        return
     size = "quick" if args.quick else "full"
     cfg = SIZES[size]
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -31,10 +31,10 @@ from sinecompress.convert import convert_vit, count_params  # noqa: E402
 VIT_S_OMEGA = {1: 500, 5: 500, 10: 300, 30: 300, 60: 300}
 
 SIZES = {
-    "quick": {"img": 16, "patch": 4, "embed_dim": 64, "depth": 3, "heads": 4, "mlp_ratio": 4.0,
+    "quick": {"img": 16, "patch": 4, "embed_dim": 64, "depth": 2, "heads": 4, "mlp_ratio": 4.0,
               "epochs": 15, "batch": 64, "lr": 2e-3, "ranks": [1, 5, 10], "seeds": [0]},
     "full": {"img": 32, "patch": 4, "embed_dim": 192, "depth": 6, "heads": 3, "mlp_ratio": 4.0,
-             "epochs": 100, "batch": 64, "lr": 1e-3, "ranks": [1, 5, 10, 30], "seeds": [0, 1, 2]},
+             "epochs": 50, "batch": 64, "lr": 1e-3, "ranks": [1, 5, 10, 30], "seeds": [0, 1]},
 }
 
 
@@ -137,7 +137,25 @@ def markdown(report) -> str:
         lines.append(f"| {r['method']} | {r['k'] or '–'} | {r['omega'] or '–'} | {r['params']:,} "
                      f"({r['mlp_params']:,}, {100 * r['mlp_params'] / dense['mlp_params']:.1f}%) | {acc} | "
                      f"{r['train_acc_mean']:.2f} |")
+    lines += ["", "Reading (computed from the rows above):", reading(summ),
+              "", "Paper, for context (ViT-Small, 384↔1536 MLPs, CIFAR-100, 200 epochs; Figure 4 gives the "
+              "accuracies only as a plot, so they are not copied here): sine low-rank beat low-rank at every k "
+              "tried (1–60, ω 500…300), and its ω ablation at k=1 moved top-1 from 55.0 (ω=100) to 58.1 (ω=500)."]
     return "\n".join(lines)
+
+
+def reading(summ) -> str:
+    by = {(r["method"], r["k"]): r for r in summ}
+    ks = sorted({r["k"] for r in summ if r["k"]})
+    gaps = {k: by[("sine", k)]["acc_mean"] - by[("lowrank", k)]["acc_mean"] for k in ks}
+    wins = [k for k in ks if gaps[k] > 0]
+    best = max(gaps, key=gaps.get)
+    dense = by[("dense", None)]["acc_mean"]
+    beat_dense = [k for k in ks if by[("sine", k)]["acc_mean"] >= dense]
+    return (f"- sine beats low-rank at k = {', '.join(map(str, wins)) or 'none'} of {', '.join(map(str, ks))}; "
+            f"the gap is largest at k={best} ({gaps[best]:+.2f} points); gaps: "
+            + ", ".join(f"k={k}: {g:+.2f}" for k, g in gaps.items())
+            + f".\n- sine low-rank matches or beats dense ({dense:.2f}) at k = {', '.join(map(str, beat_dense)) or 'none'}.")
 
 
 def main(argv=None):
@@ -148,7 +166,15 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, help="override the number of seeds")
     ap.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
     ap.add_argument("--section", default="vit_small", help="BENCHMARKS.md section name")
+    ap.add_argument("--from-json", nargs="+", metavar="PATH",
+                    help="do not train: render BENCHMARKS.md from earlier --json outputs (e.g. a GPU run)")
     args = ap.parse_args(argv)
+    if args.from_json:
+        text = "\n\n".join(markdown(json.loads(Path(p).read_text())) for p in args.from_json)
+        if not args.no_write:
+            write_section(args.section, text)
+        print(text)
+        return
     size = "quick" if args.quick else "full"
     cfg = dict(SIZES[size])
     if args.epochs:
