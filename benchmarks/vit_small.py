@@ -114,6 +114,31 @@ def summarise(rows):
     return out
 
 
+def finish(report):
+    """Add the per-setting summary and the ``results`` list (the JSON contract) to a report."""
+    if any(r["method"] == "dense" for r in report["runs"]):
+        summ = summarise(report["runs"])
+        report["summary"] = summ
+        report["results"] = [{"k": r["k"], "method": r["method"], "omega": r["omega"], "acc": r["acc_mean"],
+                              "acc_std": r["acc_std"], "params": r["params"]} for r in summ]
+    return report
+
+
+def merge(reports):
+    """One report from runs split over processes (same settings apart from the ranks)."""
+    if len(reports) == 1:
+        return finish(reports[0])
+    base = {k: v for k, v in reports[0]["settings"].items() if k != "ranks"}
+    for r in reports[1:]:
+        if {k: v for k, v in r["settings"].items() if k != "ranks"} != base:
+            raise SystemExit("--from-json: the runs were made with different settings; cannot merge them")
+    runs = [row for r in reports for row in r["runs"]]
+    ranks = sorted({row["k"] for row in runs if row["k"]})
+    return finish({"runs": runs, "settings": dict(base, ranks=ranks), "size": reports[0]["size"],
+                   "machine": reports[0]["machine"], "seconds": max(r["seconds"] for r in reports),
+                   "command": " + ".join(r["command"] for r in reports) + " (run in parallel, merged with --from-json)"})
+
+
 def markdown(report) -> str:
     s, summ = report["settings"], report["summary"]
     dense = summ[0]
@@ -164,13 +189,16 @@ def main(argv=None):
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH ('-' for stdout)")
     ap.add_argument("--epochs", type=int, help="override the number of epochs")
     ap.add_argument("--seeds", type=int, help="override the number of seeds")
+    ap.add_argument("--ranks", type=int, nargs="+", help="override the ranks")
+    ap.add_argument("--no-dense", action="store_true", help="skip the dense baseline (e.g. when another "
+                    "process runs it; --from-json merges the runs)")
     ap.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
     ap.add_argument("--section", default="vit_small", help="BENCHMARKS.md section name")
     ap.add_argument("--from-json", nargs="+", metavar="PATH",
                     help="do not train: render BENCHMARKS.md from earlier --json outputs (e.g. a GPU run)")
     args = ap.parse_args(argv)
     if args.from_json:
-        text = "\n\n".join(markdown(json.loads(Path(p).read_text())) for p in args.from_json)
+        text = markdown(merge([json.loads(Path(p).read_text()) for p in args.from_json]))
         if not args.no_write:
             write_section(args.section, text)
         print(text)
@@ -181,32 +209,33 @@ def main(argv=None):
         cfg["epochs"] = args.epochs
     if args.seeds:
         cfg["seeds"] = list(range(args.seeds))
+    if args.ranks:
+        cfg["ranks"] = args.ranks
     device = "cuda" if torch.cuda.is_available() else "cpu"
     data = load_digits(cfg["img"])
     t0 = time.perf_counter()
     rows = []
     for seed in cfg["seeds"]:
-        for method, k in [("dense", None)] + [(m, k) for k in cfg["ranks"] for m in ("lowrank", "sine")]:
+        for method, k in ([] if args.no_dense else [("dense", None)]) + [(m, k) for k in cfg["ranks"]
+                                                                          for m in ("lowrank", "sine")]:
             rows.append(train_eval(cfg, method, k, seed, data, device))
             r = rows[-1]
             print(f"{method:7s} k={k} seed={seed} acc={r['acc']:.2f} train={r['train_acc']:.2f} "
                   f"params={r['params']} ({r['seconds']} s)", file=sys.stderr)
-    summ = summarise(rows)
-    results = [{"k": r["k"], "method": r["method"], "omega": r["omega"], "acc": r["acc_mean"],
-                "acc_std": r["acc_std"], "params": r["params"]} for r in summ]
-    report = {"results": results, "summary": summ, "runs": rows, "settings": cfg, "size": size,
-              "machine": machine_info(), "seconds": time.perf_counter() - t0,
-              "command": "python benchmarks/vit_small.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    report = finish({"runs": rows, "settings": cfg, "size": size, "machine": machine_info(),
+                     "seconds": time.perf_counter() - t0,
+                     "command": "python benchmarks/vit_small.py " + " ".join(argv if argv is not None else sys.argv[1:])})
     if args.json:
         text = json.dumps(report, indent=2)
         if args.json == "-":
             print(text)
         else:
             Path(args.json).write_text(text + "\n")
-    if not args.no_write:
-        write_section(args.section, markdown(report))
-    if args.json != "-":
-        print(markdown(report))
+    if "summary" in report:
+        if not args.no_write:
+            write_section(args.section, markdown(report))
+        if args.json != "-":
+            print(markdown(report))
 
 
 if __name__ == "__main__":
