@@ -185,8 +185,22 @@ def markdown(report) -> str:
         paper = f"{p[0]:.1f} → {p[1]:.1f}" if p else "–"
         lines.append(f"| {k} | {sn['omega']:g} | {sn['params']:,} ({100 * sn['rate']:.1f}%) | {lr['iou']:.1f} | "
                      f"{sn['iou']:.1f} | {sn['iou'] - lr['iou']:+.1f} | {paper} |")
-    lines += ["", "Reading (computed from the rows above):", reading(report)]
+    lines += ["", "Reading (computed from the rows above):", reading(report), "", CAVEATS[report["size"]].format(**s)]
     return "\n".join(lines)
+
+
+CAVEATS = {
+    "quick": ("Caveats: `--quick` trains every model for only {image[steps]} Adam steps on a {image[res]}² image "
+              "and a {occupancy[res]}³ grid, with width {image[width]} instead of 256, so no model is converged: the dense baseline is undertrained "
+              "(it has the most parameters to move) and rows where sine low-rank beats dense say so about "
+              "this budget, not about capacity. Under Adam, ω mostly sets how fast the phase moves per "
+              "step, so at a fixed short budget a large ω also acts as a larger effective learning rate. "
+              "The fitted signals (one photo, a procedural blob volume) are not LLFF scenes or the Thai "
+              "Statue; compare directions and gaps, not absolute values."),
+    "full": ("Caveats: the fitted signals (one photo, a procedural blob volume) are not LLFF scenes or the "
+             "Thai Statue, and a 2-D image fit has no rays or volume rendering; compare directions and gaps "
+             "with the paper, not absolute values."),
+}
 
 
 def reading(report) -> str:
