@@ -148,7 +148,7 @@ def markdown(report) -> str:
     img, occ, s = report["results"], report["occupancy"], report["settings"]
     dense = next(r for r in img if r["method"] == "dense")
     lines = [
-        f"Command: `{report['command']}` ({report['seconds']:.0f} s). {machine_line(report['machine'])}",
+        f"Command: `{report['command']}` ({report['seconds']:.0f} s). {machine_line(report['machine'])} {report.get('note', '')}".rstrip(),
         "",
         f"**2-D radiance field** of `skimage.data.astronaut()` at {s['image']['res']}² px: coordinate MLP, "
         f"{s['image']['n_freqs']} Fourier frequencies, first layer + {s['image']['hidden']} hidden layers of "
@@ -227,9 +227,10 @@ def main(argv=None):
     ap.add_argument("--section", default="neural_field", help="BENCHMARKS.md section name")
     ap.add_argument("--from-json", nargs="+", metavar="PATH",
                     help="do not train: render BENCHMARKS.md from earlier --json outputs (e.g. a GPU run)")
+    ap.add_argument("--note", default="", help="a sentence to print under the command line (e.g. about load)")
     args = ap.parse_args(argv)
     if args.from_json:
-        reports = [json.loads(Path(p).read_text()) for p in args.from_json]
+        reports = [dict(json.loads(Path(p).read_text()), note=args.note) for p in args.from_json]
         text = "\n\n".join(markdown(r) for r in reports)
         if not args.no_write:
             write_section(args.section, text)

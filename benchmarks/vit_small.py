@@ -145,7 +145,7 @@ def markdown(report) -> str:
     hidden = int(s["embed_dim"] * s["mlp_ratio"])
     seeds = len(s["seeds"])
     lines = [
-        f"Command: `{report['command']}` ({report['seconds']:.0f} s). {machine_line(report['machine'])}",
+        f"Command: `{report['command']}` ({report['seconds']:.0f} s). {machine_line(report['machine'])} {report.get('note', '')}".rstrip(),
         "",
         f"timm `vit_small_patch16_224` config with img {s['img']}, patch {s['patch']}, 1 channel, embed "
         f"{s['embed_dim']}, depth {s['depth']}, {s['heads']} heads, MLP {s['embed_dim']}↔{hidden} "
@@ -200,9 +200,12 @@ def main(argv=None):
     ap.add_argument("--section", default="vit_small", help="BENCHMARKS.md section name")
     ap.add_argument("--from-json", nargs="+", metavar="PATH",
                     help="do not train: render BENCHMARKS.md from earlier --json outputs (e.g. a GPU run)")
+    ap.add_argument("--note", default="", help="a sentence to print under the command line (e.g. about load)")
     args = ap.parse_args(argv)
     if args.from_json:
-        text = markdown(merge([json.loads(Path(p).read_text()) for p in args.from_json]))
+        report = merge([json.loads(Path(p).read_text()) for p in args.from_json])
+        report["note"] = args.note
+        text = markdown(report)
         if not args.no_write:
             write_section(args.section, text)
         print(text)
