@@ -151,8 +151,8 @@ def markdown(report) -> str:
         f"{s['embed_dim']}, depth {s['depth']}, {s['heads']} heads, MLP {s['embed_dim']}↔{hidden} "
         f"(`pretrained=False`); both MLP layers of every block converted. scikit-learn digits upsampled to "
         f"{s['img']}², 1,437 train / 360 test (stratified), AdamW lr {s['lr']}, {s['epochs']} epochs, batch "
-        f"{s['batch']}, ±1 px shifts, label smoothing 0.1. Test accuracy at the last epoch, mean"
-        f"{' ± std' if seeds > 1 else ''} over {seeds} seed{'s' if seeds > 1 else ''}.",
+        f"{s['batch']}, ±1 px shifts, label smoothing 0.1. Test accuracy at the last epoch"
+        f"{f', mean ± std over {seeds} seeds' if seeds > 1 else ', one seed'}.",
         "",
         "| method | k | ω | params (MLP params) | test acc % | train acc % |",
         "|---|---|---|---|---|---|",
