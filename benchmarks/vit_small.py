@@ -194,6 +194,7 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, help="override the number of epochs")
     ap.add_argument("--seeds", type=int, help="override the number of seeds")
     ap.add_argument("--ranks", type=int, nargs="+", help="override the ranks")
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed, first-seed+1, ...")
     ap.add_argument("--no-dense", action="store_true", help="skip the dense baseline (e.g. when another "
                     "process runs it; --from-json merges the runs)")
     ap.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
@@ -214,8 +215,9 @@ def main(argv=None):
     cfg = dict(SIZES[size])
     if args.epochs:
         cfg["epochs"] = args.epochs
-    if args.seeds:
-        cfg["seeds"] = list(range(args.seeds))
+    if args.seeds or args.first_seed:
+        n = args.seeds or len(cfg["seeds"])
+        cfg["seeds"] = list(range(args.first_seed, args.first_seed + n))
     if args.ranks:
         cfg["ranks"] = args.ranks
     device = "cuda" if torch.cuda.is_available() else "cpu"
