@@ -1,8 +1,4 @@
-"""Shared benchmark helpers: machine facts and BENCHMARKS.md sections.
-
-Each benchmark owns one section between ``<!-- BEGIN name -->`` and ``<!-- END name -->``; writing
-replaces only that section (creating the file or the section when missing).
-"""
+"""Shared benchmark helpers: the machine a number came from, and BENCHMARKS.md sections."""
 
 from __future__ import annotations
 
@@ -26,24 +22,33 @@ def machine_info() -> dict:
                 break
     except OSError:
         pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-            "device": "cpu"}
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "python": platform.python_version(), "device": "cpu"}
     if torch.cuda.is_available():
         info["device"] = torch.cuda.get_device_name(0)
     return info
 
 
-def machine_line(info: dict) -> str:
-    return (f"{info['device']} · CPU {info['cpu']} ({info['cores']} cores) · torch {info['torch']} · "
-            f"Python {info['python']}")
+def machine_line(info: dict | None = None) -> str:
+    i = info or machine_info()
+    threads = f" ({i['threads']} torch threads)" if "threads" in i else ""
+    return f"Machine: {i['cpu']}, {i['cores']} cores{threads}, torch {i['torch']}, device {i['device']}."
 
 
-def write_section(name: str, markdown: str, path: Path = BENCHMARKS_MD) -> Path:
+def write_section(name: str, markdown: str, path: Path | None = None) -> Path:
+    """Replace the text between ``<!-- BEGIN name -->`` and ``<!-- END name -->`` (append if missing).
+
+    Written to a temporary file next to the target and renamed, so it is never half-written.
+    """
+    path = Path(path or BENCHMARKS_MD)
     begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
-    block = f"{begin}\n{markdown.strip()}\n{end}"
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nEvery table below is written by a script in `benchmarks/`; rerun it to refresh.\n"
+    block = f"{begin}\n{markdown.rstrip()}\n{end}"
+    text = path.read_text() if path.exists() else "# Benchmarks\n\nEvery number here comes from a script in `benchmarks/`.\n"
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    if pattern.search(text):
+        text = pattern.sub(lambda _m: block, text)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)

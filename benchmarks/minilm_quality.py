@@ -66,7 +66,7 @@ def run(args) -> list[dict]:
 
 
 def table(rows, args) -> str:
-    lines = [f"Machine: {machine_line(machine_info())}. Calibration {args.calib} texts, held-out {args.heldout} texts, "
+    lines = [f"{machine_line(machine_info())} Calibration {args.calib} texts, held-out {args.heldout} texts, "
              f"fit steps {args.fit_steps}, fine-tune steps {args.ft_steps}.", "",
              "| k | method | cosine | NN agreement | DESIGN.md cosine | seconds | peak RSS MB |",
              "|---|---|---|---|---|---|---|"]

@@ -153,7 +153,7 @@ def to_markdown(res: dict) -> str:
         "checkpoint of random F32/F16 matrices, writing sharded output. The import footprint is a process "
         "that imports torch, sinecompress and the optimiser stack and does nothing else.",
         "",
-        f"Machine: {machine_line(res['machine'])}. Command: `python benchmarks/streaming_rss.py"
+        f"{machine_line(res['machine'])} Command: `python benchmarks/streaming_rss.py"
         f"{' --quick' if res['quick'] else ''}`.",
         "",
         f"Flags: svd `{' '.join(SVD[1])}`; sine `{' '.join(SINE[1])}` (no calibration); output "

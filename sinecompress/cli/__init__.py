@@ -38,7 +38,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 # Command modules register themselves on `app` when imported.
-from . import adapter_cmd, factorize_cmd, inflate_cmd, recipe_cmd, report_cmd  # noqa: E402,F401
+from . import adapter_cmd, convert_cmd, factorize_cmd, inflate_cmd, recipe_cmd, report_cmd  # noqa: E402,F401
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
