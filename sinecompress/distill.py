@@ -160,7 +160,7 @@ def distill(student: nn.Module, teacher: nn.Module, batches: list[dict], modules
         sched.step()
         done = step + 1
         if progress:
-            progress(done, steps, float(loss))
+            progress(done, steps, loss.detach().item())
         if time_budget is not None and time.perf_counter() - t0 > time_budget:
             break
     for p in student.parameters():

@@ -84,8 +84,8 @@ def fit_sine(w: torch.Tensor, rank: int, omega: float, linear_rank: int = 0, amp
         opt.zero_grad(set_to_none=True)
         loss = ((sine_weight(u, v, omega, amp, lin_u, lin_v) - w) ** 2).sum() / norm2
         loss.backward()
-        if loss.item() < best[0]:
-            best = (loss.item(), [p.detach().clone() for p in params])
+        if loss.detach().item() < best[0]:
+            best = (loss.detach().item(), [p.detach().clone() for p in params])
         opt.step()
     with torch.no_grad():
         final = ((sine_weight(u, v, omega, amp, lin_u, lin_v) - w) ** 2).sum() / norm2

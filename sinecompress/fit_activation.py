@@ -107,12 +107,12 @@ def fit_hybrid(w: torch.Tensor, L: torch.Tensor, rank: int, linear_rank: int, om
         opt.zero_grad(set_to_none=True)
         loss = loss_fn()
         loss.backward()
-        if loss.item() < best[0]:
-            best = (loss.item(), [p.detach().clone() for p in params])
+        if loss.detach().item() < best[0]:
+            best = (loss.detach().item(), [p.detach().clone() for p in params])
         opt.step()
         sched.step()
     with torch.no_grad():
-        final = loss_fn().item()
+        final = loss_fn().detach().item()
     if final < best[0]:
         best = (final, [p.detach().clone() for p in params])
     vals = best[1]
