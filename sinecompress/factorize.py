@@ -20,7 +20,7 @@ from .fit import fit_sine, rel_error, truncated_svd
 from .format import ST_TO_TORCH, factor_names, make_metadata
 from .plan import LayerPlan, Plan, build_plan
 from .shards import parse_size, write_weights
-from .sources import INDEX_NAME, Source, open_source
+from .sources import INDEX_NAME, SINGLE_NAME, Source, open_source
 from .validate import check_targets, nonfinite_reason, warn_kept_dense
 from .workdir import SineCompressWarning, WorkDir, factor_shapes, prepare
 from .writer import Entry, atomic_output, check_output, write_safetensors
@@ -310,6 +310,24 @@ def copy_model_files(model_dir: Path, dest: Path) -> None:
             continue
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(p, dest / rel)
+
+
+def write_like_source(src: Source, out: Path, entries: list[Entry], meta: dict[str, str], overwrite: bool) -> Path | None:
+    """One-file dense output shaped like ``src``: a file for a file, a model directory (side files copied)
+    for a directory. Returns the output's ``config.json`` path, if any, for the caller to edit before the rename."""
+    with atomic_output(out, overwrite) as tmp:
+        if src.model_dir is None:
+            write_safetensors(tmp, entries, meta)
+            return None
+        tmp.mkdir()
+        copy_model_files(src.model_dir, tmp)
+        write_safetensors(tmp / SINGLE_NAME, entries, meta)
+        cfg = tmp / "config.json"
+        if cfg.exists():
+            doc = json.loads(cfg.read_text())
+            doc.pop("compression_config", None)  # dense output: nothing to decompress
+            cfg.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    return out / "config.json"
 
 
 def summarize(src: Source, plan: Plan, factors: dict[str, dict], out: Path, seconds: float) -> dict:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .errors import InputError
-from .factorize import copy_model_files
+from .factorize import write_like_source
 from .format import ST_TO_TORCH, factor_names, read_metadata
-from .sources import SINGLE_NAME, Source, open_source
-from .writer import Entry, atomic_output, write_safetensors
+from .sources import Source, open_source
+from .writer import Entry
 
 
 def compressed_layers(src: Source) -> dict[str, dict]:
@@ -53,16 +52,5 @@ def inflate(compressed: str | Path, out: str | Path, overwrite: bool = False) ->
     entries = dense_entries(src, layers)
     out = Path(out)
     meta = {"format": "pt"}
-    with atomic_output(out, overwrite) as tmp:
-        if src.model_dir is None:
-            write_safetensors(tmp, entries, meta)
-        else:
-            tmp.mkdir()
-            copy_model_files(src.model_dir, tmp)
-            write_safetensors(tmp / SINGLE_NAME, entries, meta)
-            cfg_path = tmp / "config.json"
-            if cfg_path.exists():
-                cfg = json.loads(cfg_path.read_text())
-                cfg.pop("compression_config", None)
-                cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    write_like_source(src, out, entries, meta, overwrite)
     return {"source": src.display, "output": str(out), "layers": sorted(layers), "tensors": len(entries)}

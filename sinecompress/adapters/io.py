@@ -24,9 +24,9 @@ from torch import nn
 
 from .. import __version__
 from ..errors import InputError, UsageError
-from ..factorize import copy_model_files
-from ..sources import SINGLE_NAME, Source, check_safetensors_header, open_source
-from ..writer import Entry, atomic_output, check_output, write_safetensors
+from ..factorize import write_like_source
+from ..sources import Source, check_safetensors_header, open_source
+from ..writer import Entry, atomic_output, check_output
 from .config import AdapterConfig
 from .functional import dense_delta
 from .inject import inject_adapters, iter_adapters
@@ -288,12 +288,6 @@ def merge_checkpoint(base: str | Path, adapter_dir: str | Path, out: str | Path,
     entries = [Entry(k, info.dtype, info.shape, lambda n=k: produce(n)) for k, info in src.tensors.items()]
     meta = {"format": "pt", "sinecompress_merged_adapter": json.dumps(
         {"adapter": str(adapter_dir), "kind": mods[0].kind, "modules": len(mods), "tool_version": __version__})}
-    with atomic_output(out, overwrite) as tmp:
-        if src.model_dir is None:
-            write_safetensors(tmp, entries, meta)
-        else:
-            tmp.mkdir()
-            copy_model_files(src.model_dir, tmp)
-            write_safetensors(tmp / SINGLE_NAME, entries, meta)
+    write_like_source(src, Path(out), entries, meta, overwrite)
     return {"base": src.display, "adapter": str(adapter_dir), "output": str(out), "kind": mods[0].kind,
             "merged_modules": sorted(m.name for m in mods), "tensors": len(entries)}
