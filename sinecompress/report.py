@@ -31,7 +31,7 @@ REPORT_KEYS = ("schema_version", "tool_version", "source", "against", "input_kin
                "mean_rel_error", "activation_error", "layers")
 LAYER_KEYS = ("name", "kind", "shape", "dtype", "rank", "linear_rank", "omega", "params_dense",
               "params_factored", "compression_rate", "numerical_rank", "effective_rank", "stable_rank",
-              "rel_error", "fit_rel_error", "keep", "spectra")
+              "rel_error", "fit_rel_error", "activation_error", "keep", "spectra")
 SPECTRUM_KEYS = ("exact", "numerical_rank", "numerical_rank_is_lower_bound", "effective_rank", "stable_rank",
                  "sigma_max", "tolerance", "singular_values")
 KEEP_KEYS = ("rank", "params", "energy", "rel_error")
@@ -50,10 +50,6 @@ def report(source: str | Path, against: str | Path | None = None, layers: str | 
     ``rtol``: relative numerical-rank tolerance (σ_i > rtol·σ_max) instead of numpy's default rule.
     """
     t0 = time.perf_counter()
-    if calib is not None:
-        # Activation-weighted error needs the calibration module (issue 3), which is not in this build.
-        raise UsageError("--calib: activation-weighted error is not available in this build "
-                         "(it needs the calibration module); run without --calib")
     if rtol is not None and not (0 < rtol < 1):
         raise UsageError(f"--rtol must be between 0 and 1, got {rtol}")
     if top < 1:
@@ -65,13 +61,15 @@ def report(source: str | Path, against: str | Path | None = None, layers: str | 
     src = open_source(source)
     doc = read_metadata(src.metadata, src.display)
     orig = _open_original(against) if against is not None else None
-    ctx = {"exact": exact or None, "rtol": rtol, "top": max([top, *ranks]), "ranks": ranks}
+    ctx = {"exact": exact or None, "rtol": rtol, "top": max([top, *ranks]), "ranks": ranks, "grams": None}
     if doc is None:
         names = _dense_names(src, layers)
         recs = {n: {"name": n, "kind": "dense"} for n in names}
     else:
         recs = _compressed_records(src, doc)
         names = _narrow(list(recs), layers, src.display)
+    if calib is not None:
+        ctx["grams"] = _grams(orig, names, calib)
     rows = []
     for i, name in enumerate(names):
         if progress:
@@ -167,11 +165,15 @@ def _layer(src: Source, rec: dict, orig: Source | None, ctx: dict) -> dict:
             del phase
         elif kind == "lowrank":
             spectra["uv"] = spectra["weight"]
-        err = None
+        err = act_err = None
         if orig is not None:
             wo = _original_weight(orig, name, (m, n))
             spectra["original"] = _spectrum(wo, ctx)
             err = rel_error(w, wo)
+            if ctx["grams"] is not None:
+                from .fit_activation import chol, whitened_error
+
+                act_err = whitened_error(w, wo, chol(ctx["grams"][name]["gram"]))
             del wo
         del w
     except InputError as e:
@@ -192,9 +194,23 @@ def _layer(src: Source, rec: dict, orig: Source | None, ctx: dict) -> dict:
         "stable_rank": round(w_spec.stable_rank(), 4),
         "rel_error": None if err is None else round(err, 6),
         "fit_rel_error": rec.get("rel_error"),
+        "activation_error": None if act_err is None else round(act_err, 6),
         "keep": keep,
         "spectra": {k: (None if s is None else s.summary(ctx["rtol"])) for k, s in spectra.items()},
     }
+
+
+def _grams(orig: Source | None, names: list[str], calib) -> dict:
+    """Calibration Gram matrices XᵀX of the original model's layers: ``calib`` is a file or "builtin"."""
+    from .calibrate import calibrate
+
+    if orig is None:
+        raise UsageError("--calib needs --against ORIGINAL: the activation error compares the compressed "
+                         "layers with the original model's on its own inputs")
+    cal, note = calibrate(orig, names, calib=None if str(calib) == "builtin" else calib, enabled=True)
+    if cal is None:
+        raise UsageError(f"--calib: {note}")
+    return cal.grams
 
 
 def _original_weight(orig: Source, name: str, shape: tuple[int, int]) -> torch.Tensor:
@@ -227,6 +243,7 @@ def _totals(src: Source, doc: dict | None, orig: Source | None, rows: list[dict]
     before = sum(r["params_dense"] for r in rows)
     after = sum(r["params_factored"] for r in rows)
     errs = [r["rel_error"] for r in rows if r["rel_error"] is not None]
+    act = [r["activation_error"] for r in rows if r["activation_error"] is not None]
     return {
         "schema_version": SCHEMA_VERSION, "tool_version": __version__, "source": src.display,
         "against": None if orig is None else orig.display,
@@ -238,7 +255,7 @@ def _totals(src: Source, doc: dict | None, orig: Source | None, rows: list[dict]
         "model_compression_rate": model_after / model_before if model_before else 1.0,
         "bytes_on_disk": src.total_bytes(), "bytes_original": None if orig is None else orig.total_bytes(),
         "mean_rel_error": round(sum(errs) / len(errs), 6) if errs else None,
-        "activation_error": None,
+        "activation_error": round(sum(act) / len(act), 6) if act else None,
         "layers": rows,
     }
 
@@ -272,7 +289,7 @@ def _adapter_report(path: Path, layers: str | None, exact: bool, rtol, top: int,
             "rank": None, "linear_rank": None, "omega": None, "params_dense": m * n, "params_factored": None,
             "compression_rate": None, "numerical_rank": s.numerical_rank(rtol),
             "effective_rank": _round(s.effective_rank()), "stable_rank": round(s.stable_rank(), 4),
-            "rel_error": None, "fit_rel_error": None, "keep": [],
+            "rel_error": None, "fit_rel_error": None, "activation_error": None, "keep": [],
             "spectra": {"original": None, "weight": s.summary(rtol), "uv": None, "sine": None},
         })
         del dw

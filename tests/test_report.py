@@ -25,7 +25,7 @@ REPORT_KEYS = {"schema_version", "tool_version", "source", "against", "input_kin
                "mean_rel_error", "activation_error", "layers"}
 LAYER_KEYS = {"name", "kind", "shape", "dtype", "rank", "linear_rank", "omega", "params_dense",
               "params_factored", "compression_rate", "numerical_rank", "effective_rank", "stable_rank",
-              "rel_error", "fit_rel_error", "keep", "spectra"}
+              "rel_error", "fit_rel_error", "activation_error", "keep", "spectra"}
 SPECTRA_KEYS = {"original", "weight", "uv", "sine"}
 SPECTRUM_KEYS = {"exact", "numerical_rank", "numerical_rank_is_lower_bound", "effective_rank", "stable_rank",
                  "sigma_max", "tolerance", "singular_values"}
@@ -151,9 +151,24 @@ def test_against_must_match(ckpts, tmp_path):
         report(ckpts["comp"], against=other)
 
 
-def test_calib_is_refused_not_faked(ckpts):
-    with pytest.raises(UsageError, match="--calib"):
-        report(ckpts["comp"], calib="data.txt")
+def test_calib_needs_the_original(ckpts):
+    with pytest.raises(UsageError, match="--calib needs --against"):
+        report(ckpts["comp"], calib="builtin")
+
+
+def test_activation_error_on_real_minilm(tmp_path):
+    """With --calib the report weighs each layer's error by what the original model feeds it."""
+    from sinecompress.sources import example_dir
+
+    comp = tmp_path / "c.safetensors"
+    factorize(example_dir("minilm") / "model.safetensors", comp, method="svd", rank=32,
+              targets=[r"encoder\.layer\.0\.(intermediate|output)\.dense"])
+    rep = report(comp, against="example:minilm", calib="builtin")
+    acts = [r["activation_error"] for r in rep["layers"]]
+    assert len(acts) == 2 and all(0 < a < 1 for a in acts)
+    assert rep["activation_error"] == pytest.approx(sum(acts) / 2, abs=1e-6)
+    # Weight error and activation error are different measures of the same layers.
+    assert any(abs(a - r["rel_error"]) > 1e-3 for a, r in zip(acts, rep["layers"]))
 
 
 def test_cli_json_on_stdout_table_on_stderr(ckpts):

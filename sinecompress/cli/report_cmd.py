@@ -115,8 +115,9 @@ def report_cmd(
                             "spectrum computes."),
     rtol: float = typer.Option(None, "--rtol", help="Numerical rank counts σ_i > rtol·σ_max instead of "
                                "numpy's rule σ_i > max(m,n)·eps·σ_max."),
-    calib: str = typer.Option(None, "--calib", help="Calibration data for activation-weighted error "
-                              "(not available in this build)."),
+    calib: str = typer.Option(None, "--calib", help="With --against: per-layer activation error ‖(Ŵ−W)L‖/‖WL‖ "
+                              "(L = chol(XᵀX) of the original model's inputs). A text/JSONL/safetensors file, "
+                              "or 'builtin' for the built-in text."),
     plot: Path = typer.Option(None, "--plot", help="Write the normalised spectra as a PNG (needs matplotlib)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout "
                                  "(schema: docs/report.md)."),
