@@ -10,7 +10,7 @@ from .matching import compile_patterns, select_targets
 from .sources import Source, tied_heads
 
 METHODS = ("sine", "svd", "wsvd")  # wsvd: whitened SVD (SVD-LLM), needs calibration data
-LINEAR_FRACTION = 0.75  # linear share of a sine layer's rank when calibrated (docs/fitting.md)
+LINEAR_FRACTION = 0.5  # linear share of a sine layer's rank when calibrated (docs/fitting.md)
 
 
 @dataclass
