@@ -36,7 +36,7 @@ def factorize(source: str | Path, out: str | Path, *, method: str = "sine", rank
               allow_pickle: bool = False, rules=(), provenance: dict | None = None,
               calib: str | Path | None = None, calibration: bool | None = None, calib_samples: int = 256,
               seq_len: int = 128, ft_steps: int = 0, lr: float = 1e-2, device: str = "cpu", model=None,
-              ft_progress=None) -> dict | None:
+              ft_progress=None, allocate: str = "uniform") -> dict | None:
     """Compress ``source`` into ``out`` and return the summary (what ``--json`` prints).
 
     ``steps`` are the per-layer fit's steps; ``ft_steps`` the end-to-end calibration fine-tune's
@@ -46,6 +46,8 @@ def factorize(source: str | Path, out: str | Path, *, method: str = "sine", rank
     directory (``workdir.py``), which also gives ``resume``, and the output is streamed from there.
     Under ``torchrun`` their layers are split across ranks; ranks other than 0 return None.
     ``rules``: per-layer settings (``plan.Rule``); ``provenance``: extra metadata (e.g. the recipe).
+    ``allocate="sensitivity"`` spreads the ``param_ratio`` budget across layers by their spectra
+    (``allocate.py``) instead of giving every layer the same ratio.
     """
     from .distill import resolve_device
 
@@ -65,6 +67,7 @@ def factorize(source: str | Path, out: str | Path, *, method: str = "sine", rank
                           samples=calib_samples, seq_len=seq_len, model=model, device=device)
     if cal is None and any(lp.method == "wsvd" for lp in plan.active):
         raise UsageError(f"--method wsvd needs calibration data, and {note.split(';')[0]}")
+    allocation = allocate_ranks(plan, src, cal, allocate)
     tune, work = None, None
     if cal is None:
         work = WorkDir(Path(dist.on_rank0(lambda: str(prepare(out, src, plan, resume).path))))
@@ -94,7 +97,18 @@ def factorize(source: str | Path, out: str | Path, *, method: str = "sine", rank
     summary["calibration"] = cal.record() if cal else {"used": False}
     summary["calibration"]["note"] = note
     summary["finetune"] = tune
+    summary["allocation"] = allocation
     return summary
+
+
+def allocate_ranks(plan: Plan, src: Source, cal: Calibration | None, mode: str) -> dict:
+    from .allocate import MODES, apply_sensitivity
+
+    if mode not in MODES:
+        raise UsageError(f"--allocate {mode!r} is unknown; choose one of {', '.join(MODES)}")
+    if mode == "uniform":
+        return {"mode": "uniform"}
+    return apply_sensitivity(plan, src, cal)
 
 
 def fit_layer(w: torch.Tensor, lp: LayerPlan, plan: Plan, gram: torch.Tensor | None = None,

@@ -104,7 +104,7 @@ SCHEMA: dict = {
     "version": _int,
     "model": _str,
     "output": _str,
-    "defaults": {**SIZE, "fit_steps": lambda v: _int(v, 1)},
+    "defaults": {**SIZE, "fit_steps": lambda v: _int(v, 1), "allocate": _choice(("uniform", "sensitivity"))},
     "targets": [{"match": _regex, **SIZE}],
     "exclude": [_regex],
     "calibration": {"source": _str, "samples": lambda v: _int(v, 1), "seq_len": lambda v: _int(v, 1)},
@@ -284,6 +284,7 @@ def factorize_kwargs(recipe: Recipe, accepted: set[str], overrides: dict | None 
         "omega": o.get("omega", d.get("omega", 100.0)),
         "exclude": list(o.get("exclude", recipe.exclude)),
         "steps": o.get("steps", d.get("fit_steps", 300)),
+        "allocate": o.get("allocate", d.get("allocate", "uniform")),
         "seed": o.get("seed", recipe.finetune.get("seed", 0)),
         "rules": rules,
     }
@@ -332,6 +333,7 @@ defaults:
   rank: 64              # total factor rank per layer; or param_ratio: 0.25 (fraction of the dense layer)
   omega: 100            # sine frequency ω
   fit_steps: 300        # optimisation steps of each layer's sine fit
+  # allocate: sensitivity  # with param_ratio: spread the same budget by measured sensitivity
 
 # Ordered rules: a regex matched in full against module names (tensor name minus '.weight').
 # The FIRST rule that matches a layer sets its settings; unset fields come from `defaults`.

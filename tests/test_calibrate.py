@@ -146,3 +146,25 @@ def test_minilm_calibrated_fit_beats_svd_on_a_few_layers(tmp_path):
     assert sine["calibration"]["used"]
     for a, b in zip(svd["layers"], sine["layers"]):
         assert b["act_error"] < a["act_error"]
+
+
+def test_sensitivity_allocation_with_calibration_weights_layers(tiny, tmp_path):
+    common = dict(method="wsvd", param_ratio=0.3, targets=MLP, exclude=NO_ATTN, calib_samples=16, seq_len=32)
+    uni = factorize(tiny, tmp_path / "u", **common)
+    sens = factorize(tiny, tmp_path / "s", allocate="sensitivity", **common)
+    alloc = sens["allocation"]
+    assert alloc["mode"] == "sensitivity" and set(alloc["weights"]) == set(alloc["ranks"])
+    assert all(w > 0 for w in alloc["weights"].values())
+    assert sens["params_after"] <= uni["params_after"] == alloc["budget"]
+    assert {lay["name"]: lay["rank"] for lay in sens["layers"]} == {n: r[1] for n, r in alloc["ranks"].items()}
+
+
+def test_cli_allocate_flag(tiny, tmp_path):
+    r = _cli("factorize", str(tiny), "--param-ratio", "0.3", "--allocate", "sensitivity", "--method", "svd",
+             "--target", MLP[0], "--exclude", NO_ATTN[0], "--out", str(tmp_path / "o"), "--no-calib", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["allocation"]["weights"] is None  # no calibration: spectra alone
+    bad = _cli("factorize", str(tiny), "--rank", "4", "--allocate", "sensitivity", "--target", MLP[0],
+               "--out", str(tmp_path / "b"), "--no-calib")
+    assert bad.returncode != 0 and "--param-ratio" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "b").exists()

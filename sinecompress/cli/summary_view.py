@@ -35,3 +35,9 @@ def print_summary(s: dict) -> None:
     if ft:
         err_console.print(f"fine-tune: {ft['steps']} steps on {ft['device']}, distillation loss "
                           f"{ft['loss_start']:.4f} → {ft['loss_end']:.4f} ({ft['seconds']:.1f} s)", highlight=False)
+    alloc = s.get("allocation") or {}
+    if alloc.get("mode") == "sensitivity":
+        moved = sum(1 for a, b in alloc["ranks"].values() if a != b)
+        basis = "whitened spectra × measured output sensitivity" if alloc.get("weights") else "weight spectra"
+        err_console.print(f"ranks allocated by {basis}: {moved} of {len(alloc['ranks'])} layers moved, "
+                          f"budget {alloc['budget']:,} params", highlight=False)

@@ -1,0 +1,96 @@
+import itertools
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from sinecompress.allocate import allocate, energy_share
+from sinecompress.errors import UsageError
+from sinecompress.factorize import factorize
+from sinecompress.plan import LayerPlan
+
+from .conftest import tiny_state_dict
+
+
+def layer(name, m, n, method="svd"):
+    return LayerPlan(name, (m, n), "F32", method, 1, None)
+
+
+def shares_from(s):
+    s2 = torch.tensor(s, dtype=torch.float64) ** 2
+    return s2 / s2.sum()
+
+
+def cost(lp, k):
+    return k * sum(lp.shape) + (lp.shape[0] if lp.method == "sine" else 0)
+
+
+def tail(share, k):
+    return float(share[k:].sum())
+
+
+def test_flat_spectrum_gets_more_rank_than_a_decaying_one():
+    a, b = layer("flat", 40, 40), layer("steep", 40, 40)
+    shares = {"flat": shares_from([1.0] * 40), "steep": shares_from([0.5 ** i for i in range(40)])}
+    budget = 2 * 8 * 80  # uniform rank 8 each
+    ranks = allocate([a, b], shares, budget)
+    assert ranks["flat"] > 8 > ranks["steep"] >= 1
+    assert sum(cost(lp, ranks[lp.name]) for lp in (a, b)) <= budget
+
+
+def test_greedy_matches_brute_force_on_small_problems():
+    g = torch.Generator().manual_seed(0)
+    layers = [layer("a", 12, 6), layer("b", 6, 12, "sine"), layer("c", 10, 10)]
+    shares = {lp.name: shares_from(sorted(torch.rand(6, generator=g).tolist(), reverse=True)) for lp in layers}
+    for budget in (80, 110, 150, 190):
+        ranks = allocate(layers, shares, budget)
+        got = sum(tail(shares[lp.name], ranks[lp.name]) for lp in layers)
+        best = min(sum(tail(shares[lp.name], k) for lp, k in zip(layers, ks))
+                   for ks in itertools.product(range(1, 6), repeat=3)
+                   if sum(cost(lp, k) for lp, k in zip(layers, ks)) <= budget
+                   and all(cost(lp, k) < lp.shape[0] * lp.shape[1] for lp, k in zip(layers, ks)))
+        assert sum(cost(lp, ranks[lp.name]) for lp in layers) <= budget
+        assert got <= best + 0.15 * max(best, 1e-9) + 1e-12  # greedy: optimal up to the budget's last step
+
+
+def test_ranks_stay_below_break_even():
+    lp = layer("a", 8, 8)
+    ranks = allocate([lp], {"a": shares_from([1.0] * 8)}, 10_000)
+    assert cost(lp, ranks["a"]) < 64
+
+
+def test_budget_below_rank_one_is_a_clear_error():
+    with pytest.raises(UsageError, match="raise --param-ratio"):
+        allocate([layer("a", 10, 10)], {"a": shares_from([1.0] * 10)}, 5)
+
+
+def test_energy_share_whitened_uses_the_gram():
+    w = torch.randn(6, 4, generator=torch.Generator().manual_seed(1))
+    plain, whitened = energy_share(w), energy_share(w, torch.diag(torch.tensor([100.0, 1, 1, 1])))
+    assert torch.isclose(plain.sum(), torch.tensor(1.0, dtype=torch.float64))
+    assert not torch.allclose(plain, whitened)
+
+
+def test_factorize_sensitivity_keeps_the_uniform_budget(tmp_path):
+    sd = tiny_state_dict()
+    sd["blocks.1.fc1.weight"] = torch.randn(64, 2) @ torch.randn(2, 24) / 5  # nearly rank 2: needs little
+    src = tmp_path / "m.safetensors"
+    save_file(sd, str(src))
+    uni = factorize(src, tmp_path / "u.safetensors", method="svd", param_ratio=0.3)
+    sens = factorize(src, tmp_path / "s.safetensors", method="svd", param_ratio=0.3, allocate="sensitivity")
+    assert uni["allocation"] == {"mode": "uniform"}
+    ranks = sens["allocation"]["ranks"]
+    assert ranks["blocks.1.fc1"][1] < ranks["blocks.1.fc1"][0]  # the easy layer gives rank away
+    assert sens["params_after"] <= uni["params_after"] == sens["allocation"]["budget"]
+    by = {lay["name"]: lay for lay in sens["layers"]}
+    assert by["blocks.1.fc1"]["rank"] == ranks["blocks.1.fc1"][1]
+    mean = lambda s: sum(lay["rel_error"] ** 2 for lay in s["layers"])  # noqa: E731
+    assert mean(sens) < mean(uni)
+
+
+def test_sensitivity_needs_param_ratio(tiny_file, tmp_path):
+    with pytest.raises(UsageError, match="--param-ratio"):
+        factorize(tiny_file, tmp_path / "o.safetensors", method="svd", rank=4, allocate="sensitivity")
+    assert not (tmp_path / "o.safetensors").exists()
+    with pytest.raises(UsageError, match="--allocate 'best'"):
+        factorize(tiny_file, tmp_path / "o.safetensors", method="svd", rank=4, allocate="best")
