@@ -52,6 +52,8 @@ def factorize_cmd(
     rank: int = typer.Option(None, "--rank", "-k", help="Total factor rank per layer (sine part + linear part)."),
     param_ratio: float = typer.Option(None, "--param-ratio", help="Per-layer parameter budget as a fraction of "
                                       "the dense layer (amplitude included); the rank follows from it."),
+    allocate: str = typer.Option("uniform", "--allocate", help="uniform: every layer gets --param-ratio; "
+                                 "sensitivity: the same total budget spread by each layer's (whitened) spectrum."),
     omega: str = typer.Option("auto", "--omega", help="Sine frequency ω, or 'auto' to choose it per layer "
                               "by a short trial fit at each of 30, 100, 300 (recorded in the summary)."),
     method: str = typer.Option("sine", "--method", help="sine (hybrid sine low-rank), svd (truncated SVD "
@@ -69,7 +71,7 @@ def factorize_cmd(
     no_calib: bool = typer.Option(False, "--no-calib", help="Skip calibration: fit weights only (faster, worse)."),
     steps: int = typer.Option(None, "--steps", help="End-to-end calibration fine-tune steps (distillation "
                               "against the original model); default depends on --device (see docs/fitting.md)."),
-    fit_steps: int = typer.Option(30, "--fit-steps", help="Optimisation steps of each layer's sine fit."),
+    fit_steps: int = typer.Option(300, "--fit-steps", help="Optimisation steps of each layer's sine fit."),
     lr: float = typer.Option(1e-2, "--lr", help="Fine-tune learning rate, relative to each factor's RMS."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu or cuda."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives byte-identical output."),
@@ -98,7 +100,8 @@ def factorize_cmd(
                   exclude=exclude, steps=fit_steps, seed=seed, overwrite=overwrite, resume=resume,
                   max_shard_size=max_shard_size, allow_pickle=allow_pickle, calib=calib,
                   calibration=False if no_calib else None, calib_samples=calib_samples, seq_len=seq_len,
-                  ft_steps=default_ft_steps(device) if steps is None else steps, lr=lr, device=device)
+                  ft_steps=default_ft_steps(device) if steps is None else steps, lr=lr, device=device,
+                  allocate=allocate)
     try:
         if workers != 1:
             summary = factorize_workers(source, out, workers, **kwargs)
