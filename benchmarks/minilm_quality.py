@@ -32,7 +32,21 @@ from sinecompress.distill import compressed_module, distill, swap_in  # noqa: E4
 
 REFERENCE = {"svd": {32: 0.358, 64: 0.372, 128: 0.482, 192: 0.655},
              "wsvd": {32: 0.595, 64: 0.697, 128: 0.846, 192: 0.923}}
-METHODS = {"svd": ("svd", 0), "wsvd": ("wsvd", 0), "wsvd+ft": ("wsvd", 1), "sine": ("hybrid:100:0.75", 1)}
+METHODS = {"svd": ("svd", 0), "wsvd": ("wsvd", 0), "wsvd+ft": ("wsvd", 1), "sine": ("sine", 1)}
+
+
+def fit_sine_default(w, gram, k: int, steps: int):
+    """What ``sinecompress factorize --method sine`` does with calibration: ω by trial fits (--omega auto),
+    the hybrid at the default linear share, total rank k-1 so the amplitude stays within rank-k's budget."""
+    from sinecompress.fit_activation import fit_calibrated
+    from sinecompress.omega import choose_omega
+    from sinecompress.plan import LINEAR_FRACTION, split_rank
+
+    total = k - 1
+    k_l = split_rank(total, LINEAR_FRACTION)
+    omega, _ = choose_omega(w, total, k_l, steps, gram=gram)
+    f = fit_calibrated(w, gram, "sine", total, k_l, omega, steps=steps)
+    return "sine", {x: f[x] for x in ("u", "v", "amp", "lin_u", "lin_v")}, f["act_error"], omega
 
 
 def run(args) -> list[dict]:
@@ -52,7 +66,10 @@ def run(args) -> list[dict]:
             student = copy.deepcopy(model)
             for name in names:
                 w = mods[name].weight.detach().float()
-                kind, f, _err, omega = fit_variant(variant, w, grams[name]["gram"], k, args.fit_steps, 1e-2)
+                if variant == "sine":
+                    kind, f, _err, omega = fit_sine_default(w, grams[name]["gram"], k, args.fit_steps)
+                else:
+                    kind, f, _err, omega = fit_variant(variant, w, grams[name]["gram"], k, args.fit_steps, 1e-2)
                 swap_in(student, name, compressed_module(kind, f, mods[name].bias.detach(), omega))
             if tune:
                 distill(student, model, calib, names, steps=args.ft_steps, lr=args.lr)
@@ -83,8 +100,8 @@ def main():
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--calib", type=int, default=256)
     ap.add_argument("--heldout", type=int, default=1000)
-    ap.add_argument("--fit-steps", type=int, default=100)
-    ap.add_argument("--ft-steps", type=int, default=100)
+    ap.add_argument("--fit-steps", type=int, default=300)
+    ap.add_argument("--ft-steps", type=int, default=200)
     ap.add_argument("--lr", type=float, default=1e-2)
     ap.add_argument("--quick", action="store_true", help="k=32 only, small text sets, few steps")
     ap.add_argument("--json", action="store_true", help="print the rows as JSON on stdout")
