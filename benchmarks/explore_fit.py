@@ -27,7 +27,7 @@ from sinecompress.layers import sine_weight  # noqa: E402
 
 
 def fit_variant(variant: str, w, gram, k: int, steps: int, damp: float, seed: int = 0, device="cpu"):
-    """variant: svd | wsvd | hybrid:OMEGA:LINFRAC[:LR[:AMPSCALE]]"""
+    """variant: svd | wsvd | hybrid:OMEGA:LINFRAC[:LR[:AMPSCALE[:PHASE]]] (PHASE: residual | random)"""
     w = w.to(device)
     L = chol(gram.to(device), damp)
     m, n = w.shape
@@ -41,9 +41,11 @@ def fit_variant(variant: str, w, gram, k: int, steps: int, damp: float, seed: in
     omega, frac = float(parts[1]), float(parts[2])
     lr = float(parts[3]) if len(parts) > 3 else 1e-2
     amp_scale = float(parts[4]) if len(parts) > 4 else 1.0
+    phase = parts[5] if len(parts) > 5 else "residual"
     total = k - 1  # the amplitude (m params) costs less than one rank: stay within rank-k's budget
     k_l = int(round(total * frac))
-    f = fit_hybrid(w, L, total - k_l, k_l, omega, steps=steps, seed=seed, lr=lr, amp_scale=amp_scale)
+    f = fit_hybrid(w, L, total - k_l, k_l, omega, steps=steps, seed=seed, lr=lr, amp_scale=amp_scale,
+                   phase=phase)
     f = {k2: (t.cpu() if t is not None else None) for k2, t in f.items() if k2 in ("u", "v", "amp", "lin_u", "lin_v")}
     err = whitened_error(sine_weight(*(f[x].to(device) for x in ("u", "v")), omega, f["amp"].to(device),
                                      *(f[x].to(device) if f[x] is not None else None for x in ("lin_u", "lin_v"))), w, L)

@@ -6,9 +6,11 @@ calibration Gram matrix turns "error on what the layer sees" into a Frobenius er
 * ``whitened_svd``: the closed-form optimum among rank-k linear maps (SVD-LLM):
   SVD of W L, truncate, map back with L⁻¹.
 * ``fit_hybrid``: ``Ŵ = A Bᵀ + a ⊙ sin(ω U Vᵀ)``; the linear part starts from whitened SVD, the sine
-  part from random phase with a least-squares (in the whitened metric) per-row amplitude; Adam on
-  the whitened error. A small-angle start never leaves the sine's linear regime (DESIGN.md), hence
-  the random phase.
+  part from a *residual phase*: ω·UVᵀ is the best rank-r whitened approximation of what the linear
+  part leaves, scaled to about 1 rad, with a least-squares (whitened) per-row amplitude; then Adam on
+  the whitened error. At 1 rad the sine starts pointed along the residual but well outside its
+  small-angle regime, which Adam never leaves (DESIGN.md). Random phase, the earlier start, needs
+  several times the steps at high rank (docs/fitting.md).
 * ``shifted_target``: when earlier layers are already compressed, the layer sees X̃ instead of X;
   fitting ‖X̃ Ŵᵀ − X Wᵀ‖ equals fitting ‖(Ŵ − W*) L̃‖ (+ a constant) with W* = W Cᵀ G̃⁻¹,
   C = X̃ᵀX, G̃ = X̃ᵀX̃, so the same fitters serve the sequential mode.
@@ -27,6 +29,7 @@ DEFAULT_DAMP = 1e-2  # relative to the mean diagonal of XᵀX
 # Relative Adam step of the hybrid fit: 0.1 reached 4-11 % lower activation error than 0.01 in 300 steps
 # on MiniLM layers (docs/fitting.md); at 0.01 the random phase barely moves and the sine part is wasted.
 FIT_LR = 0.1
+PHASE_STD = 1.0  # rad: std of the residual-phase start (0.5 and 2 were worse on MiniLM layers)
 
 
 def damped(gram: torch.Tensor, damp: float = DEFAULT_DAMP) -> torch.Tensor:
@@ -69,10 +72,24 @@ def shifted_target(w: torch.Tensor, gram_shifted: torch.Tensor, cross: torch.Ten
     return (torch.linalg.solve(g, cross.double() @ w.double().T)).T.float()
 
 
+def residual_phase_factors(resid: torch.Tensor, L: torch.Tensor, rank: int, omega: float,
+                           std: float = PHASE_STD):
+    """Sine factors whose phase ω·UVᵀ is the rank-``rank`` whitened SVD of ``resid``, scaled to ``std`` rad;
+    None when the residual is (numerically) zero."""
+    p, q = whitened_svd(resid, L, rank)
+    spread = float((p @ q.T).std())
+    if not spread > 1e-12:
+        return None
+    s = math.sqrt(std / spread / omega)
+    return p * s, q * s
+
+
 def fit_hybrid(w: torch.Tensor, L: torch.Tensor, rank: int, linear_rank: int, omega: float,
-               steps: int = 300, lr: float = FIT_LR, seed: int = 0, amp_scale: float = 1.0) -> dict:
+               steps: int = 300, lr: float = FIT_LR, seed: int = 0, amp_scale: float = 1.0,
+               phase: str = "residual") -> dict:
     """Fit ``A Bᵀ + a ⊙ sin(ω U Vᵀ)`` (sine rank ``rank``, linear rank ``linear_rank``) to ``w``
-    in the whitened metric. Returns float32 factors, the start's and the fit's relative error."""
+    in the whitened metric. ``phase``: "residual" (default) or "random" start of the sine part.
+    Returns float32 factors, the start's and the fit's relative error."""
     w = w.float()
     dev = w.device
     L32 = L.to(dev, torch.float32)
@@ -87,7 +104,8 @@ def fit_hybrid(w: torch.Tensor, L: torch.Tensor, rank: int, linear_rank: int, om
         lin_u, lin_v = lin_u.to(dev), lin_v.to(dev)
         resid = w - lin_u @ lin_v.T
     start_err = float(torch.linalg.norm(resid @ L32) ** 2 / norm2)
-    u, v = random_phase_factors(m, n, rank, omega, g)
+    start = residual_phase_factors(resid, L.to(dev), rank, omega) if phase == "residual" else None
+    u, v = start if start is not None else random_phase_factors(m, n, rank, omega, g)
     u, v = u.to(dev), v.to(dev)
     with torch.no_grad():
         s = torch.sin(omega * (u @ v.T))
