@@ -27,7 +27,7 @@ from sinecompress.layers import sine_weight  # noqa: E402
 
 
 def fit_variant(variant: str, w, gram, k: int, steps: int, damp: float, seed: int = 0, device="cpu"):
-    """variant: svd | wsvd | hybrid:OMEGA:LINFRAC[:LR[:AMPSCALE[:PHASE]]] (PHASE: residual | random)"""
+    """variant: svd | wsvd | hybrid:OMEGA:LINFRAC[:LR[:AMPSCALE[:PHASE[:STD]]]] (PHASE: residual | random; STD in rad)"""
     w = w.to(device)
     L = chol(gram.to(device), damp)
     m, n = w.shape
@@ -42,10 +42,11 @@ def fit_variant(variant: str, w, gram, k: int, steps: int, damp: float, seed: in
     lr = float(parts[3]) if len(parts) > 3 else 1e-2
     amp_scale = float(parts[4]) if len(parts) > 4 else 1.0
     phase = parts[5] if len(parts) > 5 else "residual"
+    phase_std = float(parts[6]) if len(parts) > 6 else 1.0
     total = k - 1  # the amplitude (m params) costs less than one rank: stay within rank-k's budget
     k_l = int(round(total * frac))
     f = fit_hybrid(w, L, total - k_l, k_l, omega, steps=steps, seed=seed, lr=lr, amp_scale=amp_scale,
-                   phase=phase)
+                   phase=phase, phase_std=phase_std)
     f = {k2: (t.cpu() if t is not None else None) for k2, t in f.items() if k2 in ("u", "v", "amp", "lin_u", "lin_v")}
     err = whitened_error(sine_weight(*(f[x].to(device) for x in ("u", "v")), omega, f["amp"].to(device),
                                      *(f[x].to(device) if f[x] is not None else None for x in ("lin_u", "lin_v"))), w, L)

@@ -88,7 +88,8 @@ def run(args) -> list[dict]:
 
 def table(rows, args) -> str:
     lines = [f"{machine_line(machine_info())} Calibration {args.calib} texts, held-out {args.heldout} texts, "
-             f"fit steps {args.fit_steps}, fine-tune steps {args.ft_steps}.", "",
+             f"fit steps {args.fit_steps}, fine-tune steps {args.ft_steps}"
+             + (" (×3 for wsvd+ft×3)" if "wsvd+ft×3" in args.methods else "") + ".", "",
              "`seconds`: fit + fine-tune + held-out embedding of the row; `peak RSS MB`: the process's peak so far "
              "(one process runs every row, so it only grows).", "",
              "| k | method | cosine | NN agreement | DESIGN.md cosine | seconds | peak RSS MB |",

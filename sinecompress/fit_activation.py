@@ -29,7 +29,7 @@ DEFAULT_DAMP = 1e-2  # relative to the mean diagonal of XᵀX
 # Relative Adam step of the hybrid fit: 0.1 reached 4-11 % lower activation error than 0.01 in 300 steps
 # on MiniLM layers (docs/fitting.md); at 0.01 the random phase barely moves and the sine part is wasted.
 FIT_LR = 0.1
-PHASE_STD = 1.0  # rad: std of the residual-phase start (0.5 and 2 were worse on MiniLM layers)
+PHASE_STD = 1.0  # rad: std of the residual-phase start (docs/fitting.md: 1 and 2 close, 0.5 worse)
 
 
 def damped(gram: torch.Tensor, damp: float = DEFAULT_DAMP) -> torch.Tensor:
@@ -86,7 +86,7 @@ def residual_phase_factors(resid: torch.Tensor, L: torch.Tensor, rank: int, omeg
 
 def fit_hybrid(w: torch.Tensor, L: torch.Tensor, rank: int, linear_rank: int, omega: float,
                steps: int = 300, lr: float = FIT_LR, seed: int = 0, amp_scale: float = 1.0,
-               phase: str = "residual") -> dict:
+               phase: str = "residual", phase_std: float = PHASE_STD) -> dict:
     """Fit ``A Bᵀ + a ⊙ sin(ω U Vᵀ)`` (sine rank ``rank``, linear rank ``linear_rank``) to ``w``
     in the whitened metric. ``phase``: "residual" (default) or "random" start of the sine part.
     Returns float32 factors, the start's and the fit's relative error."""
@@ -104,7 +104,7 @@ def fit_hybrid(w: torch.Tensor, L: torch.Tensor, rank: int, linear_rank: int, om
         lin_u, lin_v = lin_u.to(dev), lin_v.to(dev)
         resid = w - lin_u @ lin_v.T
     start_err = float(torch.linalg.norm(resid @ L32) ** 2 / norm2)
-    start = residual_phase_factors(resid, L.to(dev), rank, omega) if phase == "residual" else None
+    start = residual_phase_factors(resid, L.to(dev), rank, omega, phase_std) if phase == "residual" else None
     u, v = start if start is not None else random_phase_factors(m, n, rank, omega, g)
     u, v = u.to(dev), v.to(dev)
     with torch.no_grad():

@@ -1,10 +1,12 @@
 """Automatic ω: a short fit at each candidate frequency, keep the one with the lowest error.
 
 The paper gives no rule for ω and its reviewers asked for one. For compressing a pretrained
-layer the hybrid fit (linear part + random-phase sine part) is what ω acts on, so we rank the
-candidates by the same objective the full fit minimises (activation error with calibration data,
-weight error without), after a fraction of the full fit's steps. The chosen ω is recorded per
-layer in the metadata and the summary.
+layer the hybrid fit (linear part + sine part) is what ω acts on, so we rank the candidates by
+the same objective the full fit minimises (activation error with calibration data, weight error
+without), after a fraction of the full fit's steps. The chosen ω is recorded per layer in the
+metadata and the summary. In these fits ω is close to a gauge: the starts fix the phase ω·UVᵀ and
+Adam steps are relative to each tensor's RMS, so the candidates' errors agree to about five digits
+(docs/fitting.md); ω matters where steps are absolute (training from scratch, adapters).
 """
 
 from __future__ import annotations

@@ -62,5 +62,5 @@ def test_workers_flag_matches_single_process(tmp_path):
     code, _, err = cli("factorize", src, "--method", "svd", "--rank", "4", "--workers", "2",
                        "--out", tmp_path / "w.safetensors")
     assert code == 0, err
-    _single(src, tmp_path / "s.safetensors", method="svd", rank=4, steps=30)  # the CLI's --fit-steps default
+    _single(src, tmp_path / "s.safetensors", method="svd", rank=4, steps=300)  # the CLI's --fit-steps default
     assert (tmp_path / "w.safetensors").read_bytes() == (tmp_path / "s.safetensors").read_bytes()
