@@ -1,0 +1,78 @@
+"""Does sequential fitting (each layer fitted to the outputs of the already-compressed earlier layers)
+beat fitting every layer to the original activations? All 12 MLP matrices of all-MiniLM-L6-v2.
+
+    PYTHONPATH=. python benchmarks/explore_sequential.py --k 32 128 --methods wsvd sine --ft-steps 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _minilm import batches_for, embed, minilm, mlp_names, quality  # noqa: E402
+
+from sinecompress.calibrate import capture_grams  # noqa: E402
+from sinecompress.distill import compressed_module, distill, swap_in  # noqa: E402
+from sinecompress.fit_activation import fit_calibrated, shifted_target  # noqa: E402
+from sinecompress.plan import LINEAR_FRACTION, split_rank  # noqa: E402
+from sinecompress.sequential import capture_pair  # noqa: E402
+
+
+def fit(method, w, gram, k, steps):
+    if method == "wsvd":
+        f = fit_calibrated(w, gram, "wsvd", k)
+        return "lowrank", {"u": f["u"], "v": f["v"]}, None
+    total = k - 1
+    f = fit_calibrated(w, gram, "sine", total, split_rank(total, LINEAR_FRACTION), 100.0, steps=steps)
+    return "sine", {x: f[x] for x in ("u", "v", "amp", "lin_u", "lin_v")}, 100.0
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--k", type=int, nargs="+", default=[32, 128])
+    ap.add_argument("--methods", nargs="+", default=["wsvd", "sine"])
+    ap.add_argument("--modes", nargs="+", default=["parallel", "sequential"])
+    ap.add_argument("--fit-steps", type=int, default=300)
+    ap.add_argument("--ft-steps", type=int, default=0)
+    ap.add_argument("--calib", type=int, default=256)
+    ap.add_argument("--heldout", type=int, default=1000)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    model, d = minilm()
+    names = mlp_names(model)
+    calib = batches_for(d, "calib", args.calib)
+    held = batches_for(d, "heldout", args.heldout)
+    grams = capture_grams(model, names, calib)
+    ref = embed(model, held)
+    mods = dict(model.named_modules())
+    for k in args.k:
+        for method in args.methods:
+            for mode in args.modes:
+                t0 = time.perf_counter()
+                student = copy.deepcopy(model)
+                for name in names:
+                    w = mods[name].weight.detach().float()
+                    gram = grams[name]["gram"]
+                    if mode == "sequential":
+                        pair = capture_pair(model, student, name, calib)
+                        w, gram = shifted_target(w, pair["gram"], pair["cross"]), pair["gram"]
+                    kind, f, omega = fit(method, w, gram, k, args.fit_steps)
+                    swap_in(student, name, compressed_module(kind, f, mods[name].bias.detach(), omega))
+                row = {"k": k, "method": method, "mode": mode, **quality(ref, embed(student, held))}
+                if args.ft_steps:
+                    distill(student, model, calib, names, steps=args.ft_steps)
+                    row.update({f"ft_{m}": v for m, v in quality(ref, embed(student, held)).items()})
+                row["seconds"] = round(time.perf_counter() - t0, 1)
+                print(json.dumps({x: (round(v, 4) if isinstance(v, float) else v) for x, v in row.items()}),
+                      flush=True)
+
+
+if __name__ == "__main__":
+    main()
