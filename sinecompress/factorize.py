@@ -36,7 +36,7 @@ def factorize(source: str | Path, out: str | Path, *, method: str = "sine", rank
               allow_pickle: bool = False, rules=(), provenance: dict | None = None,
               calib: str | Path | None = None, calibration: bool | None = None, calib_samples: int = 256,
               seq_len: int = 128, ft_steps: int = 0, lr: float = 1e-2, device: str = "cpu", model=None,
-              ft_progress=None, allocate: str = "uniform") -> dict | None:
+              ft_progress=None, allocate: str = "uniform", sequential: bool | None = None) -> dict | None:
     """Compress ``source`` into ``out`` and return the summary (what ``--json`` prints).
 
     ``steps`` are the per-layer fit's steps; ``ft_steps`` the end-to-end calibration fine-tune's
@@ -46,6 +46,9 @@ def factorize(source: str | Path, out: str | Path, *, method: str = "sine", rank
     directory (``workdir.py``), which also gives ``resume``, and the output is streamed from there.
     Under ``torchrun`` their layers are split across ranks; ranks other than 0 return None.
     ``rules``: per-layer settings (``plan.Rule``); ``provenance``: extra metadata (e.g. the recipe).
+    ``sequential`` (calibrated runs): fit each layer to the outputs of the already compressed earlier
+    layers (``sequential.py``) rather than to the original activations. None (default): only when there
+    is no fine-tune, the case where it measured better (docs/fitting.md).
     ``allocate="sensitivity"`` spreads the ``param_ratio`` budget across layers by their spectra
     (``allocate.py``) instead of giving every layer the same ratio.
     """
@@ -82,7 +85,14 @@ def factorize(source: str | Path, out: str | Path, *, method: str = "sine", rank
         for lp in plan.active:
             if lp.method == "sine":
                 lp.linear_rank = split_rank(lp.rank, LINEAR_FRACTION)
-        factors = fit_layers(src, plan, progress, cal, device)
+        if sequential is None:
+            sequential = ft_steps <= 0
+        if sequential:
+            from .sequential import fit_sequential
+
+            factors = fit_sequential(src, plan, cal, progress, device)
+        else:
+            factors = fit_layers(src, plan, progress, cal, device)
         if ft_steps > 0:
             from .finetune import finetune
 
@@ -98,6 +108,7 @@ def factorize(source: str | Path, out: str | Path, *, method: str = "sine", rank
     summary["calibration"]["note"] = note
     summary["finetune"] = tune
     summary["allocation"] = allocation
+    summary["sequential"] = bool(sequential and cal is not None)
     return summary
 
 

@@ -63,6 +63,12 @@ def _str(v):
     return v
 
 
+def _bool(v):
+    if not isinstance(v, bool):
+        raise ValueError("true or false")
+    return v
+
+
 def _regex(v):
     _str(v)
     try:
@@ -104,7 +110,8 @@ SCHEMA: dict = {
     "version": _int,
     "model": _str,
     "output": _str,
-    "defaults": {**SIZE, "fit_steps": lambda v: _int(v, 1), "allocate": _choice(("uniform", "sensitivity"))},
+    "defaults": {**SIZE, "fit_steps": lambda v: _int(v, 1), "allocate": _choice(("uniform", "sensitivity")),
+                 "sequential": _bool},
     "targets": [{"match": _regex, **SIZE}],
     "exclude": [_regex],
     "calibration": {"source": _str, "samples": lambda v: _int(v, 1), "seq_len": lambda v: _int(v, 1)},
@@ -285,6 +292,7 @@ def factorize_kwargs(recipe: Recipe, accepted: set[str], overrides: dict | None 
         "exclude": list(o.get("exclude", recipe.exclude)),
         "steps": o.get("steps", d.get("fit_steps", 300)),
         "allocate": o.get("allocate", d.get("allocate", "uniform")),
+        "sequential": o.get("sequential", d.get("sequential")),
         "seed": o.get("seed", recipe.finetune.get("seed", 0)),
         "rules": rules,
     }
@@ -334,6 +342,7 @@ defaults:
   omega: 100            # sine frequency ω
   fit_steps: 300        # optimisation steps of each layer's sine fit
   # allocate: sensitivity  # with param_ratio: spread the same budget by measured sensitivity
+  # sequential: true       # fit each layer to the compressed earlier layers' outputs (default: only without fine-tune)
 
 # Ordered rules: a regex matched in full against module names (tensor name minus '.weight').
 # The FIRST rule that matches a layer sets its settings; unset fields come from `defaults`.

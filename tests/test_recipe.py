@@ -92,6 +92,7 @@ def test_misspelt_key_exits_2_with_its_line(tmp_path):
     ("version: 1\ngates:\n  max_param_ratio: yes\n", 3, "gates.max_param_ratio must be"),
     ("version: 1\nfinetune: {device: tpu}\n", 2, "finetune.device must be one of auto, cpu, cuda"),
     ("version: 1\ndefaults: {param_ratio: 0.2, allocate: best}\n", 2, "defaults.allocate must be one of uniform, sensitivity"),
+    ("version: 1\ndefaults: {rank: 4, sequential: maybe}\n", 2, "defaults.sequential must be true or false"),
     ("version: 1\nversion: 1\n", 2, "duplicate key 'version'"),
     ("version: 1\ntargets: {match: a}\n", 2, "targets must be a list"),
     ("version: 1\ndefaults: [1]\n", 2, "defaults must be a mapping"),
@@ -139,6 +140,8 @@ def test_cli_overrides_replace_recipe_values():
     r = parse_recipe("version: 1\ndefaults: {param_ratio: 0.2, allocate: sensitivity}\n")
     assert factorize_kwargs(r, set())["allocate"] == "sensitivity"
     assert factorize_kwargs(r, set(), {"allocate": "uniform"})["allocate"] == "uniform"
+    assert factorize_kwargs(r, set())["sequential"] is None
+    assert factorize_kwargs(parse_recipe("version: 1\ndefaults: {rank: 4, sequential: false}\n"), set())["sequential"] is False
 
 
 # --- plan, show, factorize ---------------------------------------------------------------------

@@ -68,6 +68,9 @@ def factorize_cmd(
                                "Default for text models: built-in text (Python stdlib docstrings)."),
     calib_samples: int = typer.Option(256, "--calib-samples", help="Number of calibration samples."),
     seq_len: int = typer.Option(128, "--seq-len", help="Maximum tokens per calibration text."),
+    sequential: bool = typer.Option(None, "--sequential/--no-sequential", help="With calibration: fit each "
+                                    "layer to the outputs of the already compressed earlier layers. Default: "
+                                    "on with --steps 0, off with a fine-tune (where it measured worse)."),
     no_calib: bool = typer.Option(False, "--no-calib", help="Skip calibration: fit weights only (faster, worse)."),
     steps: int = typer.Option(None, "--steps", help="End-to-end calibration fine-tune steps (distillation "
                               "against the original model); default depends on --device (see docs/fitting.md)."),
@@ -101,7 +104,7 @@ def factorize_cmd(
                   max_shard_size=max_shard_size, allow_pickle=allow_pickle, calib=calib,
                   calibration=False if no_calib else None, calib_samples=calib_samples, seq_len=seq_len,
                   ft_steps=default_ft_steps(device) if steps is None else steps, lr=lr, device=device,
-                  allocate=allocate)
+                  allocate=allocate, sequential=sequential)
     try:
         if workers != 1:
             summary = factorize_workers(source, out, workers, **kwargs)

@@ -24,7 +24,7 @@ app.add_typer(recipe_app, name="recipe")
 # factorize flag -> recipe override key
 FLAG_TO_KEY = {"source": "model", "out": "output", "rank": "rank", "param_ratio": "param_ratio", "omega": "omega",
                "method": "method", "target": "targets", "exclude": "exclude", "fit_steps": "steps", "steps": "ft_steps", "seed": "seed",
-               "allocate": "allocate"}
+               "allocate": "allocate", "sequential": "sequential"}
 
 
 def factorize_with_recipe(ctx: typer.Context, recipe: Path, overwrite: bool, as_json: bool) -> None:

@@ -41,3 +41,6 @@ def print_summary(s: dict) -> None:
         basis = "whitened spectra × measured output sensitivity" if alloc.get("weights") else "weight spectra"
         err_console.print(f"ranks allocated by {basis}: {moved} of {len(alloc['ranks'])} layers moved, "
                           f"budget {alloc['budget']:,} params", highlight=False)
+    if s.get("sequential"):
+        err_console.print("layers fitted in order, each to the outputs of the already compressed ones "
+                          "(--sequential)", highlight=False)
