@@ -7,7 +7,7 @@ calibration Gram matrix turns "error on what the layer sees" into a Frobenius er
   SVD of W L, truncate, map back with L⁻¹.
 * ``fit_hybrid``: ``Ŵ = A Bᵀ + a ⊙ sin(ω U Vᵀ)``; the linear part starts from whitened SVD, the sine
   part from a *residual phase*: ω·UVᵀ is the best rank-r whitened approximation of what the linear
-  part leaves, scaled to about 1 rad, with a least-squares (whitened) per-row amplitude; then Adam on
+  part leaves (the next components of the same whitened SVD), scaled to about 1 rad, with a least-squares (whitened) per-row amplitude; then Adam on
   the whitened error. At 1 rad the sine starts pointed along the residual but well outside its
   small-angle regime, which Adam never leaves (DESIGN.md). Random phase, the earlier start, needs
   several times the steps at high rank (docs/fitting.md).
@@ -72,11 +72,9 @@ def shifted_target(w: torch.Tensor, gram_shifted: torch.Tensor, cross: torch.Ten
     return (torch.linalg.solve(g, cross.double() @ w.double().T)).T.float()
 
 
-def residual_phase_factors(resid: torch.Tensor, L: torch.Tensor, rank: int, omega: float,
-                           std: float = PHASE_STD):
-    """Sine factors whose phase ω·UVᵀ is the rank-``rank`` whitened SVD of ``resid``, scaled to ``std`` rad;
-    None when the residual is (numerically) zero."""
-    p, q = whitened_svd(resid, L, rank)
+def phase_factors(p: torch.Tensor, q: torch.Tensor, omega: float, std: float = PHASE_STD):
+    """Scale factors so that the phase ω·(p qᵀ) has entries of std ``std`` rad; None when p qᵀ is
+    (numerically) zero."""
     spread = float((p @ q.T).std())
     if not spread > 1e-12:
         return None
@@ -97,14 +95,17 @@ def fit_hybrid(w: torch.Tensor, L: torch.Tensor, rank: int, linear_rank: int, om
     g = torch.Generator(device="cpu").manual_seed(seed)
     target_w = w @ L32
     norm2 = (target_w * target_w).sum().clamp_min(1e-30)
+    # One whitened SVD serves both parts: its first components are the linear part's optimum, and the
+    # next ones are the whitened SVD of the residual that part leaves (the residual-phase start).
+    wu, wv = whitened_svd(w, L, linear_rank + rank)
+    wu, wv = wu.to(dev), wv.to(dev)
     lin_u = lin_v = None
     resid = w
     if linear_rank > 0:
-        lin_u, lin_v = whitened_svd(w, L, linear_rank)
-        lin_u, lin_v = lin_u.to(dev), lin_v.to(dev)
+        lin_u, lin_v = wu[:, :linear_rank].contiguous(), wv[:, :linear_rank].contiguous()
         resid = w - lin_u @ lin_v.T
     start_err = float(torch.linalg.norm(resid @ L32) ** 2 / norm2)
-    start = residual_phase_factors(resid, L.to(dev), rank, omega, phase_std) if phase == "residual" else None
+    start = phase_factors(wu[:, linear_rank:], wv[:, linear_rank:], omega, phase_std) if phase == "residual" else None
     u, v = start if start is not None else random_phase_factors(m, n, rank, omega, g)
     u, v = u.to(dev), v.to(dev)
     with torch.no_grad():

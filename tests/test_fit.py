@@ -9,7 +9,7 @@ from sinecompress.fit_activation import (
     chol,
     fit_calibrated,
     fit_hybrid,
-    residual_phase_factors,
+    phase_factors,
     shifted_target,
     whitened_error,
     whitened_svd,
@@ -55,14 +55,16 @@ def test_hybrid_fit_improves_on_its_warm_start():
 def test_residual_phase_start_points_along_the_residual_at_about_one_radian():
     w, _, gram = _layer()
     L = chol(gram)
-    lu, lv = whitened_svd(w, L, 5)
-    u, v = residual_phase_factors(w - lu @ lv.T, L, 3, omega=100.0)
+    wu, wv = whitened_svd(w, L, 8)
+    ru, rv = whitened_svd(w - wu[:, :5] @ wv[:, :5].T, L, 3)  # the residual's own whitened SVD ...
+    assert torch.allclose(wu[:, 5:] @ wv[:, 5:].T, ru @ rv.T, atol=1e-5)  # ... is the next components of W's
+    u, v = phase_factors(wu[:, 5:], wv[:, 5:], omega=100.0)
     assert abs(float((100.0 * u @ v.T).std()) - 1.0) < 1e-3  # real phase, not the small-angle trap
     at_start = {p: fit_hybrid(w, L, 3, 5, 100.0, steps=0, phase=p) for p in ("residual", "random")}
     # before any step, the residual start lowers the linear part's error about twice as much as random phase
     gain = {p: f["start_act_error"] - f["act_error"] for p, f in at_start.items()}
     assert gain["residual"] > 1.5 * gain["random"] > 0
-    assert residual_phase_factors(torch.zeros(6, 4), torch.eye(4, dtype=torch.float64), 2, 100.0) is None
+    assert phase_factors(torch.zeros(6, 2), torch.zeros(4, 2), 100.0) is None
 
 
 def test_weight_space_sine_fit_improves_on_its_svd_start():
