@@ -21,7 +21,7 @@ from _minilm import batches_for, embed, minilm, mlp_names, quality  # noqa: E402
 from sinecompress.calibrate import capture_grams  # noqa: E402
 from sinecompress.distill import compressed_module, distill, swap_in  # noqa: E402
 from sinecompress.fit_activation import fit_calibrated, shifted_target  # noqa: E402
-from sinecompress.plan import LINEAR_FRACTION, split_rank  # noqa: E402
+from sinecompress.plan import split_rank  # noqa: E402
 from sinecompress.sequential import capture_pair  # noqa: E402
 
 
@@ -30,7 +30,7 @@ def fit(method, w, gram, k, steps):
         f = fit_calibrated(w, gram, "wsvd", k)
         return "lowrank", {"u": f["u"], "v": f["v"]}, None
     total = k - 1
-    f = fit_calibrated(w, gram, "sine", total, split_rank(total, LINEAR_FRACTION), 100.0, steps=steps)
+    f = fit_calibrated(w, gram, "sine", total, split_rank(total), 100.0, steps=steps)
     return "sine", {x: f[x] for x in ("u", "v", "amp", "lin_u", "lin_v")}, 100.0
 
 

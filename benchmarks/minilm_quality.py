@@ -44,10 +44,10 @@ def fit_sine_default(w, gram, k: int, steps: int):
     the hybrid at the default linear share, total rank k-1 so the amplitude stays within rank-k's budget."""
     from sinecompress.fit_activation import fit_calibrated
     from sinecompress.omega import choose_omega
-    from sinecompress.plan import LINEAR_FRACTION, split_rank
+    from sinecompress.plan import split_rank
 
     total = k - 1
-    k_l = split_rank(total, LINEAR_FRACTION)
+    k_l = split_rank(total)
     omega, _ = choose_omega(w, total, k_l, steps, gram=gram)
     f = fit_calibrated(w, gram, "sine", total, k_l, omega, steps=steps)
     return "sine", {x: f[x] for x in ("u", "v", "amp", "lin_u", "lin_v")}, f["act_error"], omega

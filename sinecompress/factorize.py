@@ -80,11 +80,6 @@ def factorize(source: str | Path, out: str | Path, *, method: str = "sine", rank
         # Calibrated fits need the model's activations and tune all layers together: one process, in memory.
         if dist.world > 1 or resume:
             raise UsageError("--resume and multi-process runs are for weight-only fits; add --no-calib")
-        from .plan import LINEAR_FRACTION, split_rank
-
-        for lp in plan.active:
-            if lp.method == "sine":
-                lp.linear_rank = split_rank(lp.rank, LINEAR_FRACTION)
         if sequential is None:
             sequential = ft_steps <= 0
         if sequential:
