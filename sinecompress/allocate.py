@@ -21,8 +21,6 @@ import torch
 from .errors import UsageError
 from .plan import LayerPlan, Plan, split_rank
 
-MODES = ("uniform", "sensitivity")
-
 
 def energy_share(w: torch.Tensor, gram: torch.Tensor | None = None) -> torch.Tensor:
     """σ_i² / Σσ² of W (or of W L with L Lᵀ = XᵀX), float64, descending."""
@@ -76,24 +74,24 @@ def allocate(layers: list[LayerPlan], shares: dict[str, torch.Tensor], budget: i
     ``weights`` (e.g. ``output_sensitivity``) scale each layer's error in the sum being minimised.
     Every layer keeps rank ≥ 1 and stays below its break-even rank.
     """
-    ranks, spent, heap = {}, 0, []
-    for lp in layers:
-        ranks[lp.name] = 1
-        spent += _cost(lp, 1)
+    ranks = {lp.name: 1 for lp in layers}
+    spent = sum(_cost(lp, 1) for lp in layers)
     if spent > budget:
         raise UsageError(f"the parameter budget ({budget:,}) is below rank 1 on every targeted layer; "
                          "raise --param-ratio")
-    for i, lp in enumerate(layers):
-        _push(heap, lp, shares[lp.name] * (weights[lp.name] if weights else 1.0), 1, i)
+    # gains[i][k]: drop in the weighted error sum per parameter when layer i goes from rank k to k+1
+    gains = [(shares[lp.name] * (weights[lp.name] if weights else 1.0) / sum(lp.shape)).tolist() for lp in layers]
+    heap = []
+    for i in range(len(layers)):
+        _push(heap, layers, gains, i, 1)
     while heap:
-        _, _, i, k = heapq.heappop(heap)
-        lp = layers[i]
-        step = lp.shape[0] + lp.shape[1]
+        _, i, k = heapq.heappop(heap)
+        step = sum(layers[i].shape)
         if spent + step > budget:
             continue  # a cheaper layer may still fit
-        ranks[lp.name] = k + 1
+        ranks[layers[i].name] = k + 1
         spent += step
-        _push(heap, lp, shares[lp.name] * (weights[lp.name] if weights else 1.0), k + 1, i)
+        _push(heap, layers, gains, i, k + 1)
     return ranks
 
 
@@ -102,12 +100,11 @@ def _cost(lp: LayerPlan, k: int) -> int:
     return k * (m + n) + (m if lp.method == "sine" else 0)
 
 
-def _push(heap, lp: LayerPlan, share: torch.Tensor, k: int, i: int):
-    m, n = lp.shape
-    if k >= share.numel() or _cost(lp, k + 1) >= m * n:
-        return
-    gain = float(share[k]) / (m + n)
-    heapq.heappush(heap, (-gain, lp.name, i, k))
+def _push(heap, layers: list[LayerPlan], gains: list[list[float]], i: int, k: int):
+    """Offer layer i's step from rank k to k+1, unless its spectrum or break-even ends there."""
+    lp = layers[i]
+    if k < len(gains[i]) and _cost(lp, k + 1) < lp.shape[0] * lp.shape[1]:
+        heapq.heappush(heap, (-gains[i][k], i, k))
 
 
 def apply_sensitivity(plan: Plan, src, cal=None) -> dict:
@@ -117,9 +114,6 @@ def apply_sensitivity(plan: Plan, src, cal=None) -> dict:
     ``output_sensitivity``; without, the plain spectra of the weights are used, equally weighted.
     Returns ``{"mode", "budget", "weights", "ranks": {name: [uniform, allocated]}}`` for the summary.
     """
-    if plan.param_ratio is None:
-        raise UsageError("--allocate sensitivity spreads a --param-ratio budget; give --param-ratio R "
-                         "instead of --rank K")
     pool = [lp for lp in plan.active if _ratio_sized(plan, lp)]
     budget = sum(lp.factored_params for lp in pool)
     shares = {lp.name: energy_share(src.get(lp.name + ".weight"), cal.grams[lp.name]["gram"] if cal else None)
@@ -137,10 +131,6 @@ def apply_sensitivity(plan: Plan, src, cal=None) -> dict:
 
 
 def _ratio_sized(plan: Plan, lp: LayerPlan) -> bool:
-    """True when the layer's size comes from a param_ratio (its rule's or the default)."""
-    if lp.rule is None:
-        return plan.param_ratio is not None
-    r = plan.rules[lp.rule]
-    if r.rank is not None:
-        return False
-    return r.param_ratio is not None or plan.param_ratio is not None
+    """True when the layer's size comes from a param_ratio (its rule's, or the default, which
+    ``build_plan`` requires with sensitivity): only a rule with its own rank opts a layer out."""
+    return lp.rule is None or plan.rules[lp.rule].rank is None

@@ -63,14 +63,18 @@ def factorize(source: str | Path, out: str | Path, *, method: str = "sine", rank
     src = open_source(source, allow_pickle=allow_pickle)
     check_targets(src, targets)
     plan = build_plan(src, method=method, rank=rank, param_ratio=param_ratio, omega=omega,
-                      targets=targets, exclude=exclude, seed=seed, steps=steps, rules=rules)
+                      targets=targets, exclude=exclude, seed=seed, steps=steps, rules=rules, allocate=allocate)
     if dist.rank == 0:
         warn_kept_dense(plan)
     cal, note = calibrate(src, [lp.name for lp in plan.active], calib=calib, enabled=calibration,
                           samples=calib_samples, seq_len=seq_len, model=model, device=device)
     if cal is None and any(lp.method == "wsvd" for lp in plan.active):
         raise UsageError(f"--method wsvd needs calibration data, and {note.split(';')[0]}")
-    allocation = allocate_ranks(plan, src, cal, allocate)
+    allocation = {"mode": "uniform"}
+    if plan.allocate == "sensitivity":
+        from .allocate import apply_sensitivity
+
+        allocation = apply_sensitivity(plan, src, cal)
     tune, work = None, None
     if cal is None:
         work = WorkDir(Path(dist.on_rank0(lambda: str(prepare(out, src, plan, resume).path))))
@@ -105,16 +109,6 @@ def factorize(source: str | Path, out: str | Path, *, method: str = "sine", rank
     summary["allocation"] = allocation
     summary["sequential"] = bool(sequential and cal is not None)
     return summary
-
-
-def allocate_ranks(plan: Plan, src: Source, cal: Calibration | None, mode: str) -> dict:
-    from .allocate import MODES, apply_sensitivity
-
-    if mode not in MODES:
-        raise UsageError(f"--allocate {mode!r} is unknown; choose one of {', '.join(MODES)}")
-    if mode == "uniform":
-        return {"mode": "uniform"}
-    return apply_sensitivity(plan, src, cal)
 
 
 def fit_layer(w: torch.Tensor, lp: LayerPlan, plan: Plan, gram: torch.Tensor | None = None,

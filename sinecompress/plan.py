@@ -10,6 +10,7 @@ from .matching import compile_patterns, select_targets
 from .sources import Source, tied_heads
 
 METHODS = ("sine", "svd", "wsvd")  # wsvd: whitened SVD (SVD-LLM), needs calibration data
+ALLOCATIONS = ("uniform", "sensitivity")  # how a --param-ratio budget is spread (allocate.py)
 # Linear share of a sine layer's rank. Half, for both fit paths: with calibration, 50 % measured better
 # than 75 % once the sine part could move (docs/fitting.md).
 LINEAR_FRACTION = 0.5
@@ -67,6 +68,7 @@ class Plan:
     steps: int = 300
     layers: list[LayerPlan] = field(default_factory=list)
     rules: list[Rule] = field(default_factory=list)
+    allocate: str = "uniform"  # "sensitivity": ranks re-spread after calibration (allocate.py)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -92,12 +94,17 @@ def split_rank(rank: int, fraction: float = LINEAR_FRACTION) -> int:
 
 def build_plan(src: Source, *, method: str = "sine", rank: int | None = None, param_ratio: float | None = None,
                omega: float | None = 100.0, targets=(), exclude=(), seed: int = 0, steps: int = 300,
-               rules=()) -> Plan:
+               rules=(), allocate: str = "uniform") -> Plan:
     """``rules``: ordered Rules, the first that full-matches a layer sets its settings (defaults otherwise);
     with no ``targets``, the rules' patterns are the targets."""
     rules = [r if isinstance(r, Rule) else Rule(**r) for r in rules]
     if method not in METHODS:
         raise UsageError(f"--method {method!r} is unknown; choose one of {', '.join(METHODS)}")
+    if allocate not in ALLOCATIONS:
+        raise UsageError(f"--allocate {allocate!r} is unknown; choose one of {', '.join(ALLOCATIONS)}")
+    if allocate == "sensitivity" and param_ratio is None:
+        raise UsageError("--allocate sensitivity spreads a --param-ratio budget; give --param-ratio R "
+                         "instead of --rank K")
     if rank is not None and param_ratio is not None or (rank is None and param_ratio is None and not rules):
         raise UsageError("give exactly one of --rank K or --param-ratio R")
     if rank is not None and rank <= 0:
@@ -116,7 +123,7 @@ def build_plan(src: Source, *, method: str = "sine", rank: int | None = None, pa
     if not names:
         raise UsageError(f"no layer to compress in {src.display}; pass --target REGEX")
     plan = Plan(src.display, method, rank, param_ratio, omega if method == "sine" else None,
-                list(targets), list(exclude), seed, steps, rules=rules)
+                list(targets), list(exclude), seed, steps, rules=rules, allocate=allocate)
     rule_pats = compile_patterns([r.match for r in rules], "rule")
     for name in names:
         info = src.tensors[name + ".weight"]

@@ -31,7 +31,7 @@ from pathlib import Path
 import yaml
 
 from .errors import UsageError
-from .plan import METHODS, Rule
+from .plan import ALLOCATIONS, METHODS, Rule
 
 RECIPE_VERSION = 1
 DEVICES = ("auto", "cpu", "cuda")
@@ -110,7 +110,7 @@ SCHEMA: dict = {
     "version": _int,
     "model": _str,
     "output": _str,
-    "defaults": {**SIZE, "fit_steps": lambda v: _int(v, 1), "allocate": _choice(("uniform", "sensitivity")),
+    "defaults": {**SIZE, "fit_steps": lambda v: _int(v, 1), "allocate": _choice(ALLOCATIONS),
                  "sequential": _bool},
     "targets": [{"match": _regex, **SIZE}],
     "exclude": [_regex],

@@ -19,7 +19,7 @@ from .recipe import Recipe, factorize_kwargs, load_recipe
 from .sources import Source, open_source
 
 # Keyword names of build_plan that factorize_kwargs() produces (the rest are fit/calibration options).
-PLAN_KEYS = ("method", "rank", "param_ratio", "omega", "exclude", "steps", "seed", "rules")
+PLAN_KEYS = ("method", "rank", "param_ratio", "omega", "exclude", "steps", "seed", "rules", "allocate")
 
 
 def resolve(recipe: Recipe | str | Path, overrides: dict | None = None) -> tuple[Recipe, dict, str, str | None]:
