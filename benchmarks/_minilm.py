@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,6 +27,31 @@ def minilm():
     sd = {k: src.get(k) for k in src.tensors}
     model.load_state_dict(sd, strict=False)
     return model.eval(), d
+
+
+@dataclass
+class Experiment:
+    """The shared setup of the MiniLM fitting benchmarks."""
+
+    model: torch.nn.Module  # the original, float32, eval mode
+    names: list[str]  # the 12 MLP matrices
+    calib: list[dict]  # calibration batches
+    held: list[dict]  # held-out batches
+    grams: dict  # capture_grams of the original model on calib
+    ref: torch.Tensor  # the original's held-out embeddings
+    mods: dict  # name -> module of the original
+
+
+def experiment(calib: int, heldout: int) -> Experiment:
+    from sinecompress.calibrate import capture_grams
+
+    torch.manual_seed(0)
+    model, d = minilm()
+    names = mlp_names(model)
+    cal = batches_for(d, "calib", calib)
+    held = batches_for(d, "heldout", heldout)
+    return Experiment(model, names, cal, held, capture_grams(model, names, cal), embed(model, held),
+                      dict(model.named_modules()))
 
 
 def mlp_names(model) -> list[str]:

@@ -13,12 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).parent))
-from _minilm import batches_for, embed, minilm, mlp_names, quality  # noqa: E402
+from _minilm import embed, experiment, quality  # noqa: E402
 
-from sinecompress.calibrate import capture_grams  # noqa: E402
 from sinecompress.distill import compressed_module, distill, swap_in  # noqa: E402
 from sinecompress.fit_activation import fit_calibrated, shifted_target  # noqa: E402
 from sinecompress.plan import split_rank  # noqa: E402
@@ -44,14 +41,8 @@ def main():
     ap.add_argument("--calib", type=int, default=256)
     ap.add_argument("--heldout", type=int, default=1000)
     args = ap.parse_args()
-    torch.manual_seed(0)
-    model, d = minilm()
-    names = mlp_names(model)
-    calib = batches_for(d, "calib", args.calib)
-    held = batches_for(d, "heldout", args.heldout)
-    grams = capture_grams(model, names, calib)
-    ref = embed(model, held)
-    mods = dict(model.named_modules())
+    e = experiment(args.calib, args.heldout)
+    model, names, calib, held, grams, ref, mods = e.model, e.names, e.calib, e.held, e.grams, e.ref, e.mods
     for k in args.k:
         for method in args.methods:
             for mode in args.modes:

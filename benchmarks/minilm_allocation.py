@@ -16,28 +16,19 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).parent))
 from _bench import machine_info, machine_line, write_section  # noqa: E402
-from _minilm import batches_for, embed, minilm, mlp_names, quality  # noqa: E402
+from _minilm import embed, experiment, quality  # noqa: E402
 
 from sinecompress.allocate import allocate, energy_share, output_sensitivity  # noqa: E402
-from sinecompress.calibrate import capture_grams  # noqa: E402
 from sinecompress.distill import compressed_module, distill, swap_in  # noqa: E402
 from sinecompress.fit_activation import chol, whitened_error, whitened_svd  # noqa: E402
 from sinecompress.plan import LayerPlan  # noqa: E402
 
 
 def run(args) -> list[dict]:
-    torch.manual_seed(0)
-    model, d = minilm()
-    names = mlp_names(model)
-    calib = batches_for(d, "calib", args.calib)
-    held = batches_for(d, "heldout", args.heldout)
-    grams = capture_grams(model, names, calib)
-    ref = embed(model, held)
-    mods = dict(model.named_modules())
+    e = experiment(args.calib, args.heldout)
+    model, names, calib, held, grams, ref, mods = e.model, e.names, e.calib, e.held, e.grams, e.ref, e.mods
     ws = {n: mods[n].weight.detach().float() for n in names}
     Ls = {n: chol(grams[n]["gram"]) for n in names}
     shares = {n: energy_share(ws[n], grams[n]["gram"]) for n in names}

@@ -20,14 +20,11 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).parent))
 from _bench import machine_info, machine_line, write_section  # noqa: E402
-from _minilm import batches_for, embed, minilm, mlp_names, quality  # noqa: E402
+from _minilm import embed, experiment, quality  # noqa: E402
 from explore_fit import fit_variant  # noqa: E402
 
-from sinecompress.calibrate import capture_grams  # noqa: E402
 from sinecompress.distill import compressed_module, distill, swap_in  # noqa: E402
 
 REFERENCE = {"svd": {32: 0.358, 64: 0.372, 128: 0.482, 192: 0.655},
@@ -54,14 +51,8 @@ def fit_sine_default(w, gram, k: int, steps: int):
 
 
 def run(args) -> list[dict]:
-    torch.manual_seed(0)
-    model, d = minilm()
-    names = mlp_names(model)
-    calib = batches_for(d, "calib", args.calib)
-    held = batches_for(d, "heldout", args.heldout)
-    grams = capture_grams(model, names, calib)
-    ref = embed(model, held)
-    mods = dict(model.named_modules())
+    e = experiment(args.calib, args.heldout)
+    model, names, calib, held, grams, ref, mods = e.model, e.names, e.calib, e.held, e.grams, e.ref, e.mods
     rows = []
     for k in args.k:
         for method in args.methods:
