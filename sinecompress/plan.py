@@ -111,13 +111,7 @@ def build_plan(src: Source, *, method: str = "sine", rank: int | None = None, pa
         raise UsageError(f"--rank must be a positive integer, got {rank}")
     if param_ratio is not None and not (0 < param_ratio < 1):
         raise UsageError(f"--param-ratio must be between 0 and 1 (exclusive), got {param_ratio}")
-    if isinstance(omega, str) and omega != "auto":
-        try:
-            omega = float(omega)
-        except ValueError:
-            raise UsageError(f"--omega must be 'auto' or a positive number, got {omega!r}") from None
-    if method == "sine" and not rules and omega != "auto" and (omega is None or not math.isfinite(omega) or omega <= 0):
-        raise UsageError(f"--omega must be 'auto' or a positive finite number, got {omega}")
+    omega = _omega(omega, "--omega", required=method == "sine" and not rules)
     targets = list(targets) or [r.match for r in rules]
     names = select_targets(src.shapes, src.dtypes, targets, exclude, tied=tied_heads(src), source=src.display)
     if not names:
@@ -161,11 +155,18 @@ def _settings(rule: Rule | None, name: str, method, rank, param_ratio, omega):
         raise UsageError(f"{where}: rank must be a positive integer, got {k}")
     if ratio is not None and not (0 < ratio < 1):
         raise UsageError(f"{where}: param_ratio must be between 0 and 1 (exclusive), got {ratio}")
+    om = _omega(om, f"{where}: omega", required=meth == "sine")
+    return meth, k, ratio, om
+
+
+def _omega(om, label: str, required: bool):
+    """ω as given: 'auto' or a number (a numeric string is parsed); ``required``: it must then be
+    'auto' or positive and finite (a sine layer's)."""
     if isinstance(om, str) and om != "auto":
         try:
             om = float(om)
         except ValueError:
-            raise UsageError(f"{where}: omega must be 'auto' or a positive number, got {om!r}") from None
-    if meth == "sine" and om != "auto" and (not isinstance(om, (int, float)) or not math.isfinite(om) or om <= 0):
-        raise UsageError(f"{where}: omega must be 'auto' or a positive finite number, got {om}")
-    return meth, k, ratio, om
+            raise UsageError(f"{label} must be 'auto' or a positive number, got {om!r}") from None
+    if required and om != "auto" and (not isinstance(om, (int, float)) or not math.isfinite(om) or om <= 0):
+        raise UsageError(f"{label} must be 'auto' or a positive finite number, got {om}")
+    return om
