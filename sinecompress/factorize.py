@@ -112,12 +112,13 @@ def factorize(source: str | Path, out: str | Path, *, method: str = "sine", rank
 
 
 def fit_layer(w: torch.Tensor, lp: LayerPlan, plan: Plan, gram: torch.Tensor | None = None,
-              device: str = "cpu") -> dict:
+              device: str = "cpu", measure: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
     """Fit one layer; return its factor tensors (original dtype) and its errors.
 
     With ``gram`` (the layer's calibration XᵀX) the fit is activation-aware and ``act_error`` is
     reported beside the weight-space ``rel_error``. A sine layer without ω (``--omega auto``) gets
-    one from ``omega.choose_omega`` first.
+    one from ``omega.choose_omega`` first. ``measure`` = (weight, gram): report the errors against
+    these instead of the fitted target (the sequential fit's shifted target is not the layer's weight).
     """
     w32 = w.float()
     trials = None
@@ -138,6 +139,9 @@ def fit_layer(w: torch.Tensor, lp: LayerPlan, plan: Plan, gram: torch.Tensor | N
     else:
         r = fit_sine(w32, lp.rank - lp.linear_rank, lp.omega, linear_rank=lp.linear_rank,
                      steps=plan.steps, seed=plan.seed)
+    if measure is not None:
+        r.pop("start_act_error", None)  # in the target's metric: not comparable with the reported errors
+        w32, gram = measure[0].float(), measure[1]
     f = finish_factors(r, lp, w32, gram)
     if trials:
         f["omega_trials"] = {f"{k:g}": round(v, 6) for k, v in trials.items()}

@@ -57,7 +57,7 @@ def fit_sequential(src, plan, cal, progress=None, device: str = "cpu") -> dict[s
     import copy
 
     from .distill import compressed_module, swap_in
-    from .factorize import finish_factors, fit_layer
+    from .factorize import fit_layer
     from .fit_activation import shifted_target
 
     order = {n: i for i, (n, _) in enumerate(cal.model.named_modules())}
@@ -73,12 +73,8 @@ def fit_sequential(src, plan, cal, progress=None, device: str = "cpu") -> dict[s
             f = fit_layer(w, lp, plan, gram, device)
         else:
             pair = capture_pair(cal.model, student, lp.name, cal.data.batches, device)
-            f = fit_layer(shifted_target(w, pair["gram"], pair["cross"]), lp, plan, pair["gram"], device)
-            trials = f.get("omega_trials")
-            f.pop("start_act_error", None)  # measured against the shifted target: not comparable
-            f = finish_factors(f, lp, w, gram)
-            if trials:
-                f["omega_trials"] = trials
+            f = fit_layer(shifted_target(w, pair["gram"], pair["cross"]), lp, plan, pair["gram"], device,
+                          measure=(w, gram))
         bias_name = lp.name + ".bias"
         bias = src.get(bias_name) if bias_name in src.tensors else None
         kind = "sine" if lp.method == "sine" else "lowrank"
