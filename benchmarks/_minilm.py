@@ -9,9 +9,11 @@ from pathlib import Path
 
 import torch
 
-from sinecompress.calibrate import builtin_texts, tokenize
+from sinecompress.calib.data import tokenize
+from sinecompress.calib.text import builtin_texts
 from sinecompress.load import _hf_model_from_config
-from sinecompress.sources import example_dir, open_source
+from sinecompress.io.examples import example_dir
+from sinecompress.io.open import open_source
 
 MLP_TARGETS = r"encoder\.layer\.\d+\.(intermediate|output)\.dense"
 
@@ -43,7 +45,7 @@ class Experiment:
 
 
 def experiment(calib: int, heldout: int) -> Experiment:
-    from sinecompress.calibrate import capture_grams
+    from sinecompress.calib.capture import capture_grams
 
     torch.manual_seed(0)
     model, d = minilm()

@@ -19,11 +19,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _minilm import batches_for, embed, minilm, mlp_names, quality  # noqa: E402
 
-from sinecompress.calibrate import capture_grams  # noqa: E402
+from sinecompress.calib.capture import capture_grams  # noqa: E402
 from sinecompress.distill import compressed_module, distill, swap_in  # noqa: E402
-from sinecompress.fit import truncated_svd  # noqa: E402
+from sinecompress.fit.svd import truncated_svd  # noqa: E402
 from sinecompress.fit_activation import chol, fit_hybrid, whitened_error, whitened_svd  # noqa: E402
-from sinecompress.layers import sine_weight  # noqa: E402
+from sinecompress.weights import sine_weight  # noqa: E402
 
 
 def fit_variant(variant: str, w, gram, k: int, steps: int, damp: float, seed: int = 0, device="cpu"):

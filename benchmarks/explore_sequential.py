@@ -18,8 +18,8 @@ from _minilm import embed, experiment, quality  # noqa: E402
 
 from sinecompress.distill import compressed_module, distill, swap_in  # noqa: E402
 from sinecompress.fit_activation import fit_calibrated, shifted_target  # noqa: E402
-from sinecompress.plan import split_rank  # noqa: E402
-from sinecompress.sequential import capture_pair  # noqa: E402
+from sinecompress.pipeline.plan import split_rank  # noqa: E402
+from sinecompress.calib.capture import capture_pair  # noqa: E402
 
 
 def fit(method, w, gram, k, steps):

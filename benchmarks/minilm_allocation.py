@@ -20,10 +20,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _bench import machine_info, machine_line, write_section  # noqa: E402
 from _minilm import embed, experiment, quality  # noqa: E402
 
-from sinecompress.allocate import allocate, energy_share, output_sensitivity  # noqa: E402
+from sinecompress.pipeline.allocate import allocate, energy_share, output_sensitivity  # noqa: E402
 from sinecompress.distill import compressed_module, distill, swap_in  # noqa: E402
 from sinecompress.fit_activation import chol, whitened_error, whitened_svd  # noqa: E402
-from sinecompress.plan import LayerPlan  # noqa: E402
+from sinecompress.pipeline.plan import LayerPlan  # noqa: E402
 
 
 def run(args) -> list[dict]:

@@ -40,8 +40,8 @@ def fit_sine_default(w, gram, k: int, steps: int):
     """What ``sinecompress factorize --method sine`` does with calibration: ω by trial fits (--omega auto),
     the hybrid at the default linear share, total rank k-1 so the amplitude stays within rank-k's budget."""
     from sinecompress.fit_activation import fit_calibrated
-    from sinecompress.omega import choose_omega
-    from sinecompress.plan import split_rank
+    from sinecompress.fit.omega import choose_omega
+    from sinecompress.pipeline.plan import split_rank
 
     total = k - 1
     k_l = split_rank(total)

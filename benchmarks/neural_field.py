@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _bench import machine_info, machine_line, write_section  # noqa: E402
 
-from sinecompress.convert import count_params  # noqa: E402
-from sinecompress.fields import CoordinateMLP  # noqa: E402
+from sinecompress.scratch.convert import count_params  # noqa: E402
+from sinecompress.scratch.fields import CoordinateMLP  # noqa: E402
 
 NERF_OMEGA = {1: 1400, 5: 800, 10: 600, 30: 400}
 OCC_OMEGA = {1: 200, 2: 100, 5: 50, 20: 20}

@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _bench import machine_info, machine_line, write_section  # noqa: E402
 
-from sinecompress.factorize import factorize  # noqa: E402
-from sinecompress.report import report  # noqa: E402
-from sinecompress.sources import example_dir  # noqa: E402
+from sinecompress import factorize  # noqa: E402
+from sinecompress.report.report import report  # noqa: E402
+from sinecompress.io.examples import example_dir  # noqa: E402
 
 TARGET = r"encoder\.layer\.\d+\.(intermediate|output)\.dense"
 RANK, OMEGA = 8, 100.0

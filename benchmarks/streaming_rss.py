@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import machine_info, machine_line, write_section  # noqa: E402
 
-from sinecompress.shards import write_weights  # noqa: E402
-from sinecompress.writer import Entry  # noqa: E402
+from sinecompress.io.shards import write_weights  # noqa: E402
+from sinecompress.io.writer import Entry  # noqa: E402
 
 MiB = 2**20
 SVD = ("svd", ["--method", "svd", "--rank", "16"])
@@ -59,7 +59,7 @@ def make_checkpoint(d: Path, layers: int, shape: tuple[int, int], shard: str) ->
 
 
 def _parse(s):
-    from sinecompress.shards import parse_size
+    from sinecompress.config import parse_size
 
     return parse_size(s)
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _bench import machine_info, machine_line, write_section  # noqa: E402
 
-from sinecompress.convert import convert_vit, count_params  # noqa: E402
+from sinecompress.scratch.convert import convert_vit, count_params  # noqa: E402
 
 VIT_S_OMEGA = {1: 500, 5: 500, 10: 300, 30: 300, 60: 300}
 

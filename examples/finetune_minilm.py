@@ -37,7 +37,7 @@ from torch import nn  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sinecompress.adapters import AdapterConfig, inject_adapters, trainable_parameters  # noqa: E402
-from sinecompress.sources import example_dir  # noqa: E402
+from sinecompress.io.examples import example_dir  # noqa: E402
 
 PACKAGES = ["asyncio", "email", "http", "importlib", "logging", "multiprocessing", "urllib", "xml"]
 TARGETS = [r"encoder\.layer\.\d+\.attention\.self\.(query|key|value)",

@@ -1,19 +1,25 @@
-"""sinecompress: sine-activated low-rank compression and adapters (Ji et al., ICLR 2025)."""
+"""sinecompress: sine-activated low-rank compression and adapters (Ji et al., ICLR 2025).
+
+The package is layered; imports only go downwards (docs/design.md):
+errors, version, dtypes, weights, config, matching → fit/, io/ → nn/, calib/ → pipeline/, scratch/,
+adapters/ → recipe/, report/ → cli/.
+"""
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-# Functions share their modules' names; importing them here makes `sinecompress.load` the function.
-from .compress import compress_  # noqa: E402
-from .errors import GateFailed, InputError, SineCompressError, UsageError  # noqa: E402
-from .factorize import factorize  # noqa: E402
-from .inflate import inflate  # noqa: E402
-from .layers import LowRankLinear, SineLowRankLinear, sine_weight  # noqa: E402
-from .load import load  # noqa: E402
+from .config import FactorizeConfig, Rule, make_config
+from .errors import GateFailed, InputError, SineCompressError, UsageError
+from .nn.layers import LowRankLinear, SineLowRankLinear
+from .pipeline.compress import compress_
+from .pipeline.factorize import factorize
+from .pipeline.inflate import inflate
+from .pipeline.load import load
+from .version import __version__
+from .weights import sine_weight
 
 __all__ = [
     "__version__", "SineLowRankLinear", "LowRankLinear", "sine_weight",
     "SineCompressError", "UsageError", "InputError", "GateFailed",
+    "FactorizeConfig", "Rule", "make_config",
     "factorize", "inflate", "load", "compress_",
 ]

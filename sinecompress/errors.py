@@ -17,6 +17,16 @@ class UsageError(SineCompressError):
     exit_code = 2
 
 
+class SettingError(UsageError):
+    """One setting has a bad value. ``key`` is its flat name (``sinecompress.config.SETTINGS``), so a
+    front end can name it its own way: ``--fit-steps`` on the command line, ``FILE:LINE: defaults.fit_steps``
+    in a recipe. ``problem`` reads after the name: "must be a positive integer, got 0"."""
+
+    def __init__(self, key: str, label: str, problem: str):
+        super().__init__(f"{label} {problem}")
+        self.key, self.problem = key, problem
+
+
 class InputError(SineCompressError):
     """A checkpoint or data file that cannot be read or is invalid."""
 
@@ -27,3 +37,15 @@ class GateFailed(SineCompressError):
     """A quality gate failed; the output was still written."""
 
     exit_code = 1
+
+
+class WorkerError(SineCompressError):
+    """A worker process of ``--workers N`` failed; carries that worker's exit code."""
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class SineCompressWarning(UserWarning):
+    """Something the user should know, that does not stop the run (shown as one 'warning:' line)."""

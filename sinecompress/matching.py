@@ -9,8 +9,9 @@ module in every layer; ``.*dense`` matches every module whose name ends in ``den
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
+from .dtypes import FLOAT
 from .errors import UsageError
 
 # Never compressed by default: lookup tables, normalisation scales, and output heads that share
@@ -20,15 +21,13 @@ DEFAULT_EXCLUDE = (
     r"(.*\.)?(\w*[Nn]orm\w*|ln_\w+)(\..*)?",  # norms (most are 1-D anyway)
 )
 
-FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "float64", "float32", "float16", "bfloat16"}
-
 
 def compile_patterns(patterns: Iterable[str], what: str) -> list[re.Pattern]:
     out = []
     for p in patterns:
         try:
             out.append(re.compile(p))
-        except re.error as e:
+        except (re.error, RecursionError, OverflowError) as e:
             raise UsageError(f"{what} pattern {p!r} is not a valid regular expression ({e}); fix the pattern") from None
     return out
 
@@ -39,6 +38,16 @@ def module_name(tensor_name: str) -> str:
 
 def full_match(patterns: list[re.Pattern], name: str) -> bool:
     return any(p.fullmatch(name) for p in patterns)
+
+
+def is_linear_weight(name: str, shape: tuple[int, ...], dtype: str) -> bool:
+    """The one test of what can be factorised: a 2-D floating-point ``*.weight``."""
+    return name.endswith(".weight") and len(shape) == 2 and dtype in FLOAT
+
+
+def linear_modules(shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, str]) -> list[str]:
+    """Module names of every factorisable weight, in checkpoint order."""
+    return [module_name(k) for k, s in shapes.items() if is_linear_weight(k, s, dtypes[k])]
 
 
 def select_targets(shapes: dict[str, tuple[int, ...]], dtypes: dict[str, str],
@@ -54,8 +63,7 @@ def select_targets(shapes: dict[str, tuple[int, ...]], dtypes: dict[str, str],
     xpats = compile_patterns(exclude, "--exclude")
     dpats = compile_patterns(DEFAULT_EXCLUDE, "default exclude")
     tied = set(tied)
-    candidates = [module_name(k) for k, s in shapes.items()
-                  if k.endswith(".weight") and len(s) == 2 and dtypes[k] in FLOAT_DTYPES]
+    candidates = linear_modules(shapes, dtypes)
     if tpats:
         for p in tpats:
             if not any(p.fullmatch(c) for c in candidates):

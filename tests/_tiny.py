@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from sinecompress.sources import example_dir
+from sinecompress.io.examples import example_dir
 
 
 def tiny_bert_dir(root: Path, seed: int = 0) -> Path:

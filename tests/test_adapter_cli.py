@@ -104,7 +104,7 @@ def test_merge_cli_bad_input_is_one_line_exit_3(base_and_adapter, capsys, case):
 def test_merge_cli_on_bundled_minilm_directory(tmp_path, capsys):
     """A Hugging Face directory base gives a directory that stock transformers loads, equal to the adapted model."""
     transformers = pytest.importorskip("transformers")
-    from sinecompress.sources import example_dir
+    from sinecompress.io.examples import example_dir
 
     src = example_dir("minilm")
     model = transformers.AutoModel.from_pretrained(str(src)).eval()

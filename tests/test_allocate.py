@@ -4,10 +4,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sinecompress.allocate import allocate, energy_share
+from sinecompress.pipeline.allocate import allocate, energy_share
 from sinecompress.errors import UsageError
-from sinecompress.factorize import factorize
-from sinecompress.plan import LayerPlan
+from sinecompress import factorize
+from sinecompress.pipeline.plan import LayerPlan
 
 from .conftest import tiny_state_dict
 

@@ -12,9 +12,11 @@ import pytest
 import torch
 from torch import nn
 
-from sinecompress.calibrate import capture_grams, load_calibration, read_texts
+from sinecompress.calib.capture import capture_grams
+from sinecompress.calib.data import load_calibration
+from sinecompress.calib.text import read_texts
 from sinecompress.errors import InputError
-from sinecompress.factorize import factorize
+from sinecompress import factorize
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _tiny import tiny_bert_dir  # noqa: E402
@@ -29,7 +31,7 @@ def tiny(tmp_path_factory):
 
 
 def test_builtin_text_is_deterministic_and_heldout_is_disjoint():
-    from sinecompress.calibrate import builtin_texts
+    from sinecompress.calib.text import builtin_texts
 
     a, b = builtin_texts("calib", 200), builtin_texts("calib", 200)
     held = builtin_texts("heldout", 200)

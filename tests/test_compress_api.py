@@ -5,7 +5,7 @@ import sys
 import torch
 from torch import nn
 
-from sinecompress.compress import compress_
+from sinecompress import compress_
 
 from .conftest import ROOT
 
@@ -36,7 +36,7 @@ import os
 os.makedirs(repo + "/refs"); os.makedirs(repo + "/snapshots/abc123")
 open(repo + "/refs/main", "w").write("abc123")
 save_file({{k: v.contiguous() for k, v in model.state_dict().items()}}, repo + "/snapshots/abc123/model.safetensors")
-from sinecompress.sources import open_source
+from sinecompress.io.open import open_source
 src = open_source("timm:" + name)
 assert torch.equal(src.get("blocks.0.mlp.fc1.weight"), model.state_dict()["blocks.0.mlp.fc1.weight"])
 print("ok", len(src.keys()))

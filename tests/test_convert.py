@@ -7,7 +7,7 @@ import timm
 import torch
 from torch import nn
 
-from sinecompress.convert import (
+from sinecompress.scratch.convert import (
     LowRankConv1x1,
     SineLowRankConv1x1,
     convert,
@@ -16,7 +16,7 @@ from sinecompress.convert import (
     count_params,
 )
 from sinecompress.errors import UsageError
-from sinecompress.layers import LowRankLinear, SineLowRankLinear
+from sinecompress.nn.layers import LowRankLinear, SineLowRankLinear
 
 
 def tiny_vit(**kw):
@@ -151,7 +151,7 @@ def test_nerf_compression_rate_matches_paper_table_3(k, rate):
 
 @pytest.mark.parametrize("k,params,rate", [(1, 2817, 2.1), (2, 3841, 2.9), (5, 6913, 5.2), (20, 22273, 16.8)])
 def test_occupancy_counts_match_paper_table_13(k, params, rate):
-    from sinecompress.fields import CoordinateMLP
+    from sinecompress.scratch.fields import CoordinateMLP
 
     dense = count_params(CoordinateMLP(3, 1, width=256, hidden_layers=2, activation="gaussian"))
     assert dense == 132_865  # printed as 132K

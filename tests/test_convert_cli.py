@@ -12,8 +12,8 @@ from safetensors import safe_open
 
 from sinecompress.cli import main
 from sinecompress.errors import InputError, UsageError
-from sinecompress.init_checkpoint import convert_timm, load_init, read_init
-from sinecompress.layers import SineLowRankLinear
+from sinecompress.scratch.init_checkpoint import convert_timm, load_init, read_init
+from sinecompress.nn.layers import SineLowRankLinear
 
 ROOT = Path(__file__).resolve().parent.parent
 VIT = "timm:test_vit"  # timm's own tiny test architecture (64-dim, 1 block)

@@ -9,9 +9,9 @@ import sys
 import pytest
 import torch
 
-from sinecompress.distributed import share
-from sinecompress.factorize import factorize
-from sinecompress.plan import LayerPlan
+from sinecompress.pipeline.distributed import share
+from sinecompress import factorize
+from sinecompress.pipeline.plan import LayerPlan
 
 from ._reliability_fixtures import ROOT, cli, leftovers, tiny_file
 

@@ -5,10 +5,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from sinecompress.factorize import factorize
-from sinecompress.inflate import inflate
-from sinecompress.load import load
-from sinecompress.sources import open_source
+from sinecompress import factorize
+from sinecompress import inflate
+from sinecompress import load
+from sinecompress.io.open import open_source
 
 from .conftest import tiny_state_dict
 
@@ -118,7 +118,7 @@ def test_real_minilm_file_and_directory(tmp_path):
     """The issue's acceptance path on the real pretrained all-MiniLM-L6-v2 (fewer fit steps for speed)."""
     import transformers
 
-    from sinecompress.sources import example_dir
+    from sinecompress.io.examples import example_dir
 
     model_dir = example_dir("minilm")
     targets = [r"encoder\.layer\.[01]\.(intermediate|output)\.dense"]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from sinecompress.fit import fit_sine, rel_error, truncated_svd
+from sinecompress.fit.sine import fit_sine
+from sinecompress.fit.svd import rel_error, truncated_svd
 from sinecompress.fit_activation import (
     chol,
     fit_calibrated,
@@ -14,7 +15,7 @@ from sinecompress.fit_activation import (
     whitened_error,
     whitened_svd,
 )
-from sinecompress.omega import choose_omega
+from sinecompress.fit.omega import choose_omega
 
 
 def _layer(m=48, n=32, tokens=400, seed=0):

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from sinecompress.errors import InputError, UsageError
-from sinecompress.factorize import factorize
-from sinecompress.sources import open_source
-from sinecompress.workdir import SineCompressWarning
+from sinecompress import factorize
+from sinecompress.io.open import open_source
+from sinecompress.errors import SineCompressWarning
 
 from ._reliability_fixtures import cli, leftovers, run_cli, tiny_file, tiny_state
 
@@ -165,7 +165,7 @@ def test_fuzz_recipe_loader():
     import yaml
     from hypothesis import given as g2
 
-    from sinecompress.recipe import load_recipe as loader
+    from sinecompress.recipe.schema import load_recipe as loader
 
     scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
                         st.text(max_size=12))

@@ -13,11 +13,11 @@ from safetensors.torch import save_file
 
 import sinecompress
 from sinecompress.errors import UsageError
-from sinecompress.format import read_metadata
-from sinecompress.gates import check_gates, raise_if_failed
-from sinecompress.plan import Rule
+from sinecompress.io.format import read_metadata
+from sinecompress.recipe.gates import check_gates, raise_if_failed
+from sinecompress.config import Rule
 from sinecompress.recipe import TEMPLATE, factorize_kwargs, load_recipe, parse_recipe
-from sinecompress.recipe_run import recipe_plan, run_recipe
+from sinecompress.recipe.run import recipe_plan, run_recipe
 
 from .conftest import ROOT, run_cli
 
@@ -156,8 +156,8 @@ def test_first_matching_rule_wins(tiny_bert_dir, tmp_path):
 
 
 def test_build_plan_rules_keep_old_calls_working(tiny_file):
-    from sinecompress.plan import build_plan
-    from sinecompress.sources import open_source
+    from sinecompress.pipeline.plan import build_plan
+    from sinecompress.io.open import open_source
 
     src = open_source(tiny_file)
     old = build_plan(src, rank=4, targets=[r"blocks\.\d+\.fc1"])

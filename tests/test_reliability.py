@@ -16,14 +16,18 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from sinecompress.errors import UsageError
-from sinecompress.factorize import factorize
-from sinecompress.format import META_KEY
-from sinecompress.inflate import compressed_layers, inflate
-from sinecompress.load import load
-from sinecompress.shards import parse_size, split_shards
-from sinecompress.sources import INDEX_NAME, open_source
-from sinecompress.workdir import SineCompressWarning, work_path
-from sinecompress.writer import Entry
+from sinecompress import factorize
+from sinecompress.io.format import META_KEY
+from sinecompress import inflate
+from sinecompress.io.format import read_layers
+from sinecompress import load
+from sinecompress.config import parse_size
+from sinecompress.io.shards import split_shards
+from sinecompress.io.open import open_source
+from sinecompress.io.sources import INDEX_NAME
+from sinecompress.errors import SineCompressWarning
+from sinecompress.pipeline.workdir import work_path
+from sinecompress.io.writer import Entry
 
 from ._reliability_fixtures import ROOT, cli, leftovers, tiny_file, tiny_state
 

@@ -11,8 +11,8 @@ from safetensors.torch import save_file
 
 from sinecompress.cli import main
 from sinecompress.errors import InputError, UsageError
-from sinecompress.factorize import factorize
-from sinecompress.report import report
+from sinecompress import factorize
+from sinecompress.report.report import report
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = [r"blocks\.\d+\.fc\d"]
@@ -115,7 +115,7 @@ def test_dense_report_shows_what_rank_k_keeps(ckpts):
 
 
 def test_large_layers_get_partial_spectra_unless_exact(ckpts, monkeypatch):
-    from sinecompress import spectra
+    from sinecompress.report import spectra
 
     monkeypatch.setattr(spectra, "EXACT_MAX_DIM", 16)  # every 32/64-wide test layer now counts as "large"
     rep = report(ckpts["comp"], against=ckpts["dense"], top=8, rank=[2])
@@ -158,7 +158,7 @@ def test_calib_needs_the_original(ckpts):
 
 def test_activation_error_on_real_minilm(tmp_path):
     """With --calib the report weighs each layer's error by what the original model feeds it."""
-    from sinecompress.sources import example_dir
+    from sinecompress.io.examples import example_dir
 
     comp = tmp_path / "c.safetensors"
     factorize(example_dir("minilm") / "model.safetensors", comp, method="svd", rank=32,

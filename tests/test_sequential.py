@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from sinecompress.calibrate import capture_grams
-from sinecompress.factorize import factorize
+from sinecompress.calib.capture import capture_grams
+from sinecompress import factorize
 from sinecompress.fit_activation import chol, shifted_target, whitened_svd
-from sinecompress.sequential import capture_pair
+from sinecompress.calib.capture import capture_pair
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _tiny import tiny_bert_dir  # noqa: E402

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from sinecompress.omega_sweep import omega_sweep, random_factors
-from sinecompress.spectra import EPS, effective_rank, rank_measures, singular_values, sparkline
+from sinecompress.report.sweep import omega_sweep, random_factors
+from sinecompress.report.spectra import EPS, effective_rank, rank_measures, singular_values, sparkline
 
 
 def with_spectrum(s, m, n, seed=0):

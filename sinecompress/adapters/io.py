@@ -22,11 +22,15 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .. import __version__
+from ..dtypes import FLOAT
 from ..errors import InputError, UsageError
-from ..factorize import write_like_source
-from ..sources import Source, check_safetensors_header, open_source
-from ..writer import Entry, atomic_output, check_output
+from ..io.atomic import atomic_output, check_output
+from ..io.header import check_safetensors_header
+from ..io.model_dir import write_like_source
+from ..io.open import open_source
+from ..io.sources import Source
+from ..io.writer import Entry
+from ..version import __version__
 from .config import AdapterConfig
 from .functional import dense_delta
 from .inject import inject_adapters, iter_adapters
@@ -260,9 +264,6 @@ def _match_base_keys(src: Source, mods: list[AdapterModule]) -> dict[str, str]:
     return out
 
 
-_FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
-
-
 def merge_checkpoint(base: str | Path, adapter_dir: str | Path, out: str | Path, overwrite: bool = False) -> dict:
     """Write base + adapter as a dense safetensors checkpoint; return a summary.
 
@@ -277,7 +278,7 @@ def merge_checkpoint(base: str | Path, adapter_dir: str | Path, out: str | Path,
     check_output(out, overwrite)
     by_key = {keys[m.name]: m for m in mods}
     for k in by_key:
-        if src.tensors[k].dtype not in _FLOAT_DTYPES:
+        if src.tensors[k].dtype not in FLOAT:
             raise InputError(f"{src.display}: {k} has dtype {src.tensors[k].dtype}; only float weights can be merged")
 
     def produce(name):

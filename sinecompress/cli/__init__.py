@@ -9,36 +9,11 @@ from __future__ import annotations
 import sys
 import warnings
 
-import typer
-
-from .. import __version__
+from .. import signals
 from ..errors import SineCompressError
+from . import adapter_cmd, convert_cmd, factorize_cmd, inflate_cmd, recipe_cmd, report_cmd  # noqa: F401 (register)
 from ._console import err_console
-
-app = typer.Typer(
-    name="sinecompress",
-    help="Compress models with sine-activated low-rank matrices, and inspect the result.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-)
-
-
-def _version(value: bool):
-    if value:
-        print(f"sinecompress {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                       help="Print the version and exit.")):
-    """Compress models with sine-activated low-rank matrices, and inspect the result."""
-
-
-# Command modules register themselves on `app` when imported.
-from . import adapter_cmd, convert_cmd, factorize_cmd, inflate_cmd, recipe_cmd, report_cmd  # noqa: E402,F401
+from .app import app
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -46,8 +21,6 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .. import signals
-
     signals.install()
     warnings.showwarning = _show_warning  # one line per warning, no source location
     try:

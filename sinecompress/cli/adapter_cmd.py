@@ -7,8 +7,9 @@ from pathlib import Path
 
 import typer
 
-from . import app
+from ..adapters.io import merge_checkpoint
 from ._console import err_console
+from .app import app
 
 adapter_app = typer.Typer(help="Work with LoRA, DoRA, sine LoRA and sine DoRA adapters (peft layout).",
                           no_args_is_help=True)
@@ -26,8 +27,6 @@ def merge(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ):
     """Fold an adapter into its base weights and write a dense safetensors checkpoint."""
-    from ..adapters.io import merge_checkpoint
-
     summary = merge_checkpoint(base, adapter, out, overwrite=overwrite)
     if as_json:
         print(json.dumps(summary))

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import typer
 
-from ..init_checkpoint import convert_timm
-from . import app
+from ..scratch.init_checkpoint import convert_timm
 from ._console import err_console
+from .app import app
 
 
 @app.command("convert")

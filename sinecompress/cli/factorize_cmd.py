@@ -1,4 +1,4 @@
-"""`sinecompress factorize`: thin wrapper over sinecompress.factorize.factorize."""
+"""`sinecompress factorize`: thin wrapper over sinecompress.factorize (or a recipe run)."""
 
 from __future__ import annotations
 
@@ -6,40 +6,19 @@ import json
 from pathlib import Path
 
 import typer
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from .. import signals
+from ..config import make_config
 from ..errors import UsageError
-from ..factorize import factorize
-from ..workdir import work_path
-from ..workers import factorize_workers
-from . import app
-from ._console import err_console
+from ..pipeline.factorize import factorize
+from ..pipeline.workdir import work_path
+from ..recipe.gates import raise_if_failed
+from ..recipe.run import recipe_plan, run_recipe
+from .app import app
+from .progress import run_progress
+from .recipe_view import print_gates, print_plan
+from .settings import given_settings, option
 from .summary_view import print_summary
-
-
-def progress_bar():
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[layer]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                    TimeRemainingColumn(), console=err_console, transient=True)
-
-
-# End-to-end fine-tune steps when --steps is not given (docs/fitting.md: what fits the time budget).
-FT_STEPS_CPU = 200
-FT_STEPS_GPU = 1000
-
-
-def default_ft_steps(device: str) -> int:
-    from ..distill import resolve_device
-
-    return FT_STEPS_GPU if resolve_device(device) == "cuda" else FT_STEPS_CPU
 
 
 @app.command("factorize")
@@ -49,84 +28,66 @@ def factorize_cmd(
                                  "or example:minilm (the bundled all-MiniLM-L6-v2)."),
     out: Path = typer.Option(None, "--out", "-o", help="Output path: a .safetensors file for a file input, "
                              "a directory for a directory input."),
-    rank: int = typer.Option(None, "--rank", "-k", help="Total factor rank per layer (sine part + linear part)."),
-    param_ratio: float = typer.Option(None, "--param-ratio", help="Per-layer parameter budget as a fraction of "
-                                      "the dense layer (amplitude included); the rank follows from it."),
-    allocate: str = typer.Option("uniform", "--allocate", help="uniform: every layer gets --param-ratio; "
-                                 "sensitivity: the same total budget spread by each layer's (whitened) spectrum."),
-    omega: str = typer.Option("auto", "--omega", help="Sine frequency ω, or 'auto' to choose it per layer "
-                              "by a short trial fit at each of 30, 100, 300 (recorded in the summary)."),
-    method: str = typer.Option("sine", "--method", help="sine (hybrid sine low-rank), svd (truncated SVD "
-                               "baseline) or wsvd (whitened SVD, activation-aware; needs calibration)."),
-    target: list[str] = typer.Option([], "--target", help="Regex matched in full against module names "
-                                     "(tensor name minus '.weight'); repeatable. Default: every 2-D linear "
-                                     "weight except embeddings, norms and tied heads."),
-    exclude: list[str] = typer.Option([], "--exclude", help="Regex (full match) of modules to leave dense; repeatable."),
+    rank: int = option("rank", "--rank", "-k"),
+    param_ratio: float = option("param_ratio"),
+    allocate: str = option("allocate"),
+    omega: str = option("omega"),
+    method: str = option("method"),
+    targets: list[str] = option("targets"),
+    exclude: list[str] = option("exclude"),
     # --- calibration and fitting (docs/fitting.md) ---
-    calib: Path = typer.Option(None, "--calib", help="Calibration data: text lines (.txt), JSONL "
-                               '{"text": ...}, or a .safetensors file of model input tensors. '
-                               "Default for text models: built-in text (Python stdlib docstrings)."),
-    calib_samples: int = typer.Option(256, "--calib-samples", help="Number of calibration samples."),
-    seq_len: int = typer.Option(128, "--seq-len", help="Maximum tokens per calibration text."),
-    sequential: bool = typer.Option(None, "--sequential/--no-sequential", help="With calibration: fit each "
-                                    "layer to the outputs of the already compressed earlier layers. Default: "
-                                    "on with --steps 0, off with a fine-tune (where it measured worse)."),
-    no_calib: bool = typer.Option(False, "--no-calib", help="Skip calibration: fit weights only (faster, worse)."),
-    steps: int = typer.Option(None, "--steps", help="End-to-end calibration fine-tune steps (distillation "
-                              "against the original model); default depends on --device (see docs/fitting.md)."),
-    fit_steps: int = typer.Option(300, "--fit-steps", help="Optimisation steps of each layer's sine fit."),
-    lr: float = typer.Option(1e-2, "--lr", help="Fine-tune learning rate, relative to each factor's RMS."),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu or cuda."),
-    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives byte-identical output."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+    calib: Path = option("calib"),
+    calib_samples: int = option("calib_samples"),
+    seq_len: int = option("seq_len"),
+    sequential: bool = option("sequential", "--sequential/--no-sequential", show_default=False),
+    no_calib: bool = option("calibration", "--no-calib", default=False,
+                            help="Skip calibration: fit weights only (faster, worse)."),
+    finetune_steps: str = option("finetune_steps", "--steps", "--finetune-steps"),
+    fit_steps: int = option("fit_steps"),
+    lr: float = option("lr"),
+    device: str = option("device"),
+    seed: int = option("seed"),
+    overwrite: bool = option("overwrite"),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from the layers it already "
-                                "fitted (kept in .<out>.sc.work next to the output); the source and flags must match."),
-    max_shard_size: str = typer.Option(None, "--max-shard-size", help="Split the output weights into shards of at "
-                                       "most this size (e.g. 2GB, 500MB) with a model.safetensors.index.json; "
-                                       "the output is then a directory."),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept pickle checkpoints (.bin/.pt), loaded "
-                                      "with torch.load(weights_only=True), which refuses anything but tensors."),
-    workers: int = typer.Option(1, "--workers", help="Fit layers in N local processes (torch.distributed, gloo); "
-                                "for several machines use torchrun instead (docs/scale.md)."),
+    resume: bool = option("resume"),
+    max_shard_size: str = option("max_shard_size"),
+    allow_pickle: bool = option("allow_pickle"),
+    workers: int = option("workers"),
     recipe: Path = typer.Option(None, "--recipe", help="YAML recipe (docs/recipes.md) giving model, output, "
                                 "settings and gates; flags given here override it. Exit 1 if a gate fails."),
 ):
     """Factorise the chosen dense layers of a checkpoint into sine low-rank form."""
-    if recipe is not None:
-        from .recipe_cmd import factorize_with_recipe
-
-        return factorize_with_recipe(ctx, recipe, overwrite, as_json)
-    if source is None or out is None:
-        raise UsageError("give SOURCE and --out OUT (or --recipe FILE)")
-    kwargs = dict(method=method, rank=rank, param_ratio=param_ratio, omega=omega, targets=target,
-                  exclude=exclude, steps=fit_steps, seed=seed, overwrite=overwrite, resume=resume,
-                  max_shard_size=max_shard_size, allow_pickle=allow_pickle, calib=calib,
-                  calibration=False if no_calib else None, calib_samples=calib_samples, seq_len=seq_len,
-                  ft_steps=default_ft_steps(device) if steps is None else steps, lr=lr, device=device,
-                  allocate=allocate, sequential=sequential)
+    given = given_settings(ctx)
+    if "finetune_steps" in given and given["finetune_steps"] != "auto":
+        given["finetune_steps"] = _int_or_auto(given["finetune_steps"])
     try:
-        if workers != 1:
-            summary = factorize_workers(source, out, workers, **kwargs)
-        else:
-            with progress_bar() as bar:
-                task = bar.add_task("fitting", total=None, layer="")
-
-                def report(name: str, done: int, total: int):
-                    bar.update(task, total=total, completed=done, layer=name)
-
-                ft_task = bar.add_task("fine-tune", total=None, layer="", visible=False)
-
-                def ft_report(step: int, total: int, loss: float):
-                    bar.update(ft_task, total=total, completed=step, layer=f"loss {loss:.4f}", visible=True)
-
-                summary = factorize(source, out, progress=report, ft_progress=ft_report, **kwargs)
+        with run_progress() as callbacks:
+            if recipe is not None:
+                overrides = {**given, "model": source, "output": None if out is None else str(out)}
+                r, plan, _ = recipe_plan(recipe, overrides)
+                print_plan(plan, r.path)
+                summary = run_recipe(r, overrides, **callbacks)
+            elif source is None or out is None:
+                raise UsageError("give SOURCE and --out OUT (or --recipe FILE)")
+            else:
+                summary = factorize(source, out, make_config(**given), **callbacks)
     except BaseException:
-        if signals.received is not None:
+        if signals.received is not None and out is not None:
             signals.received.hint = f"fitted layers are kept in {work_path(out)}; rerun with --resume to continue"
         raise
     if summary is None:  # a torchrun rank other than 0: rank 0 reports
         return
     print_summary(summary)
+    if recipe is not None:
+        print_gates(summary["gates"])
     if as_json:
         print(json.dumps(summary, indent=2))
+    if recipe is not None:
+        raise_if_failed(summary["gates"], summary["output"])
+
+
+def _int_or_auto(text: str) -> int | str:
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(f"--steps must be a non-negative integer or 'auto', got {text!r}") from None

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import typer
 
-from ..inflate import inflate
-from . import app
+from ..pipeline.inflate import inflate
 from ._console import err_console
+from .app import app
 
 
 @app.command("inflate")

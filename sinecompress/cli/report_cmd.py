@@ -11,11 +11,12 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import UsageError
-from ..omega_sweep import DEFAULT_OMEGAS, omega_sweep, parse_omegas, parse_shape
-from ..report import report
-from ..spectra import DEFAULT_TOP, sparkline
-from . import app
+from ..report.plot import plot_report, plot_sweep, require_matplotlib
+from ..report.report import report
+from ..report.spectra import DEFAULT_TOP, sparkline
+from ..report.sweep import DEFAULT_OMEGAS, omega_sweep, parse_omegas, parse_shape
 from ._console import err_console
+from .app import app
 
 
 def _out_console(as_json: bool) -> Console:
@@ -124,8 +125,6 @@ def report_cmd(
 ):
     """Parameters, compression rate, reconstruction error and rank spectra, per layer and in total."""
     if plot is not None:
-        from ..report_plot import require_matplotlib
-
         require_matplotlib()  # fail before the work, not after
     with err_console.status("computing spectra") as status:
         def progress(name: str, done: int, total: int):
@@ -135,8 +134,6 @@ def report_cmd(
                      rtol=rtol, top=top, progress=progress)
     print_report(rep, _out_console(as_json))
     if plot is not None:
-        from ..report_plot import plot_report
-
         plot_report(rep, plot)
         err_console.print(f"wrote {plot}", highlight=False)
     if as_json:
@@ -182,15 +179,11 @@ def spectrum_cmd(
 ):
     """Rank of sin(ω·U Vᵀ) against ω (Theorem 1): how high a frequency the sine needs to raise the rank."""
     if plot is not None:
-        from ..report_plot import require_matplotlib
-
         require_matplotlib()
     sw = omega_sweep(shape=None if checkpoint else parse_shape(shape), rank=rank, omegas=parse_omegas(omegas),
                      seed=seed, source=checkpoint, layer=layer, rtol=rtol, exact=exact)
     print_sweep(sw, _out_console(as_json))
     if plot is not None:
-        from ..report_plot import plot_sweep
-
         plot_sweep(sw, plot)
         err_console.print(f"wrote {plot}", highlight=False)
     if as_json:

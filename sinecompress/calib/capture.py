@@ -1,0 +1,121 @@
+"""Running calibration batches through a model and capturing what layers see.
+
+``capture_grams`` accumulates, per target module, the Gram matrix ``XᵀX`` of its inputs over real
+(non-padding) tokens. ``capture_pair`` runs an original and a partly compressed model on the same
+batches and accumulates, at one module, ``X̃ᵀX̃`` and ``X̃ᵀX`` (X̃: what the compressed model feeds it),
+which the sequential fit needs. Both use the same hook.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+
+
+def real_tokens(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Rows of ``x`` (…, width) for real tokens only: padding is not what a layer sees in use."""
+    x = x.reshape(-1, x.shape[-1])
+    if mask is not None and mask.numel() == x.shape[0]:
+        x = x[mask.reshape(-1).bool().to(x.device)]
+    return x
+
+
+def _gram_hook(stats: dict, name: str, current: dict, partner: dict | None = None):
+    """A forward pre-hook adding this call's XᵀX to ``stats[name]``; with ``partner`` (the other model's
+    inputs at the same module, stashed by ``_stash_hook``) also XᵀX_partner."""
+    def fn(_mod, inputs):
+        x = real_tokens(inputs[0].detach(), current["mask"]).double()
+        s = stats[name]
+        s["gram"] = x.T @ x if s["gram"] is None else s["gram"].add_(x.T @ x)
+        if partner is not None:
+            other = partner.pop(name)
+            s["cross"] = x.T @ other if s["cross"] is None else s["cross"].add_(x.T @ other)
+        s["tokens"] += x.shape[0]
+    return fn
+
+
+def _stash_hook(store: dict, name: str, current: dict):
+    def fn(_mod, inputs):
+        store[name] = real_tokens(inputs[0].detach(), current["mask"]).double()
+    return fn
+
+
+def _modules(model: nn.Module, names: list[str]) -> dict[str, nn.Module]:
+    mods = dict(model.named_modules())
+    missing = [n for n in names if n not in mods]
+    if missing:
+        raise InputError(f"layer {missing[0]!r} is not a module of the calibration model")
+    return {n: mods[n] for n in names}
+
+
+def capture_grams(model: nn.Module, names: list[str], batches: list[dict], device: str = "cpu") -> dict:
+    """Per target module: ``{"gram": XᵀX (float64, n×n), "tokens": count}`` over real tokens."""
+    mods = _modules(model, names)
+    stats = {n: {"gram": None, "tokens": 0} for n in names}
+    current: dict = {"mask": None}
+    handles = [mods[n].register_forward_pre_hook(_gram_hook(stats, n, current)) for n in names]
+    try:
+        run_batches(model, batches, device, current)
+    finally:
+        for h in handles:
+            h.remove()
+    return stats
+
+
+@torch.no_grad()
+def capture_pair(teacher: nn.Module, student: nn.Module, name: str, batches: list[dict],
+                 device: str = "cpu") -> dict:
+    """``{"gram": X̃ᵀX̃, "cross": X̃ᵀX, "tokens": count}`` (float64) at module ``name``; X from ``teacher``,
+    X̃ from ``student`` on the same batches."""
+    current: dict = {"mask": None}
+    seen: dict = {}
+    stats = {name: {"gram": None, "cross": None, "tokens": 0}}
+    hooks = [_modules(teacher, [name])[name].register_forward_pre_hook(_stash_hook(seen, name, current)),
+             _modules(student, [name])[name].register_forward_pre_hook(_gram_hook(stats, name, current, seen))]
+    try:
+        teacher.eval()
+        student.eval()
+        for b in batches:
+            current["mask"] = b.get("attention_mask")
+            b = {k: v.to(device) for k, v in b.items()}
+            teacher(**b)
+            student(**b)
+    finally:
+        for h in hooks:
+            h.remove()
+    return stats[name]
+
+
+def run_batches(model: nn.Module, batches: list[dict], device: str = "cpu", current: dict | None = None):
+    """Forward every batch (no grad); ``current["mask"]`` is set to each batch's attention mask."""
+    model.eval()
+    with torch.no_grad():
+        for b in batches:
+            if current is not None:
+                current["mask"] = b.get("attention_mask")
+            try:
+                model(**{k: v.to(device) for k, v in b.items()})
+            except (TypeError, ValueError, RuntimeError) as e:
+                raise InputError(f"calibration inputs do not fit the model ({type(e).__name__}: {e})") from None
+
+
+def forward_hidden(model: nn.Module, batch: dict) -> list[torch.Tensor]:
+    """The model's hidden states on ``batch``: every block's output when it exposes them (the embeddings'
+    output left out: compression does not change it), else its main output."""
+    try:
+        out = model(**batch, output_hidden_states=True)
+    except TypeError:
+        out = model(**batch)
+    hs = getattr(out, "hidden_states", None)
+    if hs is not None:
+        return list(hs[1:])
+    if isinstance(out, torch.Tensor):
+        return [out]
+    last = getattr(out, "last_hidden_state", None)
+    if last is None:
+        last = getattr(out, "logits", None)
+    if last is None:
+        last = out[0]
+    return [last]

@@ -1,0 +1,79 @@
+"""Calibration batches: what the model sees while we measure what each target layer sees.
+
+* ``--calib FILE``: text lines (``.txt``) or JSONL ``{"text": ...}`` for text models, tokenized
+  with the model's own tokenizer; or a ``.safetensors`` file of input tensors (``input_ids``,
+  ``attention_mask``, ... or any tensors the model's ``forward`` takes by name).
+* the built-in default for text models: ``calib/text.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from ..errors import InputError
+from ..io.header import check_safetensors_header
+from .text import builtin_texts, read_texts
+
+
+@dataclass
+class CalibData:
+    """Batches of keyword inputs for ``model(**batch)``; ``mask`` marks real tokens (or None)."""
+
+    batches: list[dict[str, torch.Tensor]]
+    description: str
+
+    @property
+    def samples(self) -> int:
+        return sum(next(iter(b.values())).shape[0] for b in self.batches)
+
+
+def tokenize(texts: list[str], model_dir: Path, seq_len: int, batch_size: int = 32) -> list[dict]:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    except Exception as e:
+        raise InputError(f"{model_dir}: cannot load the model's tokenizer for calibration ({e}); "
+                         "pass --no-calib or a safetensors --calib file of input tensors") from None
+    # Batch texts of similar length together: padding is wasted compute on a CPU.
+    lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=seq_len)["input_ids"]]
+    order = sorted(range(len(texts)), key=lambda i: (lengths[i], i))
+    batches = []
+    for i in range(0, len(order), batch_size):
+        chunk = [texts[j] for j in order[i:i + batch_size]]
+        enc = tok(chunk, padding=True, truncation=True, max_length=seq_len, return_tensors="pt")
+        batches.append(dict(enc))
+    return batches
+
+
+def read_tensor_inputs(path: Path, samples: int, batch_size: int = 32) -> list[dict]:
+    check_safetensors_header(path)
+    tensors = load_file(str(path))
+    if not tensors:
+        raise InputError(f"{path}: no tensors in the calibration file")
+    n = {t.shape[0] for t in tensors.values()}
+    if len(n) != 1:
+        raise InputError(f"{path}: calibration tensors must share their first (sample) dimension")
+    total = min(n.pop(), samples)
+    return [{k: v[i:min(i + batch_size, total)] for k, v in tensors.items()} for i in range(0, total, batch_size)]
+
+
+def load_calibration(calib: str | Path | None, model_dir: Path | None, samples: int, seq_len: int,
+                     batch_size: int = 32) -> CalibData:
+    """Calibration batches from ``calib`` (a file) or, when None, the built-in stdlib text."""
+    if calib is not None:
+        path = Path(calib)
+        if not path.exists():
+            raise InputError(f"{path}: calibration file not found")
+        if path.suffix == ".safetensors":
+            return CalibData(read_tensor_inputs(path, samples, batch_size), f"{path.name} (tensors)")
+        if model_dir is None:
+            raise InputError(f"{path}: text calibration needs a model directory with a tokenizer")
+        texts = read_texts(path)[:samples]
+        return CalibData(tokenize(texts, model_dir, seq_len, batch_size), f"{path.name} ({len(texts)} texts)")
+    texts = builtin_texts("calib", samples)
+    return CalibData(tokenize(texts, model_dir, seq_len, batch_size), f"built-in stdlib docstrings ({len(texts)} texts)")

@@ -1,0 +1,396 @@
+"""One factorize run, described by one frozen object, and the one table of its settings.
+
+``FactorizeConfig`` holds what to compress and how (method, size, ω, targets, rules), with nested parts
+for the layer fits, calibration, the fine-tune and the output. Every part validates itself when built,
+so a bad value fails before anything is read or fitted.
+
+``SETTINGS`` maps each setting's flat name (the Python keyword, and the CLI flag with dashes) to its
+field, its recipe key and its single default. The CLI builds a config from the flags actually given,
+a recipe from the keys it holds, ``factorize(src, out, **flat)`` from keywords; all through
+``make_config``, so the three agree on names, defaults and checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .errors import SettingError, UsageError
+
+METHODS = ("sine", "svd", "wsvd")  # wsvd: whitened SVD (SVD-LLM), needs calibration data
+ALLOCATIONS = ("uniform", "sensitivity")  # how a --param-ratio budget is spread (pipeline/allocate.py)
+DEVICES = ("auto", "cpu", "cuda")
+# Fine-tune steps when none are given: what fits the time budget on each device (docs/fitting.md).
+FINETUNE_STEPS = {"cpu": 200, "cuda": 1000}
+MAX_SEED = 2**63 - 1
+# ω outside this range is a typo: the paper's values span 20-1400, and the fitted phase is a gauge (docs/fitting.md).
+OMEGA_RANGE = (1e-6, 1e6)  # torch.manual_seed takes a 64-bit integer
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str  # flat name: the Python keyword; the CLI flag is --key-with-dashes unless `flag` says otherwise
+    field: str  # dotted path in FactorizeConfig
+    default: Any
+    recipe: str | None  # dotted recipe key, or None when a recipe cannot set it
+    help: str
+    flag: str | None = None
+    aliases: tuple[str, ...] = ()  # older Python keyword names, still accepted
+
+    @property
+    def cli(self) -> str:
+        return self.flag or "--" + self.key.replace("_", "-")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("method", "method", "sine", "defaults.method",
+            "sine (hybrid sine low-rank), svd (truncated SVD baseline) or wsvd (whitened SVD; needs calibration)."),
+    Setting("rank", "rank", None, "defaults.rank", "Total factor rank per layer (sine part + linear part)."),
+    Setting("param_ratio", "param_ratio", None, "defaults.param_ratio",
+            "Per-layer parameter budget as a fraction of the dense layer (amplitude included)."),
+    Setting("omega", "omega", "auto", "defaults.omega",
+            "Sine frequency ω, or 'auto' to choose it per layer by short trial fits at 30, 100, 300."),
+    Setting("targets", "targets", (), None, "Regex matched in full against module names (tensor name minus "
+            "'.weight'); repeatable. Default: every 2-D linear weight except embeddings, norms and tied heads.",
+            flag="--target"),
+    Setting("exclude", "exclude", (), "exclude", "Regex (full match) of modules to leave dense; repeatable."),
+    Setting("rules", "rules", (), "targets", "Ordered per-layer rules; the first whose regex full-matches wins."),
+    Setting("allocate", "allocate", "uniform", "defaults.allocate",
+            "uniform: every layer gets --param-ratio; sensitivity: the same total budget spread by each layer's "
+            "(whitened) spectrum and measured output sensitivity."),
+    Setting("seed", "seed", 0, "seed", "Random seed; the same seed gives byte-identical output."),
+    Setting("device", "device", "auto", "device", "auto (CUDA when available), cpu or cuda."),
+    Setting("fit_steps", "fit.steps", 300, "defaults.fit_steps", "Optimisation steps of each layer's sine fit.",
+            aliases=("steps",)),
+    Setting("sequential", "fit.sequential", None, "defaults.sequential",
+            "With calibration: fit each layer to the outputs of the already compressed earlier layers. "
+            "Default: on without a fine-tune, off with one (where it measured worse).",
+            flag="--sequential/--no-sequential"),
+    Setting("calibration", "calibration.enabled", None, "calibration.enabled",
+            "Calibrate (fit what each layer sees, not its weights): default on for text model directories "
+            "and whenever --calib is given.", flag="--calib-auto/--no-calib"),
+    Setting("calib", "calibration.source", None, "calibration.source",
+            'Calibration data: text lines (.txt), JSONL {"text": ...}, or a .safetensors file of model input '
+            "tensors. Default for text models: built-in text (Python stdlib docstrings)."),
+    Setting("calib_samples", "calibration.samples", 256, "calibration.samples", "Number of calibration samples."),
+    Setting("seq_len", "calibration.seq_len", 128, "calibration.seq_len", "Maximum tokens per calibration text."),
+    Setting("finetune_steps", "finetune.steps", "auto", "finetune.steps",
+            "End-to-end calibration fine-tune steps (distillation against the original model); "
+            f"auto: {FINETUNE_STEPS['cpu']} on CPU, {FINETUNE_STEPS['cuda']} on CUDA; 0: none.",
+            flag="--steps", aliases=("ft_steps",)),
+    Setting("lr", "finetune.lr", 1e-2, "finetune.lr", "Fine-tune learning rate, relative to each factor's RMS."),
+    Setting("overwrite", "output.overwrite", False, None, "Replace an existing output."),
+    Setting("resume", "output.resume", False, None, "Continue an interrupted run from the layers it already "
+            "fitted (kept in .<out>.sc.work next to the output); the source and settings must match."),
+    Setting("max_shard_size", "output.max_shard_size", None, "max_shard_size",
+            "Split the output weights into shards of at most this size (e.g. 2GB, 500MB) with a "
+            "model.safetensors.index.json; the output is then a directory."),
+    Setting("workers", "workers", 1, "workers", "Fit layers in N local processes (torch.distributed, gloo); "
+            "for several machines use torchrun instead (docs/scale.md)."),
+    Setting("allow_pickle", "allow_pickle", False, None, "Accept pickle checkpoints (.bin/.pt), loaded with "
+            "torch.load(weights_only=True), which refuses anything but tensors."),
+)
+BY_KEY = {s.key: s for s in SETTINGS}
+BY_FIELD = {s.field: s for s in SETTINGS}
+ALIASES = {a: s.key for s in SETTINGS for a in s.aliases}
+
+
+def _fail(field_path: str, problem: str):
+    s = BY_FIELD[field_path]
+    raise SettingError(s.key, s.cli.split("/")[0], problem)
+
+
+# --- checks: each returns the normalised value or raises SettingError naming the setting -------------
+
+def _positive_int(path: str, v, lo: int = 1, hi: int | None = None) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+        what = "a positive integer" if lo == 1 else "a non-negative integer" if lo == 0 else f"an integer ≥ {lo}"
+        _fail(path, f"must be {what}{f' up to {hi}' if hi is not None else ''}, got {v!r}")
+    return v
+
+
+def _finite(path: str, v, lo: float, hi: float | None = None) -> float:
+    if isinstance(v, str):
+        try:
+            v = float(v)
+        except ValueError:
+            pass
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= lo \
+            or (hi is not None and v >= hi):
+        where = f"between {lo:g} and {hi:g} (exclusive)" if hi is not None else f"a finite number above {lo:g}"
+        _fail(path, f"must be {where}, got {v!r}")
+    return float(v)
+
+
+def _choice(path: str, v, options) -> str:
+    if v not in options:
+        _fail(path, f"must be one of {', '.join(options)}, got {v!r}")
+    return v
+
+
+def _bool(path: str, v, optional: bool = False):
+    if (v is None and optional) or isinstance(v, bool):
+        return v
+    _fail(path, f"must be true or false, got {v!r}")
+
+
+def check_omega(om, label: str = "--omega", key: str = "omega"):
+    """ω as given: 'auto' or a positive finite number (a numeric string is parsed)."""
+    if isinstance(om, str) and om != "auto":
+        try:
+            om = float(om)
+        except ValueError:
+            raise SettingError(key, label, f"must be 'auto' or a positive number, got {om!r}") from None
+    if om != "auto" and (isinstance(om, bool) or not isinstance(om, (int, float)) or not math.isfinite(om)
+                         or not OMEGA_RANGE[0] <= om <= OMEGA_RANGE[1]):
+        raise SettingError(key, label, f"must be 'auto' or a number from {OMEGA_RANGE[0]:g} to {OMEGA_RANGE[1]:g}, "
+                                       f"got {om!r}")
+    return om if om == "auto" else float(om)
+
+
+def _patterns(path: str, v) -> tuple[str, ...]:
+    if isinstance(v, str):
+        v = (v,)
+    v = tuple(v)
+    for p in v:
+        if not isinstance(p, str) or not p:
+            _fail(path, f"must be non-empty regular expressions, got {p!r}")
+    return v
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Per-layer settings for the modules ``match`` full-matches; a None field falls back to the default.
+
+    A rule's ``rank`` or ``param_ratio`` replaces the default size (whichever of the two it has).
+    """
+
+    match: str
+    method: str | None = None
+    rank: int | None = None
+    param_ratio: float | None = None
+    omega: float | str | None = None
+
+    def __post_init__(self):
+        where = f"rule {self.match!r}:"
+        if not isinstance(self.match, str) or not self.match:
+            raise UsageError(f"a rule's match must be a non-empty regular expression, got {self.match!r}")
+        if self.method is not None and self.method not in METHODS:
+            raise UsageError(f"{where} method {self.method!r} is unknown; choose one of {', '.join(METHODS)}")
+        if self.rank is not None and (isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1):
+            raise UsageError(f"{where} rank must be a positive integer, got {self.rank!r}")
+        if self.param_ratio is not None:
+            r = self.param_ratio
+            if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < 1:
+                raise UsageError(f"{where} param_ratio must be between 0 and 1 (exclusive), got {r!r}")
+        if self.rank is not None and self.param_ratio is not None:
+            raise UsageError(f"{where} has both rank and param_ratio; keep one")
+        if self.omega is not None:
+            object.__setattr__(self, "omega", check_omega(self.omega, f"{where} omega", "rules"))
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    steps: int = 300  # Adam steps of each layer's sine fit
+    sequential: bool | None = None  # None: on without a fine-tune (docs/fitting.md)
+
+    def __post_init__(self):
+        _positive_int("fit.steps", self.steps, hi=10**7)
+        _bool("fit.sequential", self.sequential, optional=True)
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    enabled: bool | None = None  # None: automatic (text model directories, or a source given)
+    source: str | None = None  # a file; None: built-in text for text models
+    samples: int = 256
+    seq_len: int = 128
+
+    def __post_init__(self):
+        _bool("calibration.enabled", self.enabled, optional=True)
+        if self.source is not None:
+            if not isinstance(self.source, (str, type(None))) and hasattr(self.source, "__fspath__"):
+                object.__setattr__(self, "source", str(self.source))
+            if not isinstance(self.source, str) or not self.source:
+                _fail("calibration.source", f"must be a file path, got {self.source!r}")
+        _positive_int("calibration.samples", self.samples, hi=10**7)
+        _positive_int("calibration.seq_len", self.seq_len, hi=10**6)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    steps: int | str = "auto"  # "auto": FINETUNE_STEPS of the device
+    lr: float = 1e-2
+
+    def __post_init__(self):
+        if self.steps != "auto":
+            _positive_int("finetune.steps", self.steps, lo=0, hi=10**7)
+        object.__setattr__(self, "lr", _finite("finetune.lr", self.lr, 0.0))
+
+    def steps_on(self, device: str) -> int:
+        return FINETUNE_STEPS["cuda" if device.startswith("cuda") else "cpu"] if self.steps == "auto" else self.steps
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    overwrite: bool = False
+    resume: bool = False
+    max_shard_size: str | int | None = None
+
+    def __post_init__(self):
+        _bool("output.overwrite", self.overwrite)
+        _bool("output.resume", self.resume)
+        if self.max_shard_size is not None:
+            parse_size(self.max_shard_size)
+
+    @property
+    def shard_bytes(self) -> int | None:
+        return None if self.max_shard_size is None else parse_size(self.max_shard_size)
+
+
+@dataclass(frozen=True)
+class FactorizeConfig:
+    """Everything one ``factorize`` run needs besides its source and output paths."""
+
+    method: str = "sine"
+    rank: int | None = None
+    param_ratio: float | None = None
+    omega: float | str = "auto"
+    targets: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    rules: tuple[Rule, ...] = ()
+    allocate: str = "uniform"
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 1
+    allow_pickle: bool = False
+    fit: FitConfig = field(default_factory=FitConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def __post_init__(self):
+        set_ = object.__setattr__
+        _choice("method", self.method, METHODS)
+        if self.rank is not None:
+            _positive_int("rank", self.rank, hi=10**7)
+        if self.param_ratio is not None:
+            set_(self, "param_ratio", _finite("param_ratio", self.param_ratio, 0.0, 1.0))
+        set_(self, "omega", check_omega(self.omega))
+        set_(self, "targets", _patterns("targets", self.targets))
+        set_(self, "exclude", _patterns("exclude", self.exclude))
+        set_(self, "rules", tuple(r if isinstance(r, Rule) else Rule(**r) for r in self.rules))
+        _choice("allocate", self.allocate, ALLOCATIONS)
+        _positive_int("seed", self.seed, lo=0, hi=MAX_SEED)
+        _choice("device", self.device, DEVICES)
+        _positive_int("workers", self.workers, hi=256)
+        _bool("allow_pickle", self.allow_pickle)
+        if self.rank is not None and self.param_ratio is not None:
+            raise SettingError("rank", "--rank", "and --param-ratio both given; give exactly one of them")
+        if self.rank is None and self.param_ratio is None and not self.rules:
+            raise SettingError("rank", "--rank", "is missing: give exactly one of --rank K or --param-ratio R")
+        if self.allocate == "sensitivity" and self.param_ratio is None:
+            raise SettingError("allocate", "--allocate", "sensitivity spreads a --param-ratio budget; give "
+                               "--param-ratio R instead of --rank K")
+
+    def to_flat(self) -> dict:
+        """The config as flat settings (``SETTINGS`` keys), e.g. for provenance or ``make_config``."""
+        return {s.key: _get(self, s.field) for s in SETTINGS}
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _get(obj, path: str):
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def canonical_key(key: str) -> str:
+    key = ALIASES.get(key, key)
+    if key not in BY_KEY:
+        close = [k for k in BY_KEY if k.startswith(key[:4])]
+        raise UsageError(f"unknown setting {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                         + f"; settings are: {', '.join(BY_KEY)}")
+    return key
+
+
+def make_config(config: FactorizeConfig | None = None, /, **flat) -> FactorizeConfig:
+    """``config`` (or the defaults) with the flat settings ``flat`` set on top; older keyword names work.
+
+    A None value means "not given" and keeps what ``config`` has.
+    """
+    values = config.to_flat() if config is not None else {s.key: s.default for s in SETTINGS}
+    values.update({canonical_key(k): v for k, v in flat.items() if v is not None})
+    return _build(values)
+
+
+def override(config: FactorizeConfig, /, **flat) -> FactorizeConfig:
+    """Settings given on top of a recipe's: a size, ω or method given here applies to every layer, the
+    recipe's rules included; ``targets`` replaces the rules (every match then uses the defaults)."""
+    flat = {canonical_key(k): v for k, v in flat.items() if v is not None}
+    values = config.to_flat()
+    rules = config.rules
+    if "rank" in flat or "param_ratio" in flat:
+        rules = tuple(dataclasses.replace(r, rank=None, param_ratio=None) for r in rules)
+        values["rank"] = values["param_ratio"] = None
+    if "omega" in flat:
+        rules = tuple(dataclasses.replace(r, omega=None) for r in rules)
+    if "method" in flat:
+        rules = tuple(dataclasses.replace(r, method=None) for r in rules)
+    if "targets" in flat:
+        rules = tuple(Rule(p) for p in _patterns("targets", flat.pop("targets")))
+    values["rules"] = rules
+    values.update(flat)
+    return _build(values)
+
+
+PARTS = {"fit": FitConfig, "calibration": CalibrationConfig, "finetune": FinetuneConfig, "output": OutputConfig}
+
+
+def _build(values: dict) -> FactorizeConfig:
+    nested: dict[str, dict] = {name: {} for name in PARTS}
+    top = {}
+    for key, v in values.items():
+        part, _, name = BY_KEY[key].field.rpartition(".")
+        (nested[part] if part else top)[name] = v
+    # Parts first: their errors name the setting that is wrong, not a later cross-field check.
+    built = {name: cls(**nested[name]) for name, cls in PARTS.items()}
+    return FactorizeConfig(**top, **built)
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` → ``cuda`` when a GPU is there, else ``cpu``; ``cuda`` without a GPU is a usage error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SettingError("device", "--device", "cuda: no CUDA device is available; use --device cpu or auto")
+    return device
+
+
+UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+         "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+MAX_SHARD_BYTES = 2**50  # a petabyte: anything larger is a typo
+
+
+def parse_size(text: str | int) -> int:
+    """``"2GB"`` → 2·10⁹ bytes, ``"500MiB"`` → 500·2²⁰; plain integers are bytes (as in transformers)."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        n = text
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(text))
+        if not m or m.group(2).upper() not in UNITS:
+            raise SettingError("max_shard_size", "--max-shard-size",
+                               f"{text!r} is not a size; write e.g. 2GB, 500MB or 1GiB")
+        n = float(m.group(1)) * UNITS[m.group(2).upper()]
+        n = int(n) if math.isfinite(n) and n < MAX_SHARD_BYTES else MAX_SHARD_BYTES + 1
+    if not 0 < n <= MAX_SHARD_BYTES:
+        raise SettingError("max_shard_size", "--max-shard-size",
+                           f"must be between 1 byte and 1 PiB, got {text!r}")
+    return n

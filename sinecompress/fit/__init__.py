@@ -1,0 +1,1 @@
+"""Fitting maths over plain tensors: truncated and whitened SVD, the sine fits, the choice of ω."""

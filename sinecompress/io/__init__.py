@@ -1,0 +1,1 @@
+"""Reading and writing checkpoints: sources, the compressed format, atomic and sharded writers."""

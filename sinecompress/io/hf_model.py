@@ -1,0 +1,69 @@
+"""Transformers models from a model directory's config.json, and checkpoint weights loaded into them.
+
+One set of rules for every caller (calibration, ``load``, gates, evaluation): the class is the config's
+first ``architectures`` entry (else ``AutoModel``); checkpoint names are the model's state-dict names,
+or those names under the model's ``base_model_prefix`` (checkpoints saved from a task head); a tensor
+the model does not have is an error, and so is a missing parameter; buffers that older checkpoints
+store (BERT's position ids) are copied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+
+
+def build_model(model_dir: Path) -> nn.Module:
+    """A freshly initialised transformers model built from ``model_dir/config.json``."""
+    import transformers
+
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
+        arch = (getattr(config, "architectures", None) or [None])[0]
+        cls = getattr(transformers, arch, None) if arch else None
+        # Not on the meta device: non-persistent buffers (position ids) must be really initialised.
+        return cls(config) if cls is not None else transformers.AutoModel.from_config(config)
+    except Exception as e:  # an architecture this transformers version does not know, a bad config
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise InputError(f"{model_dir}: cannot build the model from config.json ({first})") from None
+
+
+def load_weights(model: nn.Module, tensors: Mapping[str, torch.Tensor], where: str,
+                 provided: set[str] = frozenset()) -> None:
+    """Load ``tensors`` into ``model`` by name. ``provided``: module names whose weights the caller
+    put in place already (compressed layers), so their parameters are not reported missing."""
+    buffers = dict(model.named_buffers())
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if unexpected and [k for k in unexpected if k not in buffers]:
+        prefix = getattr(model, "base_model_prefix", "")
+        stripped = {k[len(prefix) + 1:] if prefix and k.startswith(prefix + ".") else k: v for k, v in tensors.items()}
+        if stripped.keys() != tensors.keys():
+            tensors = stripped
+            missing, unexpected = model.load_state_dict(tensors, strict=False)
+    for k in [k for k in unexpected if k in buffers]:  # old checkpoints store now non-persistent buffers
+        if buffers[k].shape == tensors[k].shape:
+            with torch.no_grad():
+                buffers[k].copy_(tensors[k])
+            unexpected.remove(k)
+    if unexpected:
+        raise InputError(f"{where}: weight {unexpected[0]!r} does not fit the model built from config.json")
+    params = dict(model.named_parameters())  # tied parameters appear once; a tied head is not missing
+    missing = [k for k in missing if k in params and k.rsplit(".", 1)[0] not in provided]
+    if missing:
+        raise InputError(f"{where}: the model expects {missing[0]!r}, which the checkpoint lacks")
+
+
+def dense_model(src) -> nn.Module:
+    """The source's model in float32 with all its weights, in eval mode (a Hugging Face directory)."""
+    model = build_model(src.model_dir)
+    load_weights(model, {k: _float(src.get(k)) for k in src.tensors}, src.display)
+    return model.float().eval()
+
+
+def _float(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.is_floating_point() else t

@@ -1,0 +1,56 @@
+"""Module surgery: building a compressed layer from its factors, putting it into a model, reading it back."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..dtypes import TO_TORCH
+from ..io.format import LayerRecord
+from .layers import LowRankLinear, SineLowRankLinear
+
+
+def swap_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    """Put ``new`` where the submodule ``name`` is; return the module it replaced."""
+    parent_name, _, child = name.rpartition(".")
+    try:
+        parent = model.get_submodule(parent_name) if parent_name else model
+        old = getattr(parent, child)
+    except AttributeError:
+        old = None
+    if not isinstance(old, nn.Module):
+        raise KeyError(f"layer {name!r} is not a module of the model")
+    setattr(parent, child, new)
+    return old
+
+
+def build_module(rec: LayerRecord, factors: dict[str, torch.Tensor], bias: torch.Tensor | None = None,
+                 dtype: torch.dtype | None = None) -> nn.Module:
+    """The ``SineLowRankLinear`` / ``LowRankLinear`` that ``rec`` describes, holding ``factors`` (by factor
+    key) and ``bias``, in ``dtype`` (default: the record's)."""
+    m, n = rec.shape
+    dtype = dtype or TO_TORCH[rec.dtype]
+    if rec.kind == "lowrank":
+        mod = LowRankLinear(n, m, rec.rank, bias=bias is not None, dtype=dtype)
+        with torch.no_grad():
+            mod.u.copy_(factors["u"])
+            mod.v.copy_(factors["v"])
+    else:
+        mod = SineLowRankLinear(n, m, rec.rank, rec.omega, bias=bias is not None, amplitude=rec.amplitude or "row",
+                                linear_rank=rec.linear_rank, dtype=dtype)
+        mod.load_factors(factors)
+    if bias is not None:
+        with torch.no_grad():
+            mod.bias.copy_(bias)
+    return mod
+
+
+def factors_of(mod: nn.Module) -> dict:
+    """Read the (tuned) factors back out of a compressed module, detached, float32, on the CPU."""
+    if isinstance(mod, LowRankLinear):
+        f = {"u": mod.u, "v": mod.v}
+    else:
+        f = {"u": mod.u, "v": mod.v, "amp": mod.amp, "lin_u": mod.lin_u, "lin_v": mod.lin_v}
+    f = {k: (t.detach().float().cpu().clone() if t is not None else None) for k, t in f.items()}
+    f["bias"] = mod.bias.detach().float().cpu().clone() if mod.bias is not None else None
+    return f

@@ -1,0 +1,60 @@
+"""The calibrate stage: build the float32 model, read the calibration batches, capture each target
+layer's Gram matrix XᵀX."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from ..calib.capture import capture_grams
+from ..calib.data import CalibData, load_calibration
+from ..config import CalibrationConfig
+from ..errors import InputError
+from ..io.hf_model import dense_model
+from ..io.model_dir import has_tokenizer
+from ..io.sources import Source
+
+
+@dataclass
+class Calibration:
+    """What the calibrate stage hands to the fit: the float32 model, its batches and per-layer Grams."""
+
+    model: nn.Module
+    data: CalibData
+    grams: dict[str, dict]
+
+    def record(self) -> dict:
+        tokens = next(iter(self.grams.values()))["tokens"] if self.grams else 0
+        return {"used": True, "data": self.data.description, "samples": self.data.samples, "tokens": tokens}
+
+
+def calibrate(src: Source, names: list[str], cfg: CalibrationConfig = CalibrationConfig(), *,
+              model: nn.Module | None = None, device: str = "cpu") -> tuple[Calibration | None, str]:
+    """The calibrate stage. Returns (calibration or None, a one-line note for the summary).
+
+    ``cfg.enabled=None`` means automatic: on for a model directory with a tokenizer (the built-in text)
+    or whenever ``cfg.source`` is given; ``enabled=False`` (``--no-calib``) turns it off. ``model``
+    supplies the network for sources without a config.json.
+    """
+    if cfg.enabled is False:
+        return None, "calibration off (--no-calib): weight-space fit"
+    text_model = src.model_dir is not None and has_tokenizer(src.model_dir)
+    if cfg.source is None and not text_model:
+        return None, ("no calibration: not a text model directory with a tokenizer, and no --calib file; "
+                      "weight-space fit")
+    if model is None and src.config() is None:
+        return None, (f"no calibration: {src.display} has no config.json to build the model from; "
+                      "weight-space fit (pass a model directory, or use the Python API with model=)")
+    # Read the calibration data first: a bad file fails before the model is built.
+    is_tensor_file = cfg.source is not None and Path(cfg.source).suffix == ".safetensors"
+    data = load_calibration(cfg.source, src.model_dir if not is_tensor_file else None, cfg.samples, cfg.seq_len)
+    if model is None:
+        model = dense_model(src)
+    model.to(device)
+    grams = capture_grams(model, names, data.batches, device)
+    for name, g in grams.items():
+        if g["gram"] is None:
+            raise InputError(f"layer {name!r} saw no calibration input (is it used in the model's forward?)")
+    return Calibration(model, data, grams), f"calibrated on {data.description}"

@@ -1,0 +1,99 @@
+"""End-to-end calibration fine-tune: tune every factor against the original model's outputs.
+
+The teacher's hidden states on the calibration batches are computed once and cached (they are
+small: tokens × width × layers), so each step costs one student forward and backward. The loss is
+the mean, over the teacher's hidden states (every block's output when the model exposes them), of
+the squared error relative to the teacher's own energy, counted on real tokens only: matching each
+block keeps errors from compounding through the depth.
+
+Deterministic for a given seed: the batch order comes from a seeded generator.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ..calib.capture import forward_hidden
+from ..config import resolve_device
+
+StepReport = Callable[[int, int, float], None]  # (step, total, loss)
+
+
+@torch.no_grad()
+def teacher_targets(teacher: nn.Module, batches: list[dict], device: str) -> list[list[torch.Tensor]]:
+    teacher.eval().to(device)
+    return [[h.detach() for h in forward_hidden(teacher, {k: v.to(device) for k, v in b.items()})]
+            for b in batches]
+
+
+def distill_loss(student_h: list[torch.Tensor], teacher_h: list[torch.Tensor], mask: torch.Tensor | None):
+    total = 0.0
+    for s, t in zip(student_h, teacher_h):
+        d = (s.float() - t.float()) ** 2
+        e = t.float() ** 2
+        if mask is not None and d.dim() == 3 and mask.shape == d.shape[:2]:
+            w = mask.unsqueeze(-1).to(d.dtype)
+            d, e = d * w, e * w
+        total = total + d.sum() / e.sum().clamp_min(1e-12)
+    return total / max(len(student_h), 1)
+
+
+def distill(student: nn.Module, teacher: nn.Module, batches: list[dict], modules: list[str], *, steps: int,
+            lr: float = 1e-2, seed: int = 0, device: str = "cpu", progress: StepReport | None = None,
+            time_budget: float | None = None) -> dict:
+    """Tune the compressed ``modules`` of ``student`` (factors and biases) for ``steps`` Adam steps.
+
+    ``lr`` is relative: each tensor moves by about ``lr`` times its own RMS per step, so one value
+    serves factors of very different scales. Returns ``{"loss_start", "loss_end", "steps", "seconds"}``.
+    """
+    device = resolve_device(device)
+    t0 = time.perf_counter()
+    targets = teacher_targets(teacher, batches, device)
+    student.to(device).eval()  # no dropout: we match the deterministic teacher
+    for p in student.parameters():
+        p.requires_grad_(False)
+    params = []
+    for name in modules:
+        for p in student.get_submodule(name).parameters():
+            p.requires_grad_(True)
+            params.append(p)
+    groups = [{"params": [p], "lr": lr * float(p.detach().float().pow(2).mean().sqrt().clamp_min(1e-6))}
+              for p in params]
+    opt = torch.optim.Adam(groups)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(steps, 1))))
+    g = torch.Generator().manual_seed(seed)
+    order: list[int] = []
+    dev_batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
+
+    @torch.no_grad()
+    def eval_loss():
+        tot = sum(float(distill_loss(forward_hidden(student, b), t, b.get("attention_mask")))
+                  for b, t in zip(dev_batches, targets))
+        return tot / max(len(dev_batches), 1)
+
+    loss_start = eval_loss()
+    done = 0
+    for step in range(steps):
+        if not order:
+            order = torch.randperm(len(dev_batches), generator=g).tolist()
+        i = order.pop()
+        b = dev_batches[i]
+        opt.zero_grad(set_to_none=True)
+        loss = distill_loss(forward_hidden(student, b), targets[i], b.get("attention_mask"))
+        loss.backward()
+        opt.step()
+        sched.step()
+        done = step + 1
+        if progress:
+            progress(done, steps, loss.detach().item())
+        if time_budget is not None and time.perf_counter() - t0 > time_budget:
+            break
+    for p in student.parameters():
+        p.requires_grad_(False)
+    return {"loss_start": loss_start, "loss_end": eval_loss(), "steps": done,
+            "seconds": time.perf_counter() - t0, "device": device}

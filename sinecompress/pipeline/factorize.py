@@ -1,0 +1,91 @@
+"""The main job, as one straight line: source → plan → calibrate → fit each layer → (fine-tune) → write → summary."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from torch import nn
+
+from ..config import FactorizeConfig, make_config, resolve_device
+from ..errors import UsageError
+from ..io.atomic import check_output
+from ..io.open import open_source
+from .allocate import apply_sensitivity
+from .calibrate import calibrate
+from .distributed import from_env
+from .finetune import finetune
+from .fitting import Progress, fit_into, fit_layers, settle
+from .plan import build_plan
+from .sequential import fit_sequential
+from .validate import check_targets, warn_kept_dense
+from .workdir import WorkDir, prepare, stored_factors
+from .workers import in_worker, run_workers
+from .write import summarize, write_compressed
+
+StepReport = Callable[[int, int, float], None]  # (step, total, loss)
+
+
+def factorize(source: str | Path, out: str | Path, config: FactorizeConfig | None = None, /, *,
+              progress: Progress | None = None, ft_progress: StepReport | None = None,
+              model: nn.Module | None = None, provenance: dict | None = None, **settings) -> dict | None:
+    """Compress ``source`` into ``out`` as ``config`` says; return the summary (what ``--json`` prints).
+
+    ``config`` is a ``FactorizeConfig``; flat settings (``rank=32``, ``fit_steps=100``, ... the keys of
+    ``sinecompress.config.SETTINGS``, older names included) may be given instead or on top, with the same
+    defaults as the CLI. Calibration (on by default for text model directories) makes every fit
+    activation-aware; ``model`` supplies the network for sources without a config.json. Weight-only runs
+    hold about one layer at a time: each fitted layer goes to the run's work directory (``workdir.py``),
+    which also gives ``resume``, and the output is streamed from there. Under ``torchrun`` their layers
+    are split across ranks; ranks other than 0 return None. ``provenance``: extra metadata (a recipe).
+    """
+    config = make_config(config, **settings)
+    if config.workers > 1 and not in_worker():
+        return run_workers(factorize, source, out, config)
+    t0 = time.perf_counter()
+    out = Path(out)
+    dist = from_env()
+    check_output(out, config.output.overwrite)  # fail before minutes of fitting, not after
+    device = resolve_device(config.device)
+    src = open_source(source, allow_pickle=config.allow_pickle)
+    check_targets(src, config.targets)
+    plan = build_plan(src, config)
+    if dist.rank == 0:
+        warn_kept_dense(plan)
+    cal, note = calibrate(src, [lp.name for lp in plan.compressed], config.calibration, model=model, device=device)
+    if cal is None and any(lp.method == "wsvd" for lp in plan.compressed):
+        raise UsageError(f"--method wsvd needs calibration data, and {note.split(';')[0]}")
+    allocation = {"mode": "uniform"}
+    if plan.allocate == "sensitivity":
+        plan, allocation = apply_sensitivity(plan, src, cal)
+    ft_steps = config.finetune.steps_on(device)
+    tune, work, sequential = None, None, False
+    if cal is None:
+        work = WorkDir(Path(dist.on_rank0(lambda: str(prepare(out, src, plan, config.output.resume).path))))
+        dist.all_ok(lambda: fit_into(work, src, plan, progress, dist))
+        factors, dense = stored_factors(work, plan)
+        plan = settle(plan, factors, dense)
+    else:
+        # Calibrated fits need the model's activations and tune all layers together: one process, in memory.
+        if dist.world > 1 or config.output.resume:
+            raise UsageError("--resume and multi-process runs are for weight-only fits; add --no-calib")
+        sequential = config.fit.sequential if config.fit.sequential is not None else ft_steps <= 0
+        factors = (fit_sequential if sequential else fit_layers)(src, plan, progress, cal, device)
+        plan = settle(plan, factors)
+        if ft_steps > 0:
+            factors, tune = finetune(src, plan, factors, cal, steps=ft_steps, lr=config.finetune.lr,
+                                     seed=config.seed, device=device, progress=ft_progress)
+    write_compressed(src, plan, factors, out, config.output.overwrite, config.output.shard_bytes, dist,
+                     extra=provenance)
+    if dist.rank != 0:
+        return None
+    if work is not None:
+        work.remove()
+    summary = summarize(src, plan, factors, out, time.perf_counter() - t0)
+    summary["calibration"] = cal.record() if cal else {"used": False}
+    summary["calibration"]["note"] = note
+    summary["finetune"] = tune
+    summary["allocation"] = allocation
+    summary["sequential"] = sequential
+    return summary

@@ -1,0 +1,43 @@
+"""The optional end-to-end stage of ``factorize``: put the fitted layers into the calibration model
+and tune them against the original model's outputs (``distill.distill``)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from ..io.sources import Source
+from ..nn.surgery import build_module, factors_of, swap_module
+from .calibrate import Calibration
+from .distill import distill
+from .fitting import finish_factors
+from .plan import Plan
+
+
+def finetune(src: Source, plan: Plan, factors: dict[str, dict], cal: Calibration, *, steps: int,
+             lr: float = 1e-2, seed: int = 0, device: str = "cpu", progress=None) -> tuple[dict, dict]:
+    """Tune the fitted factors (and the compressed layers' biases) against the original model.
+
+    Returns (the tuned factors, the run's record); ``factors`` is left as it was.
+    """
+    teacher = cal.model
+    student = copy.deepcopy(teacher).cpu()
+    for lp in plan.compressed:
+        bias = src.get(lp.name + ".bias") if lp.name + ".bias" in src.tensors else None
+        swap_module(student, lp.name, build_module(lp.record(), factors[lp.name], bias, dtype=torch.float32))
+    names = [lp.name for lp in plan.compressed]
+    record = distill(student, teacher, cal.data.batches, names, steps=steps, lr=lr, seed=seed, device=device,
+                     progress=progress)
+    student.cpu()
+    tuned = {}
+    for lp in plan.compressed:
+        w32 = src.get(lp.name + ".weight").float()
+        f = finish_factors(factors_of(student.get_submodule(lp.name)), lp, w32, cal.grams[lp.name]["gram"])
+        before = factors[lp.name]
+        if before.get("start_act_error") is not None:
+            f["start_act_error"] = before["start_act_error"]
+        if before.get("omega_trials"):
+            f["omega_trials"] = before["omega_trials"]
+        tuned[lp.name] = f
+    return tuned, {k: (round(v, 6) if isinstance(v, float) else v) for k, v in record.items()}

@@ -1,0 +1,138 @@
+"""The fit stage: one layer at a time, in memory (calibrated runs) or into the work directory
+(weight-only runs, which is what gives ``--resume`` and several processes)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from collections.abc import Callable
+
+import torch
+
+from ..dtypes import TO_TORCH
+from ..errors import SineCompressWarning
+from ..fit.omega import choose_omega
+from ..fit.sine import fit_calibrated, fit_sine
+from ..fit.svd import rel_error, truncated_svd
+from ..fit.whiten import chol, whitened_error
+from ..io.sources import Source
+from ..weights import sine_weight
+from .calibrate import Calibration
+from .distributed import Dist, share
+from .plan import LayerPlan, Plan
+from .validate import nonfinite_reason
+from .workdir import WorkDir
+
+Progress = Callable[[str, int, int], None]  # (layer name, done, total)
+FACTOR_KEYS = ("u", "v", "amp", "lin_u", "lin_v")
+
+
+def fit_layer(w: torch.Tensor, lp: LayerPlan, plan: Plan, gram: torch.Tensor | None = None,
+              device: str = "cpu", measure: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
+    """Fit one layer; return its factor tensors (original dtype), its ω and its errors.
+
+    With ``gram`` (the layer's calibration XᵀX) the fit is activation-aware and ``act_error`` is
+    reported beside the weight-space ``rel_error``. A sine layer without ω (``--omega auto``) gets
+    one from ``choose_omega`` first; the result's ``omega`` is the one used. ``measure`` = (weight,
+    gram): report the errors against these instead of the fitted target (the sequential fit's shifted
+    target is not the layer's weight).
+    """
+    w32 = w.float()
+    trials = None
+    omega = lp.omega
+    if lp.method == "sine" and omega is None:
+        omega, trials = choose_omega(w32.to(device), lp.rank, lp.linear_rank, plan.steps, plan.seed,
+                                     gram=None if gram is None else gram.to(device))
+    if gram is not None and lp.method != "svd":  # svd stays the plain baseline; its act_error is still measured
+        r = fit_calibrated(w32.to(device), gram.to(device), lp.method, lp.rank, lp.linear_rank, omega,
+                           steps=plan.steps, seed=plan.seed)
+        r = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in r.items()}
+    elif lp.method == "svd":
+        u, v = truncated_svd(w32, lp.rank, seed=plan.seed)
+        r = {"u": u, "v": v}
+    else:
+        r = fit_sine(w32, lp.rank, omega, linear_rank=lp.linear_rank, steps=plan.steps, seed=plan.seed)
+    if measure is not None:
+        r.pop("start_act_error", None)  # in the target's metric: not comparable with the reported errors
+        w32, gram = measure[0].float(), measure[1]
+    f = finish_factors(r, lp, w32, gram, omega)
+    if trials:
+        f["omega_trials"] = {f"{k:g}": round(v, 6) for k, v in trials.items()}
+    return f
+
+
+def finish_factors(r: dict, lp: LayerPlan, w32: torch.Tensor, gram: torch.Tensor | None = None,
+                   omega: float | None = None) -> dict:
+    """Cast factors to the layer's dtype and measure the errors of what will actually be written."""
+    dtype = TO_TORCH[lp.dtype]
+    keys = FACTOR_KEYS if lp.kind == "sine" else ("u", "v")
+    f = {k: (r[k].to(dtype) if r.get(k) is not None else None) for k in keys}
+    if r.get("bias") is not None:
+        f["bias"] = r["bias"].to(dtype)
+    if lp.kind == "sine":
+        f["omega"] = omega if omega is not None else lp.omega
+        w_hat = sine_weight(f["u"], f["v"], f["omega"], f["amp"], f["lin_u"], f["lin_v"], dtype=torch.float32)
+    else:
+        w_hat = f["u"].float() @ f["v"].float().T
+    f["rel_error"] = rel_error(w_hat, w32)
+    if gram is not None:
+        f["act_error"] = whitened_error(w_hat, w32, chol(gram))
+        if "start_act_error" in r:
+            f["start_act_error"] = r["start_act_error"]
+    return f
+
+
+def fit_layers(src: Source, plan: Plan, progress: Progress | None = None, cal: Calibration | None = None,
+               device: str = "cpu") -> dict[str, dict]:
+    """Fit every compressed layer in memory (each to the original model's activations, given ``cal``)."""
+    todo = plan.compressed
+    out = {}
+    for i, lp in enumerate(todo):
+        if progress:
+            progress(lp.name, i, len(todo))
+        gram = cal.grams[lp.name]["gram"] if cal is not None else None
+        out[lp.name] = fit_layer(src.get(lp.name + ".weight"), lp, plan, gram, device)
+    if progress:
+        progress("", len(todo), len(todo))
+    return out
+
+
+def fit_into(work: WorkDir, src: Source, plan: Plan, progress: Progress | None = None,
+             dist: Dist | None = None) -> None:
+    """Fit this rank's share of the layers into ``work``, skipping those already there (``--resume``)."""
+    dist = dist or Dist()
+    todo = [(i, lp) for i, lp in enumerate(plan.layers) if not lp.keep_dense]
+    mine = share(todo, dist.world)[dist.rank]
+    for j, (i, lp) in enumerate(mine):
+        if progress:
+            progress(lp.name, j, len(mine))
+        if work.record(i, lp) is not None:
+            continue
+        w = src.get(lp.name + ".weight")
+        reason = nonfinite_reason(w)
+        f = None if reason else fit_layer(w, lp, plan)
+        del w  # one layer in memory at a time
+        if f is not None and not math.isfinite(f["rel_error"]):
+            reason, f = "the fit diverged (non-finite error)", None
+        if reason:
+            warnings.warn(f"{lp.name}: {reason}; keeping it dense", SineCompressWarning, stacklevel=2)
+            work.save_dense(i, lp, reason)
+        else:
+            work.save(i, lp, f)
+    if progress:
+        progress("", len(mine), len(mine))
+
+
+def settle(plan: Plan, factors: dict[str, dict], dense: dict[str, str] | None = None) -> Plan:
+    """The plan as fitted: each sine layer's ω as chosen (``--omega auto``), and the layers that the fit
+    left dense (``dense``: name -> reason) marked so."""
+    dense = dense or {}
+    layers = []
+    for lp in plan.layers:
+        if lp.name in dense:
+            lp = dataclasses.replace(lp, keep_dense=dense[lp.name])
+        elif lp.name in factors and lp.kind == "sine" and factors[lp.name].get("omega") is not None:
+            lp = dataclasses.replace(lp, omega=factors[lp.name]["omega"])
+        layers.append(lp)
+    return plan.with_layers(layers)

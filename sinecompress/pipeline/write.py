@@ -1,0 +1,108 @@
+"""The write and report stages: stream the compressed checkpoint, then summarise what was done."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+
+from ..io.atomic import atomic_output
+from ..io.format import FORMAT_VERSION, make_metadata
+from ..io.model_dir import copy_model_files
+from ..io.shards import write_weights
+from ..io.sources import Source
+from ..io.writer import Entry, write_safetensors
+from .distributed import Dist
+from .plan import Plan
+
+
+def entries_for(src: Source, plan: Plan, factors: dict[str, dict]) -> list[Entry]:
+    """Output tensors in source order: each factorised weight replaced in place by its factors."""
+    by_weight = {lp.name + ".weight": lp for lp in plan.compressed}
+    # A calibration fine-tune also tunes the biases of the compressed layers.
+    tuned = {lp.name + ".bias": factors[lp.name]["bias"] for lp in plan.compressed
+             if factors[lp.name].get("bias") is not None}
+    entries = []
+    for name, info in src.tensors.items():
+        lp = by_weight.get(name)
+        if name in tuned:
+            entries.append(Entry(name, info.dtype, info.shape, lambda t=tuned[name]: t))
+            continue
+        if lp is None:
+            entries.append(Entry(name, info.dtype, info.shape, lambda n=name: src.get(n)))
+            continue
+        f = factors[lp.name]
+        rec = lp.record()
+        for key, fname in rec.tensor_names.items():
+            # Shapes come from the plan, tensors only when written: one factor in memory at a time.
+            entries.append(Entry(fname, info.dtype, rec.shapes[key], lambda f=f, key=key: f[key]))
+    return entries
+
+
+def write_compressed(src: Source, plan: Plan, factors: dict[str, dict], out: Path, overwrite: bool,
+                     max_shard_bytes: int | None = None, dist: Dist | None = None,
+                     extra: dict | None = None) -> None:
+    """Stream the output under a temporary name and rename it into place once complete.
+
+    A file source gives a file; a directory source (or ``max_shard_bytes``) gives a directory with
+    the side files and the weights, sharded when they exceed ``max_shard_bytes``. With several
+    ranks, each writes every ``world``-th shard and rank 0 the index, config and final rename.
+    """
+    dist = dist or Dist()
+    layers = {lp.name: lp.record(rel_error=factors[lp.name]["rel_error"], act_error=factors[lp.name].get("act_error"))
+              for lp in plan.compressed}
+    meta = make_metadata(layers, plan.to_dict(), plan.source, extra)
+    entries = entries_for(src, plan, factors)
+    as_dir = src.model_dir is not None or max_shard_bytes is not None
+
+    def mark_compressed(cfg: dict) -> dict:
+        cfg["compression_config"] = {"tool": "sinecompress", "format_version": FORMAT_VERSION,
+                                     "method": plan.method, "layers": sorted(layers)}
+        return cfg
+
+    with contextlib.ExitStack() as stack:
+        def begin() -> str:
+            tmp = stack.enter_context(atomic_output(out, overwrite))
+            if as_dir:
+                tmp.mkdir()
+                if src.model_dir is not None:
+                    copy_model_files(src.model_dir, tmp, mark_compressed)
+            return str(tmp)
+
+        tmp = Path(dist.on_rank0(begin))
+        if not as_dir:
+            if dist.rank == 0:
+                write_safetensors(tmp, entries, meta)
+        else:
+            dist.all_ok(lambda: write_weights(tmp, entries, meta, max_shard_bytes,
+                                              mine=lambda i: i % dist.world == dist.rank, index=dist.rank == 0))
+    dist.barrier()  # no rank returns before rank 0 has renamed the output into place
+
+
+def summarize(src: Source, plan: Plan, factors: dict[str, dict], out: Path, seconds: float) -> dict:
+    total = sum(math.prod(t.shape) for t in src.tensors.values())
+    before = sum(lp.dense_params for lp in plan.compressed)
+    after = sum(lp.factored_params for lp in plan.compressed)
+    layers = []
+    for lp in plan.layers:
+        rec = {"name": lp.name, "shape": list(lp.shape), "method": lp.method, "rank": lp.rank,
+               "linear_rank": lp.linear_rank, "omega": lp.omega, "params_before": lp.dense_params,
+               "params_after": lp.factored_params, "rel_error": None, "kept_dense": lp.keep_dense}
+        if lp.name in factors:
+            f = factors[lp.name]
+            rec["rel_error"] = f["rel_error"]
+            rec["act_error"] = f.get("act_error")
+            rec["start_act_error"] = f.get("start_act_error")
+            if "omega_trials" in f:
+                rec["omega_trials"] = f["omega_trials"]
+        layers.append(rec)
+    out_bytes = sum(p.stat().st_size for p in ([out] if out.is_file() else out.rglob("*.safetensors")))
+    return {
+        "source": plan.source, "output": str(out), "method": plan.method,
+        "params_before": before, "params_after": after,
+        "compression_rate": after / before if before else 1.0,
+        "model_params_before": total, "model_params_after": total - before + after,
+        "model_compression_rate": (total - before + after) / total if total else 1.0,
+        "bytes_before": src.total_bytes(), "bytes_after": out_bytes,
+        "seconds": round(seconds, 3), "layers": layers,
+    }

@@ -1,0 +1,1 @@
+"""YAML recipes: schema, template, running one, and its quality gates."""

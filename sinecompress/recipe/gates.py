@@ -1,0 +1,154 @@
+"""Quality gates: checks a compressed output must pass, else the run exits with code 1.
+
+* ``max_param_ratio``: factor parameters / dense parameters over the targeted layers (layers kept
+  dense count on both sides), from the factorize summary;
+* ``max_rel_error``: the worst layer's relative weight error ‖Ŵ−W‖_F/‖W‖_F, from the summary;
+* ``min_cosine``: mean cosine between the mean-pooled last hidden states of the original and the
+  compressed model (``sinecompress.load.load``) on a small fixed set of held-out inputs. It runs the
+  model, so it needs a Hugging Face model directory (``config.json``).
+
+The output is written before the gates run; a failing gate names itself and where the output is.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from ..errors import GateFailed, UsageError
+from ..io.hf_model import dense_model
+from ..io.model_dir import TOKENIZER_FILES
+from ..io.open import open_source
+from ..pipeline.load import load
+
+
+def _in_range(lo, hi, lo_open=True, hi_open=True):
+    """A gate limit's check: the number, or ValueError saying what was expected."""
+    def check(v):
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        if ok:
+            ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+        if not ok:
+            raise ValueError(f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}")
+        return float(v)
+    return check
+
+
+# gate -> check of its limit
+GATES = {
+    "max_param_ratio": _in_range(0, 1, hi_open=False),
+    "max_rel_error": _in_range(0, math.inf, lo_open=False),
+    "min_cosine": _in_range(-1, 1, False, False),
+}
+
+# Held-out text for min_cosine: written for this project, never used for calibration.
+HELD_OUT = [
+    "The harbour was quiet after the storm, and the fishing boats stayed tied to the pier.",
+    "Please restart the server before applying the configuration change.",
+    "She planted tomatoes, basil and two rows of beans along the south fence.",
+    "The committee postponed its vote until the budget figures were audited.",
+    "A low-rank matrix can be stored with far fewer numbers than a dense one.",
+    "He missed the last train and walked home through the empty streets.",
+    "Add the flour slowly and stir until the batter is smooth.",
+    "The telescope recorded a faint signal from a distant galaxy cluster.",
+    "Our team shipped the new release on Friday after two weeks of testing.",
+    "Rain is expected across the northern valleys by late afternoon.",
+    "The violinist tuned her instrument while the audience took their seats.",
+    "Unit tests caught the regression before it reached production.",
+    "The museum's new wing displays pottery from the bronze age.",
+    "Cats often sleep for more than twelve hours a day.",
+    "The bridge was closed for repairs, so traffic was diverted through town.",
+    "Compressing a model trades a little accuracy for memory and speed.",
+]
+
+
+def needs_model_dir(gates: dict, model_dir: Path | None, display: str) -> None:
+    """Fail before any fitting when a gate cannot be evaluated on this kind of model."""
+    if "min_cosine" in gates and (model_dir is None or not (model_dir / "config.json").exists()):
+        raise UsageError(f"gate min_cosine runs the model, so it needs a Hugging Face model directory "
+                         f"(config.json + weights); {display} is not one. Use max_rel_error / "
+                         "max_param_ratio for bare checkpoints, or point `model` at the model directory")
+
+
+def check_gates(gates: dict, summary: dict, original: Path | None = None, compressed: Path | None = None) -> list[dict]:
+    """Evaluate each gate; return ``[{gate, limit, value, passed, detail}]`` in GATES order."""
+    results = []
+    if "max_param_ratio" in gates:
+        before = sum(layer["params_before"] for layer in summary["layers"])
+        after = sum(layer["params_after"] for layer in summary["layers"])
+        ratio = after / before if before else 1.0
+        results.append(_result("max_param_ratio", gates["max_param_ratio"], ratio, ratio <= gates["max_param_ratio"],
+                                f"{after:,} / {before:,} params over {len(summary['layers'])} target layers"))
+    if "max_rel_error" in gates:
+        fitted = [(layer["rel_error"], layer["name"]) for layer in summary["layers"] if layer["rel_error"] is not None]
+        worst, name = max(fitted) if fitted else (0.0, None)
+        results.append(_result("max_rel_error", gates["max_rel_error"], worst, worst <= gates["max_rel_error"],
+                                f"worst layer {name}" if name else "no layer was factorised"))
+    if "min_cosine" in gates:
+        if original is None or compressed is None:
+            raise UsageError("gate min_cosine needs the original and the compressed model directories")
+        cos = embedding_cosine(original, compressed)
+        results.append(_result("min_cosine", gates["min_cosine"], cos["mean"], cos["mean"] >= gates["min_cosine"],
+                                f"mean over {cos['n']} held-out inputs ({cos['inputs']}); worst {cos['min']:.4f}"))
+    return results
+
+
+def _result(gate, limit, value, passed, detail) -> dict:
+    return {"gate": gate, "limit": limit, "value": value, "passed": bool(passed), "detail": detail}
+
+
+def raise_if_failed(results: list[dict], out: Path | str) -> None:
+    failed = [r for r in results if not r["passed"]]
+    if failed:
+        what = "; ".join(f"{r['gate']}: {r['value']:.4g} {'<' if r['gate'].startswith('min') else '>'} "
+                         f"{r['limit']:g} ({r['detail']})" for r in failed)
+        raise GateFailed(f"gate failed: {what}; the output was written to {out}")
+
+
+@torch.no_grad()
+def embedding_cosine(original: Path, compressed: Path, texts: list[str] = HELD_OUT, seq_len: int = 32,
+                     seed: int = 0) -> dict:
+    """Mean and worst cosine between mean-pooled last hidden states of two HF model directories.
+
+    Inputs are ``texts`` through the model's own tokenizer, or, for a model directory without a
+    tokenizer, fixed random token ids (``seed``) of length ``seq_len``.
+    """
+    compressed_model = load(compressed).float()
+    ref = dense_model(open_source(original))
+    batch, kind = _inputs(Path(original), ref.config, texts, seq_len, seed)
+    a = _pooled(ref, batch)
+    b = _pooled(compressed_model, batch)
+    cos = torch.nn.functional.cosine_similarity(a, b, dim=-1)
+    return {"mean": float(cos.mean()), "min": float(cos.min()), "n": int(cos.numel()), "inputs": kind}
+
+
+def _inputs(model_dir: Path, config, texts, seq_len, seed):
+    tok = None
+    # transformers builds a vocabulary-less tokenizer (all [UNK]) from a bare config: require real files.
+    if any((model_dir / f).exists() for f in TOKENIZER_FILES):
+        try:
+            import transformers
+
+            tok = transformers.AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        except Exception:  # unreadable tokenizer files: fall back to token ids
+            tok = None
+    if tok is not None:
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token or tok.unk_token
+        enc = tok(list(texts), padding=True, truncation=True, max_length=seq_len, return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}, "held-out sentences"
+    vocab = int(getattr(config, "vocab_size", 0) or 0)
+    if vocab < 2:
+        raise UsageError(f"{model_dir}: gate min_cosine found no tokenizer and no vocab_size in config.json")
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (len(texts), seq_len), generator=g)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, f"random token ids, seed {seed}"
+
+
+def _pooled(model, batch) -> torch.Tensor:
+    out = model(**batch, output_hidden_states=True)
+    h = out.hidden_states[-1] if getattr(out, "hidden_states", None) else out.last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).to(h.dtype)
+    return (h.float() * mask).sum(1) / mask.sum(1).clamp_min(1)

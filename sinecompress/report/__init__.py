@@ -1,0 +1,1 @@
+"""Looking at what compression did: spectra and ranks, per-layer reports, ω sweeps, plots."""
