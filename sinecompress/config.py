@@ -73,7 +73,7 @@ SETTINGS: tuple[Setting, ...] = (
             flag="--sequential/--no-sequential"),
     Setting("calibration", "calibration.enabled", None, "calibration.enabled",
             "Calibrate (fit what each layer sees, not its weights): default on for text model directories "
-            "and whenever --calib is given.", flag="--calib-auto/--no-calib"),
+            "and whenever --calib is given.", flag="--no-calib"),
     Setting("calib", "calibration.source", None, "calibration.source",
             'Calibration data: text lines (.txt), JSONL {"text": ...}, or a .safetensors file of model input '
             "tensors. Default for text models: built-in text (Python stdlib docstrings)."),

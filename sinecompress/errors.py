@@ -1,7 +1,9 @@
 """Known failures carry an exit code; the CLI prints them as one line, never a traceback.
 
-Exit codes (documented in README.md):
-  0 success, 1 a quality gate failed, 2 usage or recipe error, 3 unreadable or invalid input.
+Exit codes (documented in README.md and docs/safety.md):
+  0 success, 1 a quality gate failed, 2 usage or recipe error, 3 unreadable or invalid input,
+  4 an internal error (a bug: rerun with --debug for the traceback), 5 the output cannot be written
+  (disk full, read-only, permissions), 130/143/129 interrupted by SIGINT/SIGTERM/SIGHUP.
 """
 
 from __future__ import annotations
@@ -31,6 +33,12 @@ class InputError(SineCompressError):
     """A checkpoint or data file that cannot be read or is invalid."""
 
     exit_code = 3
+
+
+class OutputError(SineCompressError):
+    """The output cannot be written: no space, a read-only file system, no permission."""
+
+    exit_code = 5
 
 
 class GateFailed(SineCompressError):

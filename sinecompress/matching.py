@@ -8,11 +8,16 @@ module in every layer; ``.*dense`` matches every module whose name ends in ``den
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
+
+import regex
 
 from .dtypes import FLOAT
 from .errors import UsageError
+
+# A pattern that needs longer than this to match one name is backtracking catastrophically
+# (`(a|aa)+b`); Python's `re` would hang, `regex` stops and we say so.
+MATCH_SECONDS = 1.0
 
 # Never compressed by default: lookup tables, normalisation scales, and output heads that share
 # storage with an embedding. Matched against module names, like user patterns.
@@ -22,21 +27,39 @@ DEFAULT_EXCLUDE = (
 )
 
 
-def compile_patterns(patterns: Iterable[str], what: str) -> list[re.Pattern]:
-    out = []
-    for p in patterns:
+class Pattern:
+    """A user's regular expression (Python's syntax), matched with a time limit."""
+
+    def __init__(self, text: str, what: str):
+        self.pattern, self.what = text, what
         try:
-            out.append(re.compile(p))
-        except (re.error, RecursionError, OverflowError) as e:
-            raise UsageError(f"{what} pattern {p!r} is not a valid regular expression ({e}); fix the pattern") from None
-    return out
+            self._re = regex.compile(text, regex.VERSION0)
+        except (regex.error, RecursionError, OverflowError, TypeError, ValueError) as e:
+            raise UsageError(f"{what} pattern {text!r} is not a valid regular expression ({e}); fix the pattern") from None
+
+    def fullmatch(self, name: str):
+        return self._timed(self._re.fullmatch, name)
+
+    def match(self, name: str):
+        return self._timed(self._re.match, name)
+
+    def _timed(self, fn, name: str):
+        try:
+            return fn(name, timeout=MATCH_SECONDS)
+        except TimeoutError:
+            raise UsageError(f"{self.what} pattern {self.pattern!r} takes over {MATCH_SECONDS:g} s to match "
+                             f"{name!r} (catastrophic backtracking); simplify the pattern") from None
+
+
+def compile_patterns(patterns: Iterable[str], what: str) -> list[Pattern]:
+    return [Pattern(p, what) for p in patterns]
 
 
 def module_name(tensor_name: str) -> str:
     return tensor_name[: -len(".weight")] if tensor_name.endswith(".weight") else tensor_name
 
 
-def full_match(patterns: list[re.Pattern], name: str) -> bool:
+def full_match(patterns: list[Pattern], name: str) -> bool:
     return any(p.fullmatch(name) for p in patterns)
 
 

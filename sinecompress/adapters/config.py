@@ -7,11 +7,10 @@ against the module name; the first key that matches wins.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from ..errors import UsageError
-from ..matching import compile_patterns
+from ..matching import Pattern, compile_patterns
 
 KINDS = ("lora", "dora", "sine_lora", "sine_dora")
 
@@ -66,7 +65,7 @@ class AdapterConfig:
 
 def _first(patterns: dict, name: str, default):
     for pat, value in patterns.items():
-        if re.fullmatch(pat, name):
+        if Pattern(pat, "pattern").fullmatch(name):
             return value
     return default
 

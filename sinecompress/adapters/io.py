@@ -24,12 +24,14 @@ from torch import nn
 
 from ..dtypes import FLOAT
 from ..errors import InputError, UsageError
-from ..io.atomic import atomic_output, check_output
+from ..io.atomic import atomic_output, claim_output
 from ..io.header import check_safetensors_header
-from ..io.model_dir import write_like_source
+from ..io.model_dir import not_a_model_output, write_like_source
 from ..io.open import open_source
-from ..io.sources import Source
+from ..io.paths import regular_file
+from ..io.sources import Source, read_json
 from ..io.writer import Entry
+from ..matching import Pattern
 from ..version import __version__
 from .config import AdapterConfig
 from .functional import dense_delta
@@ -121,7 +123,7 @@ def save_adapter(model: nn.Module, out_dir: str | Path, overwrite: bool = True) 
             "update": "dW = sin(omega * B @ A) / sqrt(in_features) * (alpha / r)",
         }
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(out_dir, overwrite) as tmp:
+    with atomic_output(out_dir, overwrite, kind="dir", replaceable=not_a_model_output) as tmp:
         tmp.mkdir()
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         (tmp / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
@@ -141,16 +143,14 @@ def read_adapter(adapter_dir: str | Path) -> list[AdapterModule]:
     for p in (cfg_path, w_path):
         if not p.exists():
             raise InputError(f"{p}: missing; an adapter directory holds {CONFIG_NAME} and {WEIGHTS_NAME}")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-        if not isinstance(cfg, dict):
-            raise ValueError("not a JSON object")
-    except (ValueError, UnicodeDecodeError) as e:
-        raise InputError(f"{cfg_path}: not valid JSON ({e})") from None
+    cfg = read_json(cfg_path, dict, "a JSON object")
+    regular_file(w_path, "adapter weights")
     ptype = cfg.get("peft_type")
     if ptype not in ("LORA", "SINE_LORA"):
         raise InputError(f"{cfg_path}: peft_type {ptype!r} is not supported (LORA or SINE_LORA)")
     sc = cfg.get("sinecompress") or {}
+    if not isinstance(sc, dict):
+        raise InputError(f"{cfg_path}: 'sinecompress' must be a JSON object")
     if ptype == "SINE_LORA":
         kind = sc.get("kind")
         if kind not in ("sine_lora", "sine_dora"):
@@ -183,12 +183,33 @@ def read_adapter(adapter_dir: str | Path) -> list[AdapterModule]:
         mag = t.get("lora_magnitude_vector")
         if kind.endswith("dora") and (mag is None or mag.shape != (B.shape[0],)):
             raise InputError(f"{w_path}: DoRA module {name!r} needs a lora_magnitude_vector of length {B.shape[0]}")
-        alpha = _lookup(cfg.get("alpha_pattern") or {}, name, cfg.get("lora_alpha", 8))
-        omega = _lookup(sc.get("omega_pattern") or {}, name, sc.get("omega", 1.0))
-        out.append(AdapterModule(name, kind, A, B, float(alpha), float(omega), mag if kind.endswith("dora") else None))
+        if A.shape[0] < 1 or not all(bool(torch.isfinite(x).all()) for x in (A, B) + ((mag,) if mag is not None else ())):
+            raise InputError(f"{w_path}: module {name!r} has rank 0 or non-finite values")
+        alpha = _number(cfg_path, "lora_alpha", _lookup(_patterns(cfg_path, cfg, "alpha_pattern"), name,
+                                                        cfg.get("lora_alpha", 8)))
+        omega = _number(cfg_path, "sinecompress.omega", _lookup(_patterns(cfg_path, sc, "omega_pattern"), name,
+                                                               sc.get("omega", 1.0)), positive=True)
+        out.append(AdapterModule(name, kind, A, B, alpha, omega, mag if kind.endswith("dora") else None))
     if not out:
         raise InputError(f"{w_path}: no adapter tensors")
     return out
+
+
+def _patterns(path: Path, cfg: dict, key: str) -> dict:
+    patterns = cfg.get(key) or {}
+    if not isinstance(patterns, dict):
+        raise InputError(f"{path}: '{key}' must map module patterns to numbers, got a JSON {type(patterns).__name__}")
+    for pat in patterns:
+        Pattern(pat, f"{path}: {key}")  # a pattern that does not compile is named here
+    return patterns
+
+
+def _number(path: Path, key: str, value, positive: bool = False) -> float:
+    """A setting of the adapter config as a finite float; InputError naming it otherwise."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (positive and value <= 0):
+        raise InputError(f"{path}: {key} must be a finite{' positive' if positive else ''} number, got {value!r}")
+    return float(value)
 
 
 def _lookup(patterns: dict, name: str, default):
@@ -196,7 +217,7 @@ def _lookup(patterns: dict, name: str, default):
     if name in patterns:
         return patterns[name]
     for key, value in patterns.items():
-        if re.match(rf"(.*\.)?({key})$", name):
+        if Pattern(rf"(.*\.)?({key})", "adapter_config.json pattern").fullmatch(name):
             return value
     return default
 
@@ -275,20 +296,27 @@ def merge_checkpoint(base: str | Path, adapter_dir: str | Path, out: str | Path,
     mods = read_adapter(adapter_dir)
     keys = _match_base_keys(src, mods)
     out = Path(out)
-    check_output(out, overwrite)
-    by_key = {keys[m.name]: m for m in mods}
-    for k in by_key:
-        if src.tensors[k].dtype not in FLOAT:
-            raise InputError(f"{src.display}: {k} has dtype {src.tensors[k].dtype}; only float weights can be merged")
+    kind = "file" if src.side_dir() is None else "dir"
+    with claim_output(out, overwrite, [*src.paths(), Path(adapter_dir)], kind, not_a_model_output):
+        by_key = {keys[m.name]: m for m in mods}
+        for k in by_key:
+            if src.tensors[k].dtype not in FLOAT:
+                raise InputError(f"{src.display}: {k} has dtype {src.tensors[k].dtype}; only float weights can be merged")
 
-    def produce(name):
-        t = src.get(name)
-        m = by_key.get(name)
-        return t if m is None else m.merged(t).to(t.dtype)
+        def produce(name):
+            t = src.get(name)
+            m = by_key.get(name)
+            if m is None:
+                return t
+            merged = m.merged(t)
+            if not bool(torch.isfinite(merged).all()):
+                raise InputError(f"{adapter_dir}: merging module {m.name!r} gives non-finite weights "
+                                 f"(alpha {m.alpha:g}, omega {m.omega:g}); check the adapter's settings")
+            return merged.to(t.dtype)
 
-    entries = [Entry(k, info.dtype, info.shape, lambda n=k: produce(n)) for k, info in src.tensors.items()]
-    meta = {"format": "pt", "sinecompress_merged_adapter": json.dumps(
-        {"adapter": str(adapter_dir), "kind": mods[0].kind, "modules": len(mods), "tool_version": __version__})}
-    write_like_source(src, Path(out), entries, meta, overwrite)
+        entries = [Entry(k, info.dtype, info.shape, lambda n=k: produce(n)) for k, info in src.tensors.items()]
+        meta = {"format": "pt", "sinecompress_merged_adapter": json.dumps(
+            {"adapter": str(adapter_dir), "kind": mods[0].kind, "modules": len(mods), "tool_version": __version__})}
+        write_like_source(src, out, entries, meta, overwrite)
     return {"base": src.display, "adapter": str(adapter_dir), "output": str(out), "kind": mods[0].kind,
             "merged_modules": sorted(m.name for m in mods), "tensors": len(entries)}

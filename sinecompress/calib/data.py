@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from ..errors import InputError
 from ..io.header import check_safetensors_header
+from ..io.paths import regular_file
 from .text import builtin_texts, read_texts
 
 
@@ -69,6 +70,7 @@ def load_calibration(calib: str | Path | None, model_dir: Path | None, samples: 
         path = Path(calib)
         if not path.exists():
             raise InputError(f"{path}: calibration file not found")
+        regular_file(path, "calibration file")
         if path.suffix == ".safetensors":
             return CalibData(read_tensor_inputs(path, samples, batch_size), f"{path.name} (tensors)")
         if model_dir is None:

@@ -132,12 +132,17 @@ def report_cmd(
 
         rep = report(source, against=against, layers=layers, calib=calib, exact=exact, rank=_ranks(rank),
                      rtol=rtol, top=top, progress=progress)
-    print_report(rep, _out_console(as_json))
+    _emit(rep, print_report, plot_report, plot, as_json)
+
+
+def _emit(result: dict, show, draw, plot: Path | None, as_json: bool) -> None:
+    """The table (stdout, or stderr under --json), the optional plot, then the JSON."""
+    show(result, _out_console(as_json))
     if plot is not None:
-        plot_report(rep, plot)
+        draw(result, plot)
         err_console.print(f"wrote {plot}", highlight=False)
     if as_json:
-        print(json.dumps(rep, indent=1))
+        print(json.dumps(result, indent=1))
 
 
 def print_sweep(sw: dict, console: Console) -> None:
@@ -182,9 +187,4 @@ def spectrum_cmd(
         require_matplotlib()
     sw = omega_sweep(shape=None if checkpoint else parse_shape(shape), rank=rank, omegas=parse_omegas(omegas),
                      seed=seed, source=checkpoint, layer=layer, rtol=rtol, exact=exact)
-    print_sweep(sw, _out_console(as_json))
-    if plot is not None:
-        plot_sweep(sw, plot)
-        err_console.print(f"wrote {plot}", highlight=False)
-    if as_json:
-        print(json.dumps(sw, indent=1))
+    _emit(sw, print_sweep, plot_sweep, plot, as_json)

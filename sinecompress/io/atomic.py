@@ -1,28 +1,106 @@
-"""Crash-safe output: everything is built under a temporary name next to the target, then renamed."""
+"""Crash-safe output: everything is built under a temporary name next to the target, then renamed.
+
+Before anything is written, the run *claims* its output (``claim_output``): it takes an OS lock on
+``.<name>.sc.lock`` next to it, so two runs never write one output, and checks what is there now:
+an output may not be, contain or lie inside an input (``paths.check_output_place``), an existing
+output must be of the kind the run writes (a file for a file, a directory for a directory), and it is
+replaced only with ``--overwrite``. Under the lock every temporary name of that output belongs to a
+dead run and is removed. Write failures (no space, read-only, permissions) become ``OutputError``.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import os
 import shutil
-from collections.abc import Iterator
+import stat
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from ..errors import UsageError
+import filelock
+
+from ..errors import OutputError, UsageError
+from .paths import check_output_place, describe, resolved
 
 TMP_MARK = ".sc.tmp-"
+LOCK_SUFFIX = ".sc.lock"
+_claimed: set[Path] = set()  # outputs this process holds the lock of
 
 
-def check_output(out: Path, overwrite: bool) -> None:
-    if out.exists() and not overwrite:
-        raise UsageError(f"{out} already exists; pass --overwrite to replace it")
-    if not out.parent.exists():
-        raise UsageError(f"{out.parent}: output directory does not exist")
+def lock_path(out: Path) -> Path:
+    return out.parent / f".{out.name}{LOCK_SUFFIX}"
 
 
 def tmp_name(out: Path) -> Path:
     return out.parent / f".{out.name}{TMP_MARK}{os.getpid()}"
+
+
+def check_existing(out: Path, overwrite: bool, kind: str = "file",
+                   replaceable: Callable[[Path], str | None] | None = None) -> None:
+    """What is at ``out`` now may be replaced: nothing, or (with ``overwrite``) a ``kind`` of thing that
+    ``replaceable`` accepts (it returns None, or why the thing is not this tool's kind of output)."""
+    try:
+        st = os.lstat(out)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise UsageError(f"--out {out}: is a symbolic link; name the real path")
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        raise UsageError(f"--out {out}: exists and is {describe(st.st_mode)}; name a new path")
+    if not overwrite:
+        raise UsageError(f"{out} already exists; pass --overwrite to replace it")
+    is_dir = stat.S_ISDIR(st.st_mode)
+    if is_dir != (kind == "dir"):
+        raise UsageError(f"--out {out}: exists as a {'directory' if is_dir else 'file'}, but this run writes a "
+                         f"{'directory' if kind == 'dir' else 'file'}; --overwrite only replaces an output like it")
+    why = replaceable(out) if replaceable else None
+    if why:
+        raise UsageError(f"--out {out}: {why}, so it is not an output this tool wrote; refusing to replace it "
+                         "even with --overwrite")
+
+
+@contextlib.contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """An exclusive OS lock for writing ``out``; a second run fails at once instead of waiting."""
+    path = lock_path(out)
+    lock = filelock.FileLock(str(path), timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise UsageError(f"{out}: another sinecompress run is writing this output; wait for it or stop it") from None
+    except OSError as e:
+        raise OutputError(f"{out}: cannot write in {out.parent} ({e.strerror or e})") from None
+    key = resolved(out)
+    _claimed.add(key)
+    try:
+        yield
+    finally:
+        _claimed.discard(key)
+        lock.release()
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def held_here(out: Path) -> None:
+    """Mark ``out`` as held by this process: the process that launched it holds the lock (``--workers``)."""
+    _claimed.add(resolved(out))
+
+
+@contextlib.contextmanager
+def claim_output(out: Path, overwrite: bool, reads: Iterable[Path] = (), kind: str = "file",
+                 replaceable: Callable[[Path], str | None] | None = None) -> Iterator[None]:
+    """Hold ``out`` for the whole run: its place checked, its lock taken, what is there checked."""
+    out = Path(out)
+    if resolved(out) in _claimed:
+        yield
+        return
+    check_output_place(out, reads)
+    with output_lock(out):
+        check_existing(out, overwrite, kind, replaceable)
+        clean_stale(out)
+        yield
 
 
 @contextlib.contextmanager
@@ -39,50 +117,61 @@ def atomic_file(path: Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_output(out: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary path next to ``out``; rename it to ``out`` only if the block succeeds."""
+def atomic_output(out: Path, overwrite: bool = False, reads: Iterable[Path] = (), kind: str = "file",
+                  replaceable: Callable[[Path], str | None] | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to ``out``; rename it to ``out`` only if the block succeeds.
+
+    Claims ``out`` first unless this process already holds it (``claim_output``). An OSError while
+    writing (disk full, read-only, permissions) becomes a one-line ``OutputError``.
+    """
     out = Path(out)
-    check_output(out, overwrite)
-    clean_stale(out)
-    tmp = tmp_name(out)
-    _remove(tmp)
-    try:
-        yield tmp
-        if out.exists():  # only reached with overwrite
-            old = out.parent / f".{out.name}{TMP_MARK}old-{os.getpid()}"
-            os.replace(out, old)
-            try:
-                os.replace(tmp, out)
-            except BaseException:
-                os.replace(old, out)  # stopped between the two renames: put the previous output back
-                raise
-            _remove(old)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
+    with claim_output(out, overwrite, reads, kind, replaceable):
+        tmp = tmp_name(out)
         _remove(tmp)
-        raise
+        try:
+            yield tmp
+            _put_in_place(tmp, out, overwrite)
+        except BaseException as e:
+            _remove(tmp)
+            if isinstance(e, OSError) and not isinstance(e, FileExistsError):
+                raise OutputError(f"{out}: cannot write the output ({e.strerror or e})") from None
+            raise
+
+
+def _put_in_place(tmp: Path, out: Path, overwrite: bool) -> None:
+    if os.path.lexists(out):
+        if not overwrite:  # created by something else while this run worked
+            raise UsageError(f"{out} appeared while this run was writing it; nothing was replaced")
+        old = out.parent / f".{out.name}{TMP_MARK}old-{os.getpid()}"
+        os.replace(out, old)
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            os.replace(old, out)  # stopped between the two renames: put the previous output back
+            raise
+        _remove(old)
+    elif tmp.is_dir():
+        os.rename(tmp, out)
+    else:
+        try:
+            os.link(tmp, out)  # fails if `out` appeared meanwhile, where a rename would replace it
+        except OSError as e:
+            if e.errno == errno.EEXIST:
+                raise UsageError(f"{out} appeared while this run was writing it; nothing was replaced") from None
+            os.replace(tmp, out)  # a file system without hard links
+        else:
+            tmp.unlink()
 
 
 def clean_stale(out: Path) -> list[Path]:
-    """Remove temporary outputs for ``out`` left by killed runs (their process no longer exists)."""
+    """Remove temporary outputs of ``out`` left by killed runs. Called under the output's lock, so no
+    other live run owns any of them."""
     removed = []
     for p in out.parent.glob(f".{glob.escape(out.name)}{TMP_MARK}*"):
-        pid = p.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if p != tmp_name(out):
             _remove(p)
             removed.append(p)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _remove(p: Path) -> None:

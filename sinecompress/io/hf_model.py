@@ -60,7 +60,7 @@ def load_weights(model: nn.Module, tensors: Mapping[str, torch.Tensor], where: s
 
 def dense_model(src) -> nn.Module:
     """The source's model in float32 with all its weights, in eval mode (a Hugging Face directory)."""
-    model = build_model(src.model_dir)
+    model = build_model(src.side_dir())
     load_weights(model, {k: _float(src.get(k)) for k in src.tensors}, src.display)
     return model.float().eval()
 

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import stat
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from ..errors import InputError, SineCompressWarning
 from .atomic import atomic_output
+from .header import check_safetensors_header
+from .paths import describe, link_allowed
 from .sources import INDEX_NAME, SINGLE_NAME, Source
 from .writer import Entry, write_safetensors
 
@@ -19,19 +24,45 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model
 ConfigEdit = Callable[[dict], dict]
 
 
+def not_a_model_output(path: Path) -> str | None:
+    """None when ``path`` looks like a checkpoint this tool writes (a safetensors file, or a directory
+    with safetensors weights or an adapter); else what it is instead. ``--overwrite`` replaces only those."""
+    if path.is_dir():
+        if any((path / f).exists() for f in (SINGLE_NAME, INDEX_NAME, "adapter_model.safetensors")):
+            return None
+        return "is a directory without model.safetensors, a shard index or an adapter"
+    try:
+        check_safetensors_header(path)
+    except InputError:
+        return "is not a safetensors file"
+    return None
+
+
 def has_tokenizer(model_dir: Path | None) -> bool:
     return model_dir is not None and any((model_dir / f).exists() for f in TOKENIZER_FILES)
 
 
 def copy_model_files(model_dir: Path, dest: Path, edit_config: ConfigEdit | None = None) -> None:
     """Copy config, tokenizer and other side files; never the weights (they are rewritten).
-    ``edit_config`` rewrites ``config.json`` on the way."""
+    ``edit_config`` rewrites ``config.json`` on the way. Only regular files are copied, and no link that
+    leads out of the model directory (it could carry a secret into the output): those are left out with
+    a warning."""
     for p in sorted(model_dir.rglob("*")):
         rel = p.relative_to(model_dir)
-        if p.is_dir() or p.name.endswith(WEIGHT_FILES) or p.name == INDEX_NAME or rel.parts[0].startswith("."):
+        if p.name.endswith(WEIGHT_FILES) or p.name == INDEX_NAME or rel.parts[0].startswith("."):
+            continue
+        if not link_allowed(p, model_dir):
+            warnings.warn(f"{p}: not copied to the output: it links outside {model_dir}", SineCompressWarning,
+                          stacklevel=2)
+            continue
+        if p.is_dir():
+            continue
+        if not stat.S_ISREG(p.stat().st_mode):
+            warnings.warn(f"{p}: not copied to the output: it is {describe(p.stat().st_mode)}",
+                          SineCompressWarning, stacklevel=2)
             continue
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(p, dest / rel)
+        shutil.copyfile(p, dest / rel)
     cfg = dest / "config.json"
     if edit_config is not None and cfg.exists():
         doc = edit_config(json.loads(cfg.read_text()))
@@ -48,10 +79,12 @@ def write_like_source(src: Source, out: Path, entries: list[Entry], meta: dict[s
                       edit_config: ConfigEdit | None = drop_compression) -> None:
     """One-file dense output shaped like ``src``: a file for a file, a model directory (side files copied,
     ``config.json`` passed through ``edit_config``) for a directory."""
-    with atomic_output(out, overwrite) as tmp:
-        if src.model_dir is None:
+    side = src.side_dir()
+    kind = "file" if side is None else "dir"
+    with atomic_output(out, overwrite, src.paths(), kind, not_a_model_output) as tmp:
+        if side is None:
             write_safetensors(tmp, entries, meta)
             return
         tmp.mkdir()
-        copy_model_files(src.model_dir, tmp, edit_config)
+        copy_model_files(side, tmp, edit_config)
         write_safetensors(tmp / SINGLE_NAME, entries, meta)

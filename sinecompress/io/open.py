@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from .examples import example_dir
+from .gguf import GGUF_EXAMPLES, example_gguf, open_gguf
 from .memory import timm_source
 from .pickle import open_pickle
 from .sources import INDEX_NAME, SINGLE_NAME, Source, open_dir, open_file
@@ -16,14 +17,15 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 def open_source(spec: str | Path, allow_pickle: bool = False) -> Source:
     """Open a checkpoint for lazy reading; raise InputError naming the path if it cannot be read.
 
-    A spec is a ``.safetensors`` file, a sharded or Hugging Face model directory, ``example:NAME``
-    or ``timm:NAME``. Pickle checkpoints (``.bin``/``.pt``/``.pth``) are refused unless
+    A spec is a ``.safetensors`` file, a sharded or Hugging Face model directory, a ``.gguf`` file,
+    ``example:NAME`` (minilm, smollm2) or ``timm:NAME``. Pickle checkpoints (``.bin``/``.pt``/``.pth``) are refused unless
     ``allow_pickle``, and even then are loaded with ``torch.load(weights_only=True)``, which never
     runs code from the file.
     """
     spec = str(spec)
     if spec.startswith("example:"):
-        src = open_source(example_dir(spec.split(":", 1)[1]))
+        name = spec.split(":", 1)[1]
+        src = open_gguf(example_gguf(name)) if name in GGUF_EXAMPLES else open_source(example_dir(name))
         src.display = spec
         return src
     if spec.startswith("timm:"):
@@ -42,6 +44,8 @@ def open_source(spec: str | Path, allow_pickle: bool = False) -> Source:
             raise InputError(f"{path}: only pickle weights (.bin/.pt) found; convert them to safetensors "
                              "or pass --allow-pickle to load them with weights_only=True")
         raise InputError(f"{path}: no {SINGLE_NAME} or {INDEX_NAME} in this directory")
+    if path.suffix.lower() == ".gguf":
+        return open_gguf(path)
     if path.suffix in PICKLE_SUFFIXES:
         if allow_pickle:
             return open_pickle(path)

@@ -8,6 +8,7 @@ and Hugging Face model directories; ``io/open.py`` picks the reader for a spec.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from safetensors import safe_open
 
 from ..errors import InputError
 from .header import check_safetensors_header
+from .paths import member, regular_file
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -64,17 +66,43 @@ class Source:
         for name in self.tensors:
             yield name, self.get(name)
 
+    def side_dir(self) -> Path | None:
+        """The directory holding the model's side files (config.json, tokenizer, ...), or None for a bare
+        checkpoint. Outputs of a source with side files are model directories."""
+        return self.model_dir
+
     def config(self) -> dict | None:
-        if self.model_dir and (self.model_dir / "config.json").exists():
-            return json.loads((self.model_dir / "config.json").read_text())
-        return None
+        """The model directory's config.json as a dict, or None without one; InputError if it is broken."""
+        if not self.model_dir or not os.path.lexists(self.model_dir / "config.json"):
+            return None
+        return read_json(member(self.model_dir, "config.json", "config.json"), dict, "a JSON object")
 
     def total_bytes(self) -> int:
         return sum({t.file: t.file.stat().st_size for t in self.tensors.values()}.values())
 
+    def paths(self) -> list[Path]:
+        """Every path on disk this source reads (an output must stay clear of all of them)."""
+        found = {self.path, *(t.file for t in self.tensors.values())}
+        if self.model_dir is not None:
+            found.add(self.model_dir)
+        return sorted(p for p in found if p.exists())
+
+
+def read_json(path: Path, kind: type, what: str):
+    """A small JSON file that must hold ``kind``; InputError naming the file otherwise."""
+    try:
+        doc = json.loads(regular_file(path).read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+    except (ValueError, RecursionError) as e:
+        raise InputError(f"{path}: not valid JSON ({type(e).__name__}: {str(e)[:100]})") from None
+    if not isinstance(doc, kind):
+        raise InputError(f"{path}: expected {what}, found a JSON {type(doc).__name__}")
+    return doc
+
 
 def _read_file(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
-    header = check_safetensors_header(path)
+    header = check_safetensors_header(regular_file(path, "checkpoint"))
     meta = header.pop("__metadata__", None) or {}
     infos = {k: TensorInfo(k, tuple(v["shape"]), v["dtype"], path) for k, v in header.items()}
     return infos, meta
@@ -88,15 +116,14 @@ def open_file(path: Path) -> Source:
 def open_dir(path: Path) -> Source | None:
     """A sharded or single-file model directory; None when it holds neither."""
     index = path / INDEX_NAME
-    if index.exists():
+    if os.path.lexists(index):
         weight_map = read_index(index)
         tensors: dict[str, TensorInfo] = {}
         meta: dict[str, str] = {}
         for shard in sorted(set(weight_map.values())):
-            shard_path = path / shard
-            if not shard_path.exists():
+            if not os.path.lexists(path / shard):
                 raise InputError(f"{index}: shard {shard!r} is missing")
-            infos, m = _read_file(shard_path)
+            infos, m = _read_file(member(path, shard, "shard"))
             meta = meta or m
             tensors.update({k: v for k, v in infos.items() if weight_map.get(k) == shard})
         missing = set(weight_map) - set(tensors)
@@ -105,21 +132,17 @@ def open_dir(path: Path) -> Source | None:
                              f"e.g. {sorted(missing)[0]!r}")
         ordered = {k: tensors[k] for k in weight_map}
         return Source(path, "sharded", ordered, meta, model_dir=path, display=str(path))
-    single = path / SINGLE_NAME
-    if single.exists():
-        infos, meta = _read_file(single)
+    if os.path.lexists(path / SINGLE_NAME):
+        infos, meta = _read_file(member(path, SINGLE_NAME, "weights file"))
         return Source(path, "hf_dir", infos, meta, model_dir=path, display=str(path))
     return None
 
 
 def read_index(index: Path) -> dict[str, str]:
     """The ``weight_map`` of a sharded checkpoint's index, checked: shard names are plain file names."""
-    try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-        if not isinstance(weight_map, dict):
-            raise TypeError
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError):
-        raise InputError(f"{index}: not a valid safetensors index (needs a 'weight_map' object)") from None
+    weight_map = read_json(member(index.parent, index.name, "shard index"), dict, "a JSON object").get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise InputError(f"{index}: not a valid safetensors index (needs a 'weight_map' object)")
     for name, shard in weight_map.items():
         # A shard named "../x" or "/etc/x" would read outside the model directory.
         if not isinstance(shard, str) or not shard or shard != Path(shard).name or shard in (".", ".."):

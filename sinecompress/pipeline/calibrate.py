@@ -11,7 +11,7 @@ from torch import nn
 from ..calib.capture import capture_grams
 from ..calib.data import CalibData, load_calibration
 from ..config import CalibrationConfig
-from ..errors import InputError
+from ..errors import InputError, UsageError
 from ..io.hf_model import dense_model
 from ..io.model_dir import has_tokenizer
 from ..io.sources import Source
@@ -30,26 +30,41 @@ class Calibration:
         return {"used": True, "data": self.data.description, "samples": self.data.samples, "tokens": tokens}
 
 
-def calibrate(src: Source, names: list[str], cfg: CalibrationConfig = CalibrationConfig(), *,
-              model: nn.Module | None = None, device: str = "cpu") -> tuple[Calibration | None, str]:
-    """The calibrate stage. Returns (calibration or None, a one-line note for the summary).
+def decide(src: Source, cfg: CalibrationConfig, model: nn.Module | None = None) -> tuple[bool, str]:
+    """Whether this run calibrates, and the one-line note saying why (cheap: nothing is loaded).
 
     ``cfg.enabled=None`` means automatic: on for a model directory with a tokenizer (the built-in text)
-    or whenever ``cfg.source`` is given; ``enabled=False`` (``--no-calib``) turns it off. ``model``
-    supplies the network for sources without a config.json.
+    or whenever ``cfg.source`` is given; ``enabled=False`` (``--no-calib``) turns it off. Calibration
+    asked for explicitly (``enabled=True`` or a source) that cannot happen is an error, not a silent
+    weight-space fit.
     """
     if cfg.enabled is False:
-        return None, "calibration off (--no-calib): weight-space fit"
-    text_model = src.model_dir is not None and has_tokenizer(src.model_dir)
+        return False, "calibration off (--no-calib): weight-space fit"
+    text_model = has_tokenizer(src.side_dir())
+    why = None
     if cfg.source is None and not text_model:
-        return None, ("no calibration: not a text model directory with a tokenizer, and no --calib file; "
-                      "weight-space fit")
-    if model is None and src.config() is None:
-        return None, (f"no calibration: {src.display} has no config.json to build the model from; "
-                      "weight-space fit (pass a model directory, or use the Python API with model=)")
+        why = "not a text model directory with a tokenizer, and no --calib file"
+    elif model is None and src.config() is None:
+        why = f"{src.display} has no config.json to build the model from"
+    if why is None:
+        return True, ""
+    if cfg.enabled or cfg.source is not None:
+        asked = f"--calib {cfg.source}" if cfg.source else "calibration.enabled"
+        raise UsageError(f"calibration was asked for ({asked}) but {why}; pass a Hugging Face model "
+                         "directory, or --no-calib")
+    return False, f"no calibration: {why}; weight-space fit"
+
+
+def calibrate(src: Source, names: list[str], cfg: CalibrationConfig = CalibrationConfig(), *,
+              model: nn.Module | None = None, device: str = "cpu") -> tuple[Calibration | None, str]:
+    """The calibrate stage (``decide`` says whether). Returns (calibration or None, a one-line note for
+    the summary). ``model`` supplies the network for sources without a config.json."""
+    wanted, note = decide(src, cfg, model)
+    if not wanted:
+        return None, note
     # Read the calibration data first: a bad file fails before the model is built.
     is_tensor_file = cfg.source is not None and Path(cfg.source).suffix == ".safetensors"
-    data = load_calibration(cfg.source, src.model_dir if not is_tensor_file else None, cfg.samples, cfg.seq_len)
+    data = load_calibration(cfg.source, src.side_dir() if not is_tensor_file else None, cfg.samples, cfg.seq_len)
     if model is None:
         model = dense_model(src)
     model.to(device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -9,11 +10,14 @@ from pathlib import Path
 from torch import nn
 
 from ..config import FactorizeConfig, make_config, resolve_device
-from ..errors import UsageError
-from ..io.atomic import check_output
+from ..errors import InputError, UsageError
+from ..io.atomic import claim_output, held_here
+from ..io.format import ALL_SUFFIXES, read_metadata
+from ..io.model_dir import not_a_model_output
 from ..io.open import open_source
+from ..io.sources import Source
 from .allocate import apply_sensitivity
-from .calibrate import calibrate
+from .calibrate import calibrate, decide
 from .distributed import from_env
 from .finetune import finetune
 from .fitting import Progress, fit_into, fit_layers, settle
@@ -21,7 +25,7 @@ from .plan import build_plan
 from .sequential import fit_sequential
 from .validate import check_targets, warn_kept_dense
 from .workdir import WorkDir, prepare, stored_factors
-from .workers import in_worker, run_workers
+from .workers import held_by_parent, in_worker, run_workers
 from .write import summarize, write_compressed
 
 StepReport = Callable[[int, int, float], None]  # (step, total, loss)
@@ -41,20 +45,60 @@ def factorize(source: str | Path, out: str | Path, config: FactorizeConfig | Non
     are split across ranks; ranks other than 0 return None. ``provenance``: extra metadata (a recipe).
     """
     config = make_config(config, **settings)
-    if config.workers > 1 and not in_worker():
-        return run_workers(factorize, source, out, config)
-    t0 = time.perf_counter()
     out = Path(out)
-    dist = from_env()
-    check_output(out, config.output.overwrite)  # fail before minutes of fitting, not after
-    device = resolve_device(config.device)
     src = open_source(source, allow_pickle=config.allow_pickle)
+    check_source(src)
+    check_run(config, decide(src, config.calibration, model)[0])
+    if in_worker() and (held_by_parent() or from_env().rank != 0):
+        claim = contextlib.nullcontext()  # the launching process holds the output; rank 0 writes it
+        held_here(out)
+    else:
+        claim = claim_output(out, config.output.overwrite, src.paths(), output_kind(src, config), not_a_model_output)
+    # The claim (a lock, and the output checked) comes before minutes of fitting, not after.
+    with claim:
+        if config.workers > 1 and not in_worker():
+            return run_workers(factorize, source, out, config)
+        return _run(src, out, config, progress, ft_progress, model, provenance)
+
+
+def check_source(src: Source) -> None:
+    """Refuse a source whose output could not be read back: one compressed already (its layer records
+    would be lost), or one holding tensor names this tool writes for compressed layers."""
+    if read_metadata(src.metadata, src.display) is not None:
+        raise InputError(f"{src.display}: already compressed by sinecompress; inflate it first "
+                         "(`sinecompress inflate`) or factorize the original checkpoint")
+    clash = next((k for k in src.tensors if k.rsplit(".", 1)[-1] in ALL_SUFFIXES), None)
+    if clash is not None:
+        raise InputError(f"{src.display}: holds a tensor named {clash!r}, a name this tool writes for compressed "
+                         "layers, so the output could not be read back; rename that tensor first")
+
+
+def check_run(config: FactorizeConfig, calibrated: bool) -> None:
+    """Settings that contradict how the run will go fail now, before anything is loaded or fitted."""
+    if calibrated and (config.output.resume or config.workers > 1 or in_worker()):
+        raise UsageError("--resume and multi-process runs are for weight-only fits; add --no-calib")
+    if not calibrated and config.finetune.steps not in ("auto", 0):
+        raise UsageError(f"--steps {config.finetune.steps}: the fine-tune needs calibration, which this run "
+                         "does not have; give a model directory (or --calib), or drop --steps")
+    if not calibrated and config.method == "wsvd":
+        raise UsageError("--method wsvd needs calibration data; give a model directory with a tokenizer, or --calib")
+
+
+def output_kind(src: Source, config: FactorizeConfig) -> str:
+    """A file for a file source; a directory for a model directory, or when the output is sharded."""
+    return "dir" if src.side_dir() is not None or config.output.max_shard_size is not None else "file"
+
+
+def _run(src: Source, out: Path, config: FactorizeConfig, progress, ft_progress, model, provenance) -> dict | None:
+    t0 = time.perf_counter()
+    dist = from_env()
+    device = resolve_device(config.device)
     check_targets(src, config.targets)
     plan = build_plan(src, config)
     if dist.rank == 0:
         warn_kept_dense(plan)
     cal, note = calibrate(src, [lp.name for lp in plan.compressed], config.calibration, model=model, device=device)
-    if cal is None and any(lp.method == "wsvd" for lp in plan.compressed):
+    if cal is None and any(lp.method == "wsvd" for lp in plan.compressed):  # a recipe rule's wsvd
         raise UsageError(f"--method wsvd needs calibration data, and {note.split(';')[0]}")
     allocation = {"mode": "uniform"}
     if plan.allocate == "sensitivity":
@@ -68,8 +112,6 @@ def factorize(source: str | Path, out: str | Path, config: FactorizeConfig | Non
         plan = settle(plan, factors, dense)
     else:
         # Calibrated fits need the model's activations and tune all layers together: one process, in memory.
-        if dist.world > 1 or config.output.resume:
-            raise UsageError("--resume and multi-process runs are for weight-only fits; add --no-calib")
         sequential = config.fit.sequential if config.fit.sequential is not None else ft_steps <= 0
         factors = (fit_sequential if sequential else fit_layers)(src, plan, progress, cal, device)
         plan = settle(plan, factors)

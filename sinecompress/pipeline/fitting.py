@@ -107,10 +107,13 @@ def fit_into(work: WorkDir, src: Source, plan: Plan, progress: Progress | None =
     for j, (i, lp) in enumerate(mine):
         if progress:
             progress(lp.name, j, len(mine))
-        if work.record(i, lp) is not None:
+        done = work.record(i, lp)
+        if done is not None and "dense" not in done:
             continue
         w = src.get(lp.name + ".weight")
         reason = nonfinite_reason(w)
+        if done is not None and reason:  # kept dense earlier for a reason that still holds
+            continue
         f = None if reason else fit_layer(w, lp, plan)
         del w  # one layer in memory at a time
         if f is not None and not math.isfinite(f["rel_error"]):

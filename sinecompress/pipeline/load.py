@@ -26,7 +26,7 @@ def load(path: str | Path, model: nn.Module | None = None):
     src = open_source(path)
     layers = read_layers(src)
     if model is None and src.config() is not None:
-        model = build_model(src.model_dir)
+        model = build_model(src.side_dir())
     owned = owned_tensors(layers)
     modules = {}
     for name, rec in layers.items():

@@ -122,10 +122,12 @@ def build_plan(src: Source, config: FactorizeConfig) -> Plan:
         i = next((i for i, p in enumerate(rule_pats) if p.fullmatch(name)), None)
         meth, k, ratio, om = _settings(rules[i] if i is not None else None, name, c)
         if k is None:
-            k = rank_for_ratio(m, n, ratio, meth)
+            k = rank_for_ratio(m, n, ratio, meth) if m and n else 0
         lp = LayerPlan(name, (m, n), info.dtype, meth, k, om if meth == "sine" and om != "auto" else None,
                        linear_rank=split_rank(k) if meth == "sine" else 0, rule=i)
-        if k <= 0:
+        if not (m and n):
+            lp = dataclasses.replace(lp, keep_dense=f"the {m}x{n} weight is empty: nothing to factorise")
+        elif k <= 0:
             lp = dataclasses.replace(lp, keep_dense=f"--param-ratio {ratio} leaves no rank for a {m}x{n} layer")
         elif lp.factored_params >= lp.dense_params:
             lp = dataclasses.replace(lp, keep_dense=f"rank {k} is at or above break-even ({break_even(m, n)}) "

@@ -15,6 +15,7 @@ layer. The directory is removed once the output is complete.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import warnings
@@ -24,6 +25,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from ..config import OMEGA_RANGE
 from ..dtypes import st_name
 from ..errors import InputError, SineCompressWarning, UsageError
 from ..io.atomic import atomic_file
@@ -69,6 +71,7 @@ class WorkDir:
         meta = {"layer": lp.name, "rel_error": json.dumps(float(factors["rel_error"])), "extra": json.dumps(extra)}
         with atomic_file(self.layer_file(i)) as tmp:
             write_safetensors(tmp, entries, meta)
+        self.dense_file(i).unlink(missing_ok=True)  # a refitted layer's earlier "dense" record no longer holds
 
     def save_dense(self, i: int, lp: LayerPlan, reason: str) -> None:
         with atomic_file(self.dense_file(i)) as tmp:
@@ -77,7 +80,7 @@ class WorkDir:
     def record(self, i: int, lp: LayerPlan) -> dict | None:
         """The stored result of layer ``i``: {"rel_error"} or {"dense": reason}; None if absent or unusable."""
         dense = self.dense_file(i)
-        if dense.exists():
+        if dense.exists():  # trusted only where the weight is really non-finite (fit_into checks that)
             try:
                 doc = json.loads(dense.read_text())
                 if doc["layer"] == lp.name:
@@ -96,11 +99,23 @@ class WorkDir:
             ok = (meta.get("layer") == lp.name and set(header) == set(want)
                   and all(tuple(header[k]["shape"]) == s and header[k]["dtype"] == lp.dtype for k, s in want.items()))
             if ok:
-                return {**json.loads(meta.get("extra", "{}")), "rel_error": float(json.loads(meta["rel_error"]))}
-        except (InputError, ValueError, KeyError, TypeError):
+                rec = {**json.loads(meta.get("extra", "{}")), "rel_error": float(json.loads(meta["rel_error"]))}
+                if self._trusted(i, rec, want):
+                    return rec
+        except (InputError, ValueError, KeyError, TypeError, RecursionError):
             pass
-        f.unlink()  # damaged or from another plan: fit it again
+        f.unlink()  # damaged, tampered with or from another plan: fit it again
         return None
+
+    def _trusted(self, i: int, rec: dict, keys) -> bool:
+        """What ``--resume`` reuses must be a fit this tool could have made: finite errors, a sine layer's ω
+        in range, and finite factors (a NaN planted in a factor must not reach the output)."""
+        numbers = [rec["rel_error"]] + [rec[k] for k in ("act_error", "omega") if rec.get(k) is not None]
+        if not all(isinstance(x, (int, float)) and math.isfinite(x) for x in numbers):
+            return False
+        if rec.get("omega") is not None and not OMEGA_RANGE[0] <= rec["omega"] <= OMEGA_RANGE[1]:
+            return False
+        return all(bool(torch.isfinite(self.factor(i, k)).all()) for k in keys)
 
     def factor(self, i: int, key: str) -> torch.Tensor:
         with safe_open(str(self.layer_file(i)), framework="pt") as f:
@@ -115,9 +130,9 @@ def prepare(out: Path, src: Source, plan: Plan, resume: bool) -> WorkDir:
     path = work_path(out)
     fp = fingerprint(src, plan)
     run = path / "run.json"
-    owner = _owner(path)
-    if owner is not None:
-        raise UsageError(f"{out}: another run (process {owner}) is writing this output; wait for it or stop it")
+    if os.path.lexists(path) and (path.is_symlink() or not path.is_dir()):
+        raise UsageError(f"{path}: expected the work directory of an earlier run, found a "
+                         f"{'symbolic link' if path.is_symlink() else 'file'}; move it away and rerun")
     if path.exists() and resume:
         try:
             old = json.loads(run.read_text())
@@ -127,7 +142,6 @@ def prepare(out: Path, src: Source, plan: Plan, resume: bool) -> WorkDir:
             what = _first_difference(old, fp)
             raise UsageError(f"--resume: {path} was made by a different run ({what} differs); "
                              "rerun with the same source and flags, or without --resume to start over")
-        _claim(path)
         return WorkDir(path)
     if path.exists():
         n = len(list(path.glob("layer-*")))
@@ -140,29 +154,7 @@ def prepare(out: Path, src: Source, plan: Plan, resume: bool) -> WorkDir:
     path.mkdir()
     with atomic_file(run) as tmp:
         tmp.write_text(json.dumps(fp, sort_keys=True))
-    _claim(path)
     return WorkDir(path)
-
-
-def _claim(path: Path) -> None:
-    (path / "owner.pid").write_text(str(os.getpid()))
-
-
-def _owner(path: Path) -> int | None:
-    """The pid of a live process (other than this one) that holds this work directory, if any."""
-    try:
-        pid = int((path / "owner.pid").read_text())
-    except (OSError, ValueError):
-        return None
-    if pid == os.getpid():
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return pid
-    return pid
 
 
 def _first_difference(old, new) -> str:

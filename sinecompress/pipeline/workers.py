@@ -8,20 +8,22 @@ error as one line.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import multiprocessing as mp
 import os
 import queue
 import signal
 import socket
 import sys
+import threading
+import time
 import warnings
-from pathlib import Path
 
 import torch
 import torch.distributed
 
 from ..errors import SineCompressError, WorkerError
-from ..io.atomic import check_output
 from ..signals import Interrupted, install
 
 
@@ -31,12 +33,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _die_with_parent() -> None:
+    """A worker must not outlive the command that started it (it would write the output after the
+    parent is gone, kill -9 included): ask the kernel for SIGTERM when the parent dies (Linux), and
+    watch for a changed parent everywhere."""
+    parent = os.getppid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)  # unwinds through the cleanups like any interruption
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def _worker(job, rank: int, world: int, port: int, threads: int, source, out, config, results) -> None:
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
                        "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-                       "SINECOMPRESS_BACKEND": "gloo"})
+                       "SINECOMPRESS_BACKEND": "gloo", HELD: "1"})
     torch.set_num_threads(threads)
     install()
+    _die_with_parent()
     warnings.showwarning = lambda m, *a, **k: print(f"warning: {m}", file=sys.stderr, flush=True)
     try:
         summary = job(source, out, config)
@@ -50,15 +69,22 @@ def _worker(job, rank: int, world: int, port: int, threads: int, source, out, co
             torch.distributed.destroy_process_group()
 
 
+PR_SET_PDEATHSIG = 1  # prctl(2)
+HELD = "SINECOMPRESS_OUTPUT_HELD"  # set for workers: their parent holds the output's lock
+
+
 def in_worker() -> bool:
     """True inside a process group (a worker of ``--workers``, or ``torchrun``)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def held_by_parent() -> bool:
+    return os.environ.get(HELD) == "1"
+
+
 def run_workers(job, source, out, config, threads: int | None = None) -> dict:
     """Run ``job(source, out, config)`` in ``config.workers`` local processes; return rank 0's summary."""
     workers = config.workers
-    check_output(Path(out), config.output.overwrite)  # the cheap checks before starting processes
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
     ctx = mp.get_context("spawn")
     results = ctx.Queue()

@@ -53,7 +53,8 @@ def write_compressed(src: Source, plan: Plan, factors: dict[str, dict], out: Pat
               for lp in plan.compressed}
     meta = make_metadata(layers, plan.to_dict(), plan.source, extra)
     entries = entries_for(src, plan, factors)
-    as_dir = src.model_dir is not None or max_shard_bytes is not None
+    side = src.side_dir()
+    as_dir = side is not None or max_shard_bytes is not None
 
     def mark_compressed(cfg: dict) -> dict:
         cfg["compression_config"] = {"tool": "sinecompress", "format_version": FORMAT_VERSION,
@@ -65,8 +66,8 @@ def write_compressed(src: Source, plan: Plan, factors: dict[str, dict], out: Pat
             tmp = stack.enter_context(atomic_output(out, overwrite))
             if as_dir:
                 tmp.mkdir()
-                if src.model_dir is not None:
-                    copy_model_files(src.model_dir, tmp, mark_compressed)
+                if side is not None:
+                    copy_model_files(side, tmp, mark_compressed)
             return str(tmp)
 
         tmp = Path(dist.on_rank0(begin))

@@ -21,6 +21,7 @@ from ..errors import GateFailed, UsageError
 from ..io.hf_model import dense_model
 from ..io.model_dir import TOKENIZER_FILES
 from ..io.open import open_source
+from ..io.sources import Source
 from ..pipeline.load import load
 
 
@@ -72,7 +73,8 @@ def needs_model_dir(gates: dict, model_dir: Path | None, display: str) -> None:
                          "max_param_ratio for bare checkpoints, or point `model` at the model directory")
 
 
-def check_gates(gates: dict, summary: dict, original: Path | None = None, compressed: Path | None = None) -> list[dict]:
+def check_gates(gates: dict, summary: dict, original: Source | None = None,
+                compressed: Path | None = None) -> list[dict]:
     """Evaluate each gate; return ``[{gate, limit, value, passed, detail}]`` in GATES order."""
     results = []
     if "max_param_ratio" in gates:
@@ -108,16 +110,18 @@ def raise_if_failed(results: list[dict], out: Path | str) -> None:
 
 
 @torch.no_grad()
-def embedding_cosine(original: Path, compressed: Path, texts: list[str] = HELD_OUT, seq_len: int = 32,
+def embedding_cosine(original: Source | str | Path, compressed: Path, texts: list[str] = HELD_OUT, seq_len: int = 32,
                      seed: int = 0) -> dict:
-    """Mean and worst cosine between mean-pooled last hidden states of two HF model directories.
+    """Mean and worst cosine between mean-pooled last hidden states of an original model and its compressed
+    model directory.
 
     Inputs are ``texts`` through the model's own tokenizer, or, for a model directory without a
     tokenizer, fixed random token ids (``seed``) of length ``seq_len``.
     """
+    src = original if isinstance(original, Source) else open_source(original)
     compressed_model = load(compressed).float()
-    ref = dense_model(open_source(original))
-    batch, kind = _inputs(Path(original), ref.config, texts, seq_len, seed)
+    ref = dense_model(src)
+    batch, kind = _inputs(src.side_dir(), ref.config, texts, seq_len, seed)
     a = _pooled(ref, batch)
     b = _pooled(compressed_model, batch)
     cos = torch.nn.functional.cosine_similarity(a, b, dim=-1)

@@ -6,14 +6,13 @@ layers and settings that ``factorize --recipe`` then compresses.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from ..config import FactorizeConfig, override
 from ..errors import SettingError, UsageError
 from ..io.open import open_source
 from ..io.sources import Source
-from ..matching import linear_modules, module_name
+from ..matching import compile_patterns, linear_modules, module_name
 from ..pipeline.factorize import factorize
 from ..pipeline.fitting import Progress
 from ..pipeline.plan import Plan, build_plan
@@ -47,7 +46,7 @@ def check_rules(recipe: Recipe, src: Source, config: FactorizeConfig) -> None:
                if k.endswith(".weight") and len(t.shape) == 4 and tuple(t.shape[2:]) == (1, 1)]
     from_recipe = config.rules == recipe.rules
     for i, r in enumerate(config.rules):
-        p = re.compile(r.match)
+        p = compile_patterns([r.match], "rule")[0]
         if any(p.fullmatch(c) for c in dense):
             continue
         where = recipe.where(f"targets[{i}].match") if from_recipe else f"{recipe.path}: --target"
@@ -102,7 +101,7 @@ def run_recipe(recipe: Recipe | str | Path, overrides: dict | None = None, *,
         raise UsageError(f"{recipe.path}: no output; add `output: PATH` to the recipe or pass --out")
     Path(output).parent.mkdir(parents=True, exist_ok=True)  # recipes name paths like out/model; CI starts clean
     src = open_source(model, allow_pickle=config.allow_pickle)
-    needs_model_dir(recipe.gates, src.model_dir, src.display)
+    needs_model_dir(recipe.gates, src.side_dir(), src.display)
     check_rules(recipe, src, config)
     # Where the output went is not part of how it was made: leave it out, so outputs stay byte-identical.
     applied = {k: v for k, v in (overrides or {}).items() if v is not None and k != "output"}
@@ -112,7 +111,7 @@ def run_recipe(recipe: Recipe | str | Path, overrides: dict | None = None, *,
         summary = factorize(model, output, config, progress=progress, ft_progress=ft_progress, provenance=provenance)
     except UsageError as e:
         raise UsageError(f"{_where(recipe, str(e))}: {e}") from None
-    results = check_gates(recipe.gates, summary, src.model_dir, Path(output))
+    results = check_gates(recipe.gates, summary, src, Path(output))
     summary["recipe"] = {"path": recipe.path, "sha256": recipe.sha256, "overrides": applied}
     summary["gates"] = results
     summary["passed"] = all(r["passed"] for r in results)

@@ -35,6 +35,7 @@ import yaml
 
 from ..config import SETTINGS, FactorizeConfig, Rule, make_config
 from ..errors import SettingError, UsageError
+from ..matching import compile_patterns
 from .gates import GATES
 
 RECIPE_VERSION = 1
@@ -134,10 +135,13 @@ def parse_recipe(text: str, name: str = "<recipe>") -> Recipe:
         value = (data.get(section, {}) if section else data).get(leaf)
         if value is not None:
             flat[setting] = value
+    for i, x in enumerate(data.get("exclude", [])):
+        _check_regex(recipe, f"exclude[{i}]", x)
     rules = []
     for i, t in enumerate(data.get("targets", [])):
         if "match" not in t:
             raise UsageError(f"{recipe.where(f'targets[{i}]')}: targets[{i}] is missing the required key 'match'")
+        _check_regex(recipe, f"targets[{i}].match", t["match"])
         try:
             rules.append(Rule(**t))
         except UsageError as e:
@@ -147,6 +151,16 @@ def parse_recipe(text: str, name: str = "<recipe>") -> Recipe:
     recipe.settings = flat
     recipe.config = config_of(recipe, flat)
     return recipe
+
+
+def _check_regex(recipe: Recipe, key: str, value) -> None:
+    """A pattern that does not compile fails here, with its line, not later as an internal error."""
+    if not isinstance(value, str):
+        return  # the config's own checks name a value that is not a string
+    try:
+        compile_patterns([value], key)
+    except UsageError as e:
+        raise UsageError(f"{recipe.where(key)}: {e}") from None
 
 
 def config_of(recipe: Recipe, flat: dict) -> FactorizeConfig:
