@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from ..dtypes import FLOAT
@@ -30,7 +29,7 @@ from ..io.model_dir import not_a_model_output, write_like_source
 from ..io.open import open_source
 from ..io.paths import regular_file
 from ..io.sources import Source, read_json
-from ..io.writer import Entry
+from ..io.writer import Entry, save_tensors
 from ..matching import Pattern
 from ..version import __version__
 from .config import AdapterConfig
@@ -125,7 +124,7 @@ def save_adapter(model: nn.Module, out_dir: str | Path, overwrite: bool = True) 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(out_dir, overwrite, kind="dir", replaceable=not_a_model_output) as tmp:
         tmp.mkdir()
-        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        save_tensors(tmp / WEIGHTS_NAME, tensors, metadata={"format": "pt"})
         (tmp / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
     return out_dir
 

@@ -97,7 +97,7 @@ def run_batches(model: nn.Module, batches: list[dict], device: str = "cpu", curr
                 current["mask"] = b.get("attention_mask")
             try:
                 model(**{k: v.to(device) for k, v in b.items()})
-            except (TypeError, ValueError, RuntimeError) as e:
+            except (TypeError, ValueError, RuntimeError, IndexError) as e:
                 raise InputError(f"calibration inputs do not fit the model ({type(e).__name__}: {e})") from None
 
 

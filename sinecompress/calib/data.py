@@ -56,6 +56,9 @@ def read_tensor_inputs(path: Path, samples: int, batch_size: int = 32) -> list[d
     tensors = load_file(str(path))
     if not tensors:
         raise InputError(f"{path}: no tensors in the calibration file")
+    flat = next((k for k, t in tensors.items() if t.dim() == 0), None)
+    if flat is not None:
+        raise InputError(f"{path}: tensor {flat!r} is 0-dimensional; calibration tensors have a sample dimension first")
     n = {t.shape[0] for t in tensors.values()}
     if len(n) != 1:
         raise InputError(f"{path}: calibration tensors must share their first (sample) dimension")

@@ -113,7 +113,7 @@ def read_texts(path: Path) -> list[str]:
             try:
                 rec = json.loads(line)
                 text = rec["text"]
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, IndexError, RecursionError):
                 raise InputError(f"{path}:{i}: expected a JSON object with a \"text\" field") from None
             if not isinstance(text, str):
                 raise InputError(f"{path}:{i}: \"text\" must be a string")

@@ -59,3 +59,10 @@ def write_safetensors(path: Path, entries: list[Entry], metadata: dict[str, str]
         f.flush()
         os.fsync(f.fileno())
     return 8 + len(blob) + offset
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> int:
+    """``write_safetensors`` for tensors already in memory (safetensors' own ``save_file`` makes files
+    private, mode 0600; these get the usual permissions, like every other output)."""
+    entries = [Entry(k, st_name(t.dtype), tuple(t.shape), lambda t=t: t) for k, t in tensors.items()]
+    return write_safetensors(path, entries, metadata)

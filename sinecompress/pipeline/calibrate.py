@@ -55,6 +55,16 @@ def decide(src: Source, cfg: CalibrationConfig, model: nn.Module | None = None) 
     return False, f"no calibration: {why}; weight-space fit"
 
 
+def check_token_ids(data: CalibData, model: nn.Module, where: str) -> None:
+    """Token ids outside the model's vocabulary would index past its embedding table."""
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    for b in data.batches:
+        ids = b.get("input_ids")
+        if vocab and ids is not None and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+            raise InputError(f"{where}: input_ids range over [{int(ids.min())}, {int(ids.max())}], outside the "
+                             f"model's vocabulary of {vocab}; were they made with another tokenizer?")
+
+
 def calibrate(src: Source, names: list[str], cfg: CalibrationConfig = CalibrationConfig(), *,
               model: nn.Module | None = None, device: str = "cpu") -> tuple[Calibration | None, str]:
     """The calibrate stage (``decide`` says whether). Returns (calibration or None, a one-line note for
@@ -67,6 +77,7 @@ def calibrate(src: Source, names: list[str], cfg: CalibrationConfig = Calibratio
     data = load_calibration(cfg.source, src.side_dir() if not is_tensor_file else None, cfg.samples, cfg.seq_len)
     if model is None:
         model = dense_model(src)
+    check_token_ids(data, model, cfg.source or "the built-in text")
     model.to(device)
     grams = capture_grams(model, names, data.batches, device)
     for name, g in grams.items():

@@ -26,12 +26,11 @@ import torch
 from safetensors import safe_open
 
 from ..config import OMEGA_RANGE
-from ..dtypes import st_name
 from ..errors import InputError, SineCompressWarning, UsageError
 from ..io.atomic import atomic_file
 from ..io.header import check_safetensors_header
 from ..io.sources import Source
-from ..io.writer import Entry, write_safetensors
+from ..io.writer import save_tensors
 from ..version import __version__
 from .plan import LayerPlan, Plan
 
@@ -64,13 +63,12 @@ class WorkDir:
 
     def save(self, i: int, lp: LayerPlan, factors: dict) -> None:
         tensors = {k: v for k, v in factors.items() if isinstance(v, torch.Tensor)}
-        entries = [Entry(k, st_name(t.dtype), tuple(t.shape), lambda t=t: t) for k, t in tensors.items()]
         # Scalars the fit chose or measured (ω under --omega auto, activation error, ...) travel with the factors.
         extra = {k: v for k, v in factors.items() if not isinstance(v, torch.Tensor) and v is not None}
         extra.setdefault("omega", lp.omega)
         meta = {"layer": lp.name, "rel_error": json.dumps(float(factors["rel_error"])), "extra": json.dumps(extra)}
         with atomic_file(self.layer_file(i)) as tmp:
-            write_safetensors(tmp, entries, meta)
+            save_tensors(tmp, tensors, meta)
         self.dense_file(i).unlink(missing_ok=True)  # a refitted layer's earlier "dense" record no longer holds
 
     def save_dense(self, i: int, lp: LayerPlan, reason: str) -> None:

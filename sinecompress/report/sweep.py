@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..config import OMEGA_RANGE
 from ..errors import UsageError
 from ..fit.svd import truncated_svd
 from ..io.format import read_layers, read_metadata
@@ -30,6 +31,9 @@ POINT_KEYS = ("omega", "numerical_rank", "numerical_rank_is_lower_bound", "effec
               "singular_values")
 
 
+MAX_SWEEP_ENTRIES = 64 * 2**20  # a random U Vᵀ of this many float32 entries is 256 MiB, and each SVD costs more
+
+
 def parse_shape(text: str) -> tuple[int, int]:
     try:
         m, n = (int(x) for x in text.lower().replace("×", "x").split("x"))
@@ -37,6 +41,9 @@ def parse_shape(text: str) -> tuple[int, int]:
         raise UsageError(f"--shape {text!r}: expected MxN, e.g. 256x256") from None
     if m < 1 or n < 1:
         raise UsageError(f"--shape {text!r}: both sides must be positive")
+    if m * n > MAX_SWEEP_ENTRIES:
+        raise UsageError(f"--shape {text!r}: {m * n:,} entries is more than this sweep handles "
+                         f"({MAX_SWEEP_ENTRIES:,}); pick a smaller shape, or a checkpoint layer with --layer")
     return m, n
 
 
@@ -45,8 +52,8 @@ def parse_omegas(text: str) -> list[float]:
         omegas = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise UsageError(f"--omegas {text!r}: expected comma-separated numbers, e.g. 1,10,100,1000") from None
-    if not omegas or any(not (math.isfinite(w) and w > 0) for w in omegas):
-        raise UsageError(f"--omegas {text!r}: every ω must be a positive finite number")
+    if not omegas or any(not (math.isfinite(w) and OMEGA_RANGE[0] <= w <= OMEGA_RANGE[1]) for w in omegas):
+        raise UsageError(f"--omegas {text!r}: every ω must be a number from {OMEGA_RANGE[0]:g} to {OMEGA_RANGE[1]:g}")
     return omegas
 
 

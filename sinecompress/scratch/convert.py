@@ -11,17 +11,17 @@ full-matched against module names. Convertible modules are ``nn.Linear`` and 1×
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import check_omega
 from ..errors import UsageError
 from ..matching import compile_patterns, full_match
 from ..nn.layers import LowRankLinear, SineLowRankLinear
 from ..nn.surgery import swap_module
-from ..weights import factor_params
+from ..weights import break_even, factor_params
 
 METHODS = ("sine", "lowrank")
 
@@ -66,9 +66,9 @@ def check_settings(method: str, rank, omega):
     if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
         raise UsageError(f"rank must be a positive integer, got {rank!r}")
     if method == "sine":
-        if omega is None or isinstance(omega, bool) or not isinstance(omega, (int, float)) \
-                or not math.isfinite(omega) or omega <= 0:
-            raise UsageError(f"omega must be a positive finite number for method 'sine', got {omega!r}")
+        if omega is None:
+            raise UsageError("omega is required for method 'sine'")
+        check_omega(omega)
 
 
 def select_layers(module: nn.Module, targets: Iterable[str], exclude: Iterable[str] = ()) -> list[str]:
@@ -125,7 +125,10 @@ def convert(module: nn.Module, targets: Iterable[str], rank: int, omega: float |
         entry = {"name": name, "kind": kind, "shape": [m, n], "method": method, "rank": rank,
                  "omega": float(omega) if method == "sine" else None,
                  "params_dense": m * n + bias_n, "params_factored": factor_params(m, n, rank, method, None) + bias_n}
-        if keep_if_larger and factor_params(m, n, rank, method, None) >= m * n:
+        if factor_params(m, n, rank, method, None) >= m * n:
+            if not keep_if_larger:
+                raise UsageError(f"rank {rank} is at or above break-even ({break_even(m, n)}) for {name} ({m}x{n}): "
+                                 "its factors would outnumber the dense weight; lower the rank or exclude the layer")
             entry.update(method="dense", params_factored=entry["params_dense"])
             plan.append(entry)
             continue

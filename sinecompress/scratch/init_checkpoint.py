@@ -20,10 +20,12 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ..errors import InputError, UsageError
-from ..io.atomic import atomic_output
+from ..io.atomic import atomic_output, claim_output
+from ..io.model_dir import not_a_model_output
+from ..io.writer import save_tensors
 from ..version import __version__
 from .convert import check_settings, convert, count_params
 
@@ -56,8 +58,11 @@ def convert_timm(spec: str, out: str | Path, rank: int, omega: float | None, tar
     t0 = time.perf_counter()
     out = Path(out)
     check_settings(method, rank, omega)
-    if out.exists() and not overwrite:  # fail before the (slow) model build
-        raise UsageError(f"{out} already exists; pass --overwrite to replace it")
+    with claim_output(out, overwrite, replaceable=not_a_model_output):  # fail before the (slow) model build
+        return _convert(spec, out, rank, omega, targets, method, exclude, num_classes, seed, overwrite, t0)
+
+
+def _convert(spec, out, rank, omega, targets, method, exclude, num_classes, seed, overwrite, t0) -> dict:
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     torch.manual_seed(seed)
     model = build_timm(spec, **kwargs)
@@ -70,7 +75,7 @@ def convert_timm(spec: str, out: str | Path, rank: int, omega: float | None, tar
            "params_dense": dense, "params": params, "layers": plan}
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     with atomic_output(out, overwrite) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", META_KEY: json.dumps(doc)})
+        save_tensors(tmp, state, metadata={"format": "pt", META_KEY: json.dumps(doc)})
     target_dense = sum(e["params_dense"] for e in plan)
     target_after = sum(e["params_factored"] for e in plan)
     return {"model": spec, "output": str(out), "method": method, "rank": rank, "omega": doc["omega"],
