@@ -72,7 +72,7 @@ def factorize_cmd(
             else:
                 summary = factorize(source, out, make_config(**given), **callbacks)
     except BaseException:
-        if signals.received is not None and out is not None:
+        if signals.received is not None and out is not None and work_path(out).is_dir():
             signals.received.hint = f"fitted layers are kept in {work_path(out)}; rerun with --resume to continue"
         raise
     if summary is None:  # a torchrun rank other than 0: rank 0 reports

@@ -4,7 +4,6 @@ outputs shaped like their source."""
 from __future__ import annotations
 
 import json
-import shutil
 import stat
 import warnings
 from collections.abc import Callable
@@ -62,7 +61,11 @@ def copy_model_files(model_dir: Path, dest: Path, edit_config: ConfigEdit | None
                           SineCompressWarning, stacklevel=2)
             continue
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(p, dest / rel)
+        try:
+            data = p.read_bytes()
+        except OSError as e:
+            raise InputError(f"{p}: cannot read this side file of the model ({e.strerror or e})") from None
+        (dest / rel).write_bytes(data)
     cfg = dest / "config.json"
     if edit_config is not None and cfg.exists():
         doc = edit_config(json.loads(cfg.read_text()))

@@ -14,19 +14,20 @@ layer. The directory is removed once the output is complete.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
 from ..config import OMEGA_RANGE
-from ..errors import InputError, SineCompressWarning, UsageError
+from ..errors import InputError, OutputError, SineCompressWarning, UsageError
 from ..io.atomic import atomic_file
 from ..io.header import check_safetensors_header
 from ..io.sources import Source
@@ -35,6 +36,16 @@ from ..version import __version__
 from .plan import LayerPlan, Plan
 
 WORK_SUFFIX = ".sc.work"
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """A full disk or a read-only place while saving fitted layers is an output problem (exit 5)."""
+    try:
+        yield
+    except OSError as e:
+        raise OutputError(f"{path}: cannot save fitted layers ({e.strerror or e}); free space or pick another "
+                          "--out, then rerun with --resume") from None
 
 
 def work_path(out: Path) -> Path:
@@ -62,6 +73,10 @@ class WorkDir:
         return self.path / f"layer-{i:05d}.dense.json"
 
     def save(self, i: int, lp: LayerPlan, factors: dict) -> None:
+        with writing(self.path):
+            self._save(i, lp, factors)
+
+    def _save(self, i: int, lp: LayerPlan, factors: dict) -> None:
         tensors = {k: v for k, v in factors.items() if isinstance(v, torch.Tensor)}
         # Scalars the fit chose or measured (ω under --omega auto, activation error, ...) travel with the factors.
         extra = {k: v for k, v in factors.items() if not isinstance(v, torch.Tensor) and v is not None}
@@ -72,7 +87,7 @@ class WorkDir:
         self.dense_file(i).unlink(missing_ok=True)  # a refitted layer's earlier "dense" record no longer holds
 
     def save_dense(self, i: int, lp: LayerPlan, reason: str) -> None:
-        with atomic_file(self.dense_file(i)) as tmp:
+        with writing(self.path), atomic_file(self.dense_file(i)) as tmp:
             tmp.write_text(json.dumps({"layer": lp.name, "reason": reason}))
 
     def record(self, i: int, lp: LayerPlan) -> dict | None:
@@ -149,9 +164,10 @@ def prepare(out: Path, src: Source, plan: Plan, resume: bool) -> WorkDir:
     elif resume:
         warnings.warn(f"--resume: no interrupted run at {path}; starting from the first layer",
                       SineCompressWarning, stacklevel=2)
-    path.mkdir()
-    with atomic_file(run) as tmp:
-        tmp.write_text(json.dumps(fp, sort_keys=True))
+    with writing(path):
+        path.mkdir()
+        with atomic_file(run) as tmp:
+            tmp.write_text(json.dumps(fp, sort_keys=True))
     return WorkDir(path)
 
 

@@ -195,8 +195,10 @@ def _read_yaml(text: str, name: str, recipe: Recipe) -> dict:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else 1
         raise UsageError(f"{name}:{line}: invalid YAML: {_one_line(e.problem or e)}") from None
-    except yaml.YAMLError as e:
-        raise UsageError(f"{name}: invalid YAML: {_one_line(e)}") from None
+    except yaml.YAMLError as e:  # the reader's errors (a control character) carry a position, not a mark
+        pos = getattr(e, "position", None)
+        line = f":{text.count(chr(10), 0, pos) + 1}" if isinstance(pos, int) else ""
+        raise UsageError(f"{name}{line}: invalid YAML: {_one_line(e)}") from None
     except RecursionError:
         raise UsageError(f"{name}: invalid YAML: nested too deeply to be a recipe") from None
     finally:
