@@ -27,7 +27,7 @@ from ..io.atomic import atomic_output, claim_output
 from ..io.header import check_safetensors_header
 from ..io.model_dir import not_a_model_output, write_like_source
 from ..io.open import open_source
-from ..io.paths import regular_file
+from ..io.paths import make_output_parent, regular_file
 from ..io.sources import Source, read_json
 from ..io.writer import Entry, save_tensors
 from ..matching import Pattern
@@ -121,7 +121,7 @@ def save_adapter(model: nn.Module, out_dir: str | Path, overwrite: bool = True) 
             "omega_pattern": {n: m.omega for n, m in mods if m.omega != omega},
             "update": "dW = sin(omega * B @ A) / sqrt(in_features) * (alpha / r)",
         }
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    make_output_parent(out_dir)
     with atomic_output(out_dir, overwrite, kind="dir", replaceable=not_a_model_output) as tmp:
         tmp.mkdir()
         save_tensors(tmp / WEIGHTS_NAME, tensors, metadata={"format": "pt"})

@@ -19,10 +19,10 @@ def convert_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Output .safetensors file (the initialised model)."),
     rank: int = typer.Option(..., "--rank", "-k", help="Rank k of every converted layer."),
     omega: float = typer.Option(None, "--omega", help="Fixed sine frequency ω (required for --method sine)."),
-    target: list[str] = typer.Option(..., "--target", help="Regex matched in full against module names, "
+    target: list[str] = typer.Option(..., "--target", metavar="REGEX", help="Regex matched in full against module names, "
                                      r"e.g. 'blocks\.\d+\.mlp\.fc[12]'; repeatable; each must match a "
                                      "linear layer (nn.Linear or 1×1 nn.Conv2d)."),
-    exclude: list[str] = typer.Option([], "--exclude", help="Regex (full match) of modules to leave dense; repeatable."),
+    exclude: list[str] = typer.Option([], "--exclude", metavar="REGEX", help="Regex (full match) of modules to leave dense; repeatable."),
     method: str = typer.Option("sine", "--method", help="sine (sine low-rank) or lowrank (plain rank-k baseline)."),
     num_classes: int = typer.Option(None, "--num-classes", help="Classifier size, e.g. 100 for CIFAR-100 "
                                     "(default: the architecture's)."),

@@ -24,9 +24,9 @@ from .summary_view import print_summary
 @app.command("factorize")
 def factorize_cmd(
     ctx: typer.Context,
-    source: str = typer.Argument(None, help="A .safetensors file, a sharded or Hugging Face model directory, "
-                                 "or example:minilm (the bundled all-MiniLM-L6-v2)."),
-    out: Path = typer.Option(None, "--out", "-o", help="Output path: a .safetensors file for a file input, "
+    source: str = typer.Argument(None, metavar="SOURCE", help="A .safetensors file, a sharded or Hugging Face model directory, "
+                                 "a .gguf file, example:minilm or example:smollm2 (bundled models)."),
+    out: Path = typer.Option(None, "--out", "-o", metavar="PATH", help="Output path: a .safetensors file for a file input, "
                              "a directory for a directory input."),
     rank: int = option("rank", "--rank", "-k"),
     param_ratio: float = option("param_ratio"),
@@ -53,7 +53,7 @@ def factorize_cmd(
     max_shard_size: str = option("max_shard_size"),
     allow_pickle: bool = option("allow_pickle"),
     workers: int = option("workers"),
-    recipe: Path = typer.Option(None, "--recipe", help="YAML recipe (docs/recipes.md) giving model, output, "
+    recipe: Path = typer.Option(None, "--recipe", metavar="FILE", help="YAML recipe (docs/recipes.md) giving model, output, "
                                 "settings and gates; flags given here override it. Exit 1 if a gate fails."),
 ):
     """Factorise the chosen dense layers of a checkpoint into sine low-rank form."""
@@ -61,16 +61,18 @@ def factorize_cmd(
     if "finetune_steps" in given and given["finetune_steps"] != "auto":
         given["finetune_steps"] = _int_or_auto(given["finetune_steps"])
     try:
-        with run_progress() as callbacks:
-            if recipe is not None:
-                overrides = {**given, "model": source, "output": None if out is None else str(out)}
-                r, plan, _ = recipe_plan(recipe, overrides)
-                print_plan(plan, r.path)
-                summary = run_recipe(r, overrides, **callbacks)
-            elif source is None or out is None:
-                raise UsageError("give SOURCE and --out OUT (or --recipe FILE)")
-            else:
-                summary = factorize(source, out, make_config(**given), **callbacks)
+        if recipe is not None:
+            overrides = {**given, "model": source, "output": None if out is None else str(out)}
+            r, plan, _ = recipe_plan(recipe, overrides)
+            print_plan(plan, r.path)
+            with run_progress() as progress:
+                summary = run_recipe(r, overrides, progress=progress)
+        elif source is None or out is None:
+            raise UsageError("give SOURCE and --out OUT (or --recipe FILE)")
+        else:
+            config = make_config(**given)
+            with run_progress() as progress:
+                summary = factorize(source, out, config, progress=progress)
     except BaseException:
         if signals.received is not None and out is not None and work_path(out).is_dir():
             signals.received.hint = f"fitted layers are kept in {work_path(out)}; rerun with --resume to continue"

@@ -9,12 +9,19 @@ import typer
 from ..config import BY_KEY
 
 PARAM_TO_KEY = {"no_calib": "calibration"}  # typer parameters whose name is not their setting's
+# What --help shows as each option's value (typer would show the Python type, e.g. <list[str]>).
+METAVARS = {"method": "sine|svd|wsvd", "rank": "K", "param_ratio": "R", "omega": "ω|auto", "targets": "REGEX",
+            "exclude": "REGEX", "allocate": "uniform|sensitivity", "seed": "N", "device": "auto|cpu|cuda",
+            "fit_steps": "N", "calib": "FILE", "calib_samples": "N", "seq_len": "TOKENS", "finetune_steps": "N|auto",
+            "lr": "LR", "max_shard_size": "SIZE", "workers": "N"}
 
 
 def option(key: str, *flags: str, **kw):
     """A typer option for setting ``key``: its flag(s), help text and default from ``config.SETTINGS``."""
     s = BY_KEY[key]
     default = kw.pop("default", s.default if not isinstance(s.default, tuple) else [])
+    if key in METAVARS:
+        kw.setdefault("metavar", METAVARS[key])
     return typer.Option(default, *(flags or (s.cli,)), help=kw.pop("help", s.help), **kw)
 
 

@@ -1,4 +1,4 @@
-"""Rich rendering of a factorize summary, on stderr."""
+"""Rich rendering of a factorize summary, on stderr, readable at 80 columns (full names stay in --json)."""
 
 from __future__ import annotations
 
@@ -6,23 +6,50 @@ from rich.table import Table
 
 from ._console import err_console
 
+WIDE = 120  # from this many columns on, every column is shown
+
+
+def short_name(name: str, width: int) -> str:
+    """``name`` cut from the left to ``width`` characters: the end of a module name is what tells layers apart."""
+    return name if len(name) <= width else "…" + name[-(width - 1):]
+
 
 def print_summary(s: dict) -> None:
-    t = Table(title=f"{s['source']} → {s['output']}", title_justify="left")
-    for col, just in (("layer", "left"), ("shape", "right"), ("rank", "right"), ("ω", "right"),
-                      ("params", "right"), ("ratio", "right"), ("rel. error", "right"), ("act. error", "right")):
-        t.add_column(col, justify=just, overflow="fold")
+    width = err_console.width
+    calibrated = any(layer.get("act_error") is not None for layer in s["layers"])
+    cols = [("layer", "left"), ("shape", "right"), ("rank", "right"), ("ω", "right"), ("params", "right"),
+            ("ratio", "right"), ("weight err.", "right")]
+    if calibrated:
+        cols.append(("act. err.", "right"))
+    if width < WIDE:  # the numbers that judge the result stay; the rest is in --json
+        cols = [c for c in cols if c[0] not in ("shape", "params")]
+    fixed = sum(max(len(c[0]), 9) + 3 for c in cols[1:]) + 4
+    name_width = max(16, width - fixed)
+    t = Table(title=f"{s['source']} → {s['output']}", title_justify="left",
+              caption="weight err. = ‖Ŵ−W‖/‖W‖ on the weights" + (
+                  "; act. err. = ‖(Ŵ−W)L‖/‖WL‖ on what the layer sees (calibration)" if calibrated else ""),
+              caption_justify="left")
+    for col, just in cols:
+        t.add_column(col, justify=just, no_wrap=True, max_width=name_width if col == "layer" else None)
     for layer in s["layers"]:
-        shape = "×".join(map(str, layer["shape"]))
+        cells = {"layer": short_name(layer["name"], name_width), "shape": "×".join(map(str, layer["shape"]))}
         if layer["kept_dense"]:
-            t.add_row(layer["name"], shape, "-", "-", f"{layer['params_before']:,}", "dense", layer["kept_dense"], "")
-            continue
-        rank = str(layer["rank"]) + (f" ({layer['linear_rank']} lin)" if layer["linear_rank"] else "")
-        omega = f"{layer['omega']:g}" if layer["omega"] else "-"
-        t.add_row(layer["name"], shape, rank, omega, f"{layer['params_after']:,}",
-                  f"{layer['params_after'] / layer['params_before']:.1%}", f"{layer['rel_error']:.4f}",
-                  f"{layer['act_error']:.4f}" if layer.get("act_error") is not None else "-")
+            cells.update({"rank": "-", "ω": "-", "params": f"{layer['params_before']:,}", "ratio": "dense",
+                          "weight err.": "kept", "act. err.": ""})
+        else:
+            cells.update({
+                "rank": str(layer["rank"]) + (f" ({layer['linear_rank']})" if layer["linear_rank"] else ""),
+                "ω": f"{layer['omega']:g}" if layer["omega"] else "-",
+                "params": f"{layer['params_after']:,}",
+                "ratio": f"{layer['params_after'] / layer['params_before']:.1%}",
+                "weight err.": f"{layer['rel_error']:.4f}",
+                "act. err.": f"{layer['act_error']:.4f}" if layer.get("act_error") is not None else "-"})
+        t.add_row(*(cells[c] for c, _ in cols))
     err_console.print(t)
+    dense = [layer for layer in s["layers"] if layer["kept_dense"]]
+    for layer in dense:
+        err_console.print(f"kept dense: {layer['name']}: {layer['kept_dense']}", highlight=False, markup=False,
+                          soft_wrap=True)
     err_console.print(
         f"target layers: {s['params_before']:,} → {s['params_after']:,} params ({s['compression_rate']:.1%}); "
         f"whole model: {s['model_params_before']:,} → {s['model_params_after']:,} ({s['model_compression_rate']:.1%}); "

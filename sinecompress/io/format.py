@@ -196,6 +196,12 @@ def read_layers(src: Source) -> dict[str, LayerRecord]:
         except ValueError as e:
             raise InputError(f"{src.display}: layer {name!r} has an invalid compression record: {e}") from None
         out[name] = rec
+    owned = owned_tensors(out)
+    # A factor no record owns would reach a dense output as a raw factor, and stock tools would reject it.
+    stray = next((t for t in src.tensors if t.rsplit(".", 1)[-1] in ALL_SUFFIXES and t not in owned), None)
+    if stray is not None:
+        raise InputError(f"{src.display}: tensor {stray!r} is named like a compressed layer's factor, but no layer "
+                         "record owns it; the file is damaged or was edited")
     return out
 
 

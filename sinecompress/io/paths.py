@@ -9,12 +9,13 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..errors import InputError, UsageError
+from ..errors import InputError, OutputError, UsageError
 
 KINDS = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
          stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a directory"}
@@ -65,9 +66,9 @@ def member(root: Path, name: str, what: str) -> Path:
     return regular_file(path, what)
 
 
-def check_output_place(out: Path, reads: Iterable[Path] = ()) -> None:
+def check_output_place(out: Path, reads: Iterable[Path] = (), parent: bool = True) -> None:
     """Refuse an output that is, contains or lies inside a path the run reads, or that is the working
-    directory or one of its parents; the output's parent must be an existing directory."""
+    directory or one of its parents; with ``parent``, the output's parent must be an existing directory."""
     target = resolved(out)
     cwd = resolved(Path.cwd())
     if target == cwd or target in cwd.parents:
@@ -77,8 +78,22 @@ def check_output_place(out: Path, reads: Iterable[Path] = ()) -> None:
         if target == s or s in target.parents or target in s.parents:
             how = "is" if target == s else "lies inside" if s in target.parents else "contains"
             raise UsageError(f"--out {out}: {how} the input {src}; write the output somewhere else")
-    parent = out.parent
-    if not parent.exists():
-        raise UsageError(f"{parent}: output directory does not exist")
-    if not parent.is_dir():
-        raise UsageError(f"{parent}: is not a directory, so --out {out} cannot be created there")
+    if not parent:
+        return
+    if not out.parent.exists():
+        raise UsageError(f"{out.parent}: output directory does not exist")
+    if not out.parent.is_dir():
+        raise UsageError(f"{out.parent}: is not a directory, so --out {out} cannot be created there")
+
+
+def make_output_parent(out: Path, reads: Iterable[Path] = ()) -> None:
+    """Create the missing directories above ``out`` (a recipe names ``out/model``, and CI starts clean),
+    but only once the place is allowed: nothing is created inside an input, or below a file."""
+    if out.parent.is_dir():
+        return
+    check_output_place(out, reads, parent=False)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        kind = UsageError if e.errno in (errno.ENOTDIR, errno.EEXIST) else OutputError
+        raise kind(f"{out.parent}: cannot create the output's directory ({e.strerror or e})") from None

@@ -37,7 +37,8 @@ def shard_names(n: int) -> list[str]:
 
 
 def write_weights(dest: Path, entries: list[Entry], metadata: dict[str, str], max_bytes: int | None = None,
-                  mine: Callable[[int], bool] = lambda i: True, index: bool = True) -> list[str]:
+                  mine: Callable[[int], bool] = lambda i: True, index: bool = True,
+                  on_tensor: Callable[[Entry], None] | None = None) -> list[str]:
     """Write the weights into directory ``dest`` (one file, or shards + index); return the file names.
 
     ``mine(i)`` picks the shards this process writes (all of them unless several processes share
@@ -47,7 +48,7 @@ def write_weights(dest: Path, entries: list[Entry], metadata: dict[str, str], ma
     names = shard_names(len(shards))
     for i, (name, group) in enumerate(zip(names, shards)):
         if mine(i):
-            write_safetensors(dest / name, group, metadata)
+            write_safetensors(dest / name, group, metadata, on_tensor)
     if len(shards) > 1 and index:
         weight_map = {e.name: name for name, group in zip(names, shards) for e in group}
         doc = {"metadata": {"total_size": sum(e.nbytes for e in entries)}, "weight_map": weight_map}

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from ..calib.capture import forward_hidden
 from ..config import resolve_device
-
-StepReport = Callable[[int, int, float], None]  # (step, total, loss)
+from ..progress import QUIET, Progress
 
 
 @torch.no_grad()
@@ -44,7 +42,7 @@ def distill_loss(student_h: list[torch.Tensor], teacher_h: list[torch.Tensor], m
 
 
 def distill(student: nn.Module, teacher: nn.Module, batches: list[dict], modules: list[str], *, steps: int,
-            lr: float = 1e-2, seed: int = 0, device: str = "cpu", progress: StepReport | None = None,
+            lr: float = 1e-2, seed: int = 0, device: str = "cpu", progress: Progress = QUIET,
             time_budget: float | None = None) -> dict:
     """Tune the compressed ``modules`` of ``student`` (factors and biases) for ``steps`` Adam steps.
 
@@ -77,6 +75,7 @@ def distill(student: nn.Module, teacher: nn.Module, batches: list[dict], modules
         return tot / max(len(dev_batches), 1)
 
     loss_start = eval_loss()
+    progress.stage("fine-tuning", steps)
     done = 0
     for step in range(steps):
         if not order:
@@ -89,8 +88,7 @@ def distill(student: nn.Module, teacher: nn.Module, batches: list[dict], modules
         opt.step()
         sched.step()
         done = step + 1
-        if progress:
-            progress(done, steps, loss.detach().item())
+        progress.advance(done, f"loss {loss.detach().item():.4f}")
         if time_budget is not None and time.perf_counter() - t0 > time_budget:
             break
     for p in student.parameters():

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from torch import nn
@@ -16,11 +16,12 @@ from ..io.format import ALL_SUFFIXES, read_metadata
 from ..io.model_dir import not_a_model_output
 from ..io.open import open_source
 from ..io.sources import Source
+from ..progress import Progress, as_progress
 from .allocate import apply_sensitivity
 from .calibrate import calibrate, decide
 from .distributed import from_env
 from .finetune import finetune
-from .fitting import Progress, fit_into, fit_layers, settle
+from .fitting import fit_into, fit_layers, settle
 from .plan import build_plan
 from .sequential import fit_sequential
 from .validate import check_targets, warn_kept_dense
@@ -28,15 +29,14 @@ from .workdir import WorkDir, prepare, stored_factors
 from .workers import held_by_parent, in_worker, run_workers
 from .write import summarize, write_compressed
 
-StepReport = Callable[[int, int, float], None]  # (step, total, loss)
-
 
 def factorize(source: str | Path, out: str | Path, config: FactorizeConfig | None = None, /, *,
-              progress: Progress | None = None, ft_progress: StepReport | None = None,
-              model: nn.Module | None = None, provenance: dict | None = None, **settings) -> dict | None:
+              progress: Progress | None = None, model: nn.Module | None = None,
+              provenance: dict | None = None, **settings) -> dict | None:
     """Compress ``source`` into ``out`` as ``config`` says; return the summary (what ``--json`` prints).
 
-    ``config`` is a ``FactorizeConfig``; flat settings (``rank=32``, ``fit_steps=100``, ... the keys of
+    ``progress`` hears each stage (``sinecompress.progress.Progress``; a plain callback
+    ``fn(layer, done, total)`` hears the layer fits). ``config`` is a ``FactorizeConfig``; flat settings (``rank=32``, ``fit_steps=100``, ... the keys of
     ``sinecompress.config.SETTINGS``, older names included) may be given instead or on top, with the same
     defaults as the CLI. Calibration (on by default for text model directories) makes every fit
     activation-aware; ``model`` supplies the network for sources without a config.json. Weight-only runs
@@ -45,10 +45,13 @@ def factorize(source: str | Path, out: str | Path, config: FactorizeConfig | Non
     are split across ranks; ranks other than 0 return None. ``provenance``: extra metadata (a recipe).
     """
     config = make_config(config, **settings)
+    progress = as_progress(progress)
     out = Path(out)
+    progress.stage("loading")
     src = open_source(source, allow_pickle=config.allow_pickle)
     check_source(src)
-    check_run(config, decide(src, config.calibration, model)[0])
+    calibrated = decide(src, config.calibration, model)[0]
+    check_run(config, calibrated)
     if in_worker() and (held_by_parent() or from_env().rank != 0):
         claim = contextlib.nullcontext()  # the launching process holds the output; rank 0 writes it
         held_here(out)
@@ -57,8 +60,9 @@ def factorize(source: str | Path, out: str | Path, config: FactorizeConfig | Non
     # The claim (a lock, and the output checked) comes before minutes of fitting, not after.
     with claim:
         if config.workers > 1 and not in_worker():
-            return run_workers(factorize, source, out, config)
-        return _run(src, out, config, progress, ft_progress, model, provenance)
+            # the workers write the output, so they carry the provenance (a recipe's record) too
+            return run_workers(functools.partial(factorize, provenance=provenance), source, out, config)
+        return _run(src, out, config, progress, model, provenance, calibrated)
 
 
 def check_source(src: Source) -> None:
@@ -89,7 +93,8 @@ def output_kind(src: Source, config: FactorizeConfig) -> str:
     return "dir" if src.side_dir() is not None or config.output.max_shard_size is not None else "file"
 
 
-def _run(src: Source, out: Path, config: FactorizeConfig, progress, ft_progress, model, provenance) -> dict | None:
+def _run(src: Source, out: Path, config: FactorizeConfig, progress: Progress, model, provenance,
+         calibrated: bool) -> dict | None:
     t0 = time.perf_counter()
     dist = from_env()
     device = resolve_device(config.device)
@@ -97,6 +102,8 @@ def _run(src: Source, out: Path, config: FactorizeConfig, progress, ft_progress,
     plan = build_plan(src, config)
     if dist.rank == 0:
         warn_kept_dense(plan)
+    if calibrated:
+        progress.stage("calibrating")
     cal, note = calibrate(src, [lp.name for lp in plan.compressed], config.calibration, model=model, device=device)
     if cal is None and any(lp.method == "wsvd" for lp in plan.compressed):  # a recipe rule's wsvd
         raise UsageError(f"--method wsvd needs calibration data, and {note.split(';')[0]}")
@@ -117,9 +124,9 @@ def _run(src: Source, out: Path, config: FactorizeConfig, progress, ft_progress,
         plan = settle(plan, factors)
         if ft_steps > 0:
             factors, tune = finetune(src, plan, factors, cal, steps=ft_steps, lr=config.finetune.lr,
-                                     seed=config.seed, device=device, progress=ft_progress)
+                                     seed=config.seed, device=device, progress=progress)
     write_compressed(src, plan, factors, out, config.output.overwrite, config.output.shard_bytes, dist,
-                     extra=provenance)
+                     extra=provenance, progress=progress)
     if dist.rank != 0:
         return None
     if work is not None:

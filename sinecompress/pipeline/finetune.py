@@ -9,6 +9,7 @@ import torch
 
 from ..io.sources import Source
 from ..nn.surgery import build_module, factors_of, swap_module
+from ..progress import QUIET, Progress
 from .calibrate import Calibration
 from .distill import distill
 from .fitting import finish_factors
@@ -16,7 +17,7 @@ from .plan import Plan
 
 
 def finetune(src: Source, plan: Plan, factors: dict[str, dict], cal: Calibration, *, steps: int,
-             lr: float = 1e-2, seed: int = 0, device: str = "cpu", progress=None) -> tuple[dict, dict]:
+             lr: float = 1e-2, seed: int = 0, device: str = "cpu", progress: Progress = QUIET) -> tuple[dict, dict]:
     """Tune the fitted factors (and the compressed layers' biases) against the original model.
 
     Returns (the tuned factors, the run's record); ``factors`` is left as it was.

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from collections.abc import Callable
 
 import torch
 
@@ -17,6 +16,7 @@ from ..fit.sine import fit_calibrated, fit_sine
 from ..fit.svd import rel_error, truncated_svd
 from ..fit.whiten import chol, whitened_error
 from ..io.sources import Source
+from ..progress import QUIET, Progress
 from ..weights import sine_weight
 from .calibrate import Calibration
 from .distributed import Dist, share
@@ -24,7 +24,6 @@ from .plan import LayerPlan, Plan
 from .validate import nonfinite_reason
 from .workdir import WorkDir
 
-Progress = Callable[[str, int, int], None]  # (layer name, done, total)
 FACTOR_KEYS = ("u", "v", "amp", "lin_u", "lin_v")
 
 
@@ -83,30 +82,29 @@ def finish_factors(r: dict, lp: LayerPlan, w32: torch.Tensor, gram: torch.Tensor
     return f
 
 
-def fit_layers(src: Source, plan: Plan, progress: Progress | None = None, cal: Calibration | None = None,
+def fit_layers(src: Source, plan: Plan, progress: Progress = QUIET, cal: Calibration | None = None,
                device: str = "cpu") -> dict[str, dict]:
     """Fit every compressed layer in memory (each to the original model's activations, given ``cal``)."""
     todo = plan.compressed
     out = {}
+    progress.stage("fitting", len(todo))
     for i, lp in enumerate(todo):
-        if progress:
-            progress(lp.name, i, len(todo))
+        progress.advance(i, lp.name)
         gram = cal.grams[lp.name]["gram"] if cal is not None else None
         out[lp.name] = fit_layer(src.get(lp.name + ".weight"), lp, plan, gram, device)
-    if progress:
-        progress("", len(todo), len(todo))
+    progress.advance(len(todo))
     return out
 
 
-def fit_into(work: WorkDir, src: Source, plan: Plan, progress: Progress | None = None,
+def fit_into(work: WorkDir, src: Source, plan: Plan, progress: Progress = QUIET,
              dist: Dist | None = None) -> None:
     """Fit this rank's share of the layers into ``work``, skipping those already there (``--resume``)."""
     dist = dist or Dist()
     todo = [(i, lp) for i, lp in enumerate(plan.layers) if not lp.keep_dense]
     mine = share(todo, dist.world)[dist.rank]
+    progress.stage("fitting", len(mine))
     for j, (i, lp) in enumerate(mine):
-        if progress:
-            progress(lp.name, j, len(mine))
+        progress.advance(j, lp.name)
         done = work.record(i, lp)
         if done is not None and "dense" not in done:
             continue
@@ -123,8 +121,7 @@ def fit_into(work: WorkDir, src: Source, plan: Plan, progress: Progress | None =
             work.save_dense(i, lp, reason)
         else:
             work.save(i, lp, f)
-    if progress:
-        progress("", len(mine), len(mine))
+    progress.advance(len(mine))
 
 
 def settle(plan: Plan, factors: dict[str, dict], dense: dict[str, str] | None = None) -> Plan:

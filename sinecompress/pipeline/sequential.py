@@ -16,12 +16,13 @@ from ..calib.capture import capture_pair
 from ..fit.whiten import shifted_target
 from ..io.sources import Source
 from ..nn.surgery import build_module, swap_module
+from ..progress import Progress
 from .calibrate import Calibration
-from .fitting import Progress, fit_layer
+from .fitting import fit_layer
 from .plan import Plan
 
 
-def fit_sequential(src: Source, plan: Plan, progress: Progress | None, cal: Calibration,
+def fit_sequential(src: Source, plan: Plan, progress: Progress, cal: Calibration,
                    device: str = "cpu") -> dict[str, dict]:
     """Fit the plan's layers in forward order, each to the outputs of the already compressed ones.
 
@@ -33,9 +34,9 @@ def fit_sequential(src: Source, plan: Plan, progress: Progress | None, cal: Cali
     todo = sorted(plan.compressed, key=lambda lp: order[lp.name])
     student = copy.deepcopy(cal.model)
     out = {}
+    progress.stage("fitting", len(todo))
     for i, lp in enumerate(todo):
-        if progress:
-            progress(lp.name, i, len(todo))
+        progress.advance(i, lp.name)
         w = src.get(lp.name + ".weight").float()
         gram = cal.grams[lp.name]["gram"]
         if lp.method == "svd":
@@ -48,6 +49,5 @@ def fit_sequential(src: Source, plan: Plan, progress: Progress | None, cal: Cali
         mod = build_module(lp.record(f.get("omega")), f, bias, dtype=torch.float32)
         swap_module(student, lp.name, mod.to(device))
         out[lp.name] = f
-    if progress:
-        progress("", len(todo), len(todo))
+    progress.advance(len(todo))
     return out

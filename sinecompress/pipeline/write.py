@@ -12,6 +12,7 @@ from ..io.model_dir import copy_model_files
 from ..io.shards import write_weights
 from ..io.sources import Source
 from ..io.writer import Entry, write_safetensors
+from ..progress import QUIET, Progress
 from .distributed import Dist
 from .plan import Plan
 
@@ -41,7 +42,7 @@ def entries_for(src: Source, plan: Plan, factors: dict[str, dict]) -> list[Entry
 
 def write_compressed(src: Source, plan: Plan, factors: dict[str, dict], out: Path, overwrite: bool,
                      max_shard_bytes: int | None = None, dist: Dist | None = None,
-                     extra: dict | None = None) -> None:
+                     extra: dict | None = None, progress: Progress = QUIET) -> None:
     """Stream the output under a temporary name and rename it into place once complete.
 
     A file source gives a file; a directory source (or ``max_shard_bytes``) gives a directory with
@@ -53,6 +54,12 @@ def write_compressed(src: Source, plan: Plan, factors: dict[str, dict], out: Pat
               for lp in plan.compressed}
     meta = make_metadata(layers, plan.to_dict(), plan.source, extra)
     entries = entries_for(src, plan, factors)
+    progress.stage("writing", len(entries))
+    written = iter(range(1, len(entries) + 1))
+
+    def tick(e: Entry) -> None:
+        progress.advance(next(written), e.name)
+
     side = src.side_dir()
     as_dir = side is not None or max_shard_bytes is not None
 
@@ -73,10 +80,11 @@ def write_compressed(src: Source, plan: Plan, factors: dict[str, dict], out: Pat
         tmp = Path(dist.on_rank0(begin))
         if not as_dir:
             if dist.rank == 0:
-                write_safetensors(tmp, entries, meta)
+                write_safetensors(tmp, entries, meta, tick)
         else:
             dist.all_ok(lambda: write_weights(tmp, entries, meta, max_shard_bytes,
-                                              mine=lambda i: i % dist.world == dist.rank, index=dist.rank == 0))
+                                              mine=lambda i: i % dist.world == dist.rank, index=dist.rank == 0,
+                                              on_tensor=tick))
     dist.barrier()  # no rank returns before rank 0 has renamed the output into place
 
 

@@ -11,11 +11,12 @@ from pathlib import Path
 from ..config import FactorizeConfig, override
 from ..errors import SettingError, UsageError
 from ..io.open import open_source
+from ..io.paths import make_output_parent
 from ..io.sources import Source
 from ..matching import compile_patterns, linear_modules, module_name
 from ..pipeline.factorize import factorize
-from ..pipeline.fitting import Progress
 from ..pipeline.plan import Plan, build_plan
+from ..progress import Progress
 from .gates import check_gates, needs_model_dir
 from .schema import Recipe, load_recipe
 
@@ -91,7 +92,7 @@ def rule_table(plan: Plan) -> list[dict]:
 
 
 def run_recipe(recipe: Recipe | str | Path, overrides: dict | None = None, *,
-               progress: Progress | None = None, ft_progress=None) -> dict:
+               progress: Progress | None = None) -> dict:
     """Factorize as the recipe says, then check its gates. Returns the summary plus ``recipe``/``gates``.
 
     Never raises for a failing gate (the caller decides; the CLI exits 1 via ``gates.raise_if_failed``).
@@ -99,8 +100,8 @@ def run_recipe(recipe: Recipe | str | Path, overrides: dict | None = None, *,
     recipe, config, model, output = resolve(recipe, overrides)
     if not output:
         raise UsageError(f"{recipe.path}: no output; add `output: PATH` to the recipe or pass --out")
-    Path(output).parent.mkdir(parents=True, exist_ok=True)  # recipes name paths like out/model; CI starts clean
     src = open_source(model, allow_pickle=config.allow_pickle)
+    make_output_parent(Path(output), src.paths())  # recipes name paths like out/model; CI starts clean
     needs_model_dir(recipe.gates, src.side_dir(), src.display)
     check_rules(recipe, src, config)
     # Where the output went is not part of how it was made: leave it out, so outputs stay byte-identical.
@@ -108,7 +109,7 @@ def run_recipe(recipe: Recipe | str | Path, overrides: dict | None = None, *,
     provenance = {"recipe": {"name": Path(recipe.path).name, "sha256": recipe.sha256, "text": recipe.text,
                              "overrides": applied, "gates": recipe.gates}}
     try:
-        summary = factorize(model, output, config, progress=progress, ft_progress=ft_progress, provenance=provenance)
+        summary = factorize(model, output, config, progress=progress, provenance=provenance)
     except UsageError as e:
         raise UsageError(f"{_where(recipe, str(e))}: {e}") from None
     results = check_gates(recipe.gates, summary, src, Path(output))
