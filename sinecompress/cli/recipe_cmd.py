@@ -10,6 +10,7 @@ import typer
 from ..io.atomic import atomic_output
 from ..recipe.run import recipe_plan, rule_table
 from ..recipe.schema import load_recipe
+from ..recipe.shipped import shipped_names, shipped_text, summary_line
 from ..recipe.template import TEMPLATE
 from ._console import err_console
 from .app import app
@@ -33,14 +34,32 @@ def validate_cmd(file: Path = typer.Argument(..., help="Recipe YAML file to chec
 
 @recipe_app.command("init")
 def init_cmd(out: Path = typer.Option(None, "--out", "-o", help="Write the template here (default: stdout)."),
+             source: str = typer.Option(None, "--from", metavar="NAME", help="Start from a shipped recipe "
+                                        "(see `sinecompress recipe list`) instead of the generic template."),
              overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file.")):
-    """Write a commented recipe template to start from."""
+    """Write a commented recipe template (or a shipped recipe) to start from."""
+    text = TEMPLATE if source is None else shipped_text(source)
     if out is None:
-        print(TEMPLATE, end="")
+        print(text, end="")
         return
-    with atomic_output(out, overwrite) as tmp:
-        tmp.write_text(TEMPLATE, encoding="utf-8")
+    with atomic_output(out, overwrite, replaceable=_not_yaml) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     err_console.print(f"wrote {out}; next: sinecompress recipe validate {out}", markup=False, highlight=False, soft_wrap=True)
+
+
+@recipe_app.command("list")
+def list_cmd(as_json: bool = typer.Option(False, "--json", help="Print the names and summaries as JSON.")):
+    """The recipes that ship with sinecompress (use one with `factorize --recipe NAME` or `recipe init --from NAME`)."""
+    rows = {name: summary_line(name) for name in shipped_names()}
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    for name, line in rows.items():
+        print(f"{name:10} {line}")
+
+
+def _not_yaml(path: Path) -> str | None:
+    return None if path.suffix in (".yaml", ".yml") else "is not a .yaml file"
 
 
 @recipe_app.command("show")

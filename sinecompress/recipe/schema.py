@@ -37,6 +37,7 @@ from ..config import SETTINGS, FactorizeConfig, Rule, make_config
 from ..errors import SettingError, UsageError
 from ..matching import compile_patterns
 from .gates import GATES
+from .shipped import shipped_names, shipped_text
 
 RECIPE_VERSION = 1
 RULE_KEYS = ("match", "method", "rank", "param_ratio", "omega")
@@ -105,8 +106,11 @@ class Recipe:
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    """Read and validate a recipe file; raise UsageError ``FILE:LINE: ...`` on any problem."""
+    """Read and validate a recipe file, or a shipped recipe by name (``minilm``) when no such file exists;
+    raise UsageError ``FILE:LINE: ...`` on any problem."""
     path = Path(path)
+    if not path.exists() and path.name == str(path) and path.suffix == "" and path.name in shipped_names():
+        return parse_recipe(shipped_text(path.name), f"{path.name} (shipped)")
     if path.exists() and not path.is_file():
         raise UsageError(f"{path}: not a regular file; a recipe is a YAML file")
     try:
