@@ -184,10 +184,11 @@ def read_adapter(adapter_dir: str | Path) -> list[AdapterModule]:
             raise InputError(f"{w_path}: DoRA module {name!r} needs a lora_magnitude_vector of length {B.shape[0]}")
         if A.shape[0] < 1 or not all(bool(torch.isfinite(x).all()) for x in (A, B) + ((mag,) if mag is not None else ())):
             raise InputError(f"{w_path}: module {name!r} has rank 0 or non-finite values")
-        alpha = _number(cfg_path, "lora_alpha", _lookup(_patterns(cfg_path, cfg, "alpha_pattern"), name,
-                                                        cfg.get("lora_alpha", 8)))
-        omega = _number(cfg_path, "sinecompress.omega", _lookup(_patterns(cfg_path, sc, "omega_pattern"), name,
-                                                               sc.get("omega", 1.0)), positive=True)
+        alpha = _lookup(cfg_path, "alpha_pattern", _patterns(cfg_path, cfg, "alpha_pattern"), name,
+                        cfg.get("lora_alpha", 8))
+        omega = _lookup(cfg_path, "omega_pattern", _patterns(cfg_path, sc, "omega_pattern"), name, sc.get("omega", 1.0))
+        alpha = _number(cfg_path, "lora_alpha", alpha)
+        omega = _number(cfg_path, "sinecompress.omega", omega, positive=True)
         out.append(AdapterModule(name, kind, A, B, alpha, omega, mag if kind.endswith("dora") else None))
     if not out:
         raise InputError(f"{w_path}: no adapter tensors")
@@ -199,11 +200,19 @@ def _patterns(path: Path, cfg: dict, key: str) -> dict:
     if not isinstance(patterns, dict):
         raise InputError(f"{path}: '{key}' must map module patterns to numbers, got a JSON {type(patterns).__name__}")
     for pat in patterns:
-        Pattern(pat, f"{path}: {key}")  # a pattern that does not compile is named here
+        _pattern(path, key, pat)  # a pattern that does not compile is named here
     return patterns
 
 
 def _number(path: Path, key: str, value, positive: bool = False) -> float:
+def _pattern(path: Path, key: str, text: str, wrap: str = "{}") -> Pattern:
+    """A pattern from the adapter's config: a bad or too slow one is an input error naming the file."""
+    try:
+        return Pattern(wrap.format(text), f"{path}: {key}")
+    except UsageError as e:
+        raise InputError(str(e)) from None
+
+
     """A setting of the adapter config as a finite float; InputError naming it otherwise."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or (positive and value <= 0):
@@ -211,13 +220,17 @@ def _number(path: Path, key: str, value, positive: bool = False) -> float:
     return float(value)
 
 
-def _lookup(patterns: dict, name: str, default):
+def _lookup(path: Path, what: str, patterns: dict, name: str, default):
     """Exact module name first (what we write), then peft's own rule (a suffix regex) for peft's files."""
     if name in patterns:
         return patterns[name]
     for key, value in patterns.items():
-        if Pattern(rf"(.*\.)?({key})", "adapter_config.json pattern").fullmatch(name):
-            return value
+        p = _pattern(path, what, key, r"(.*\.)?({})")
+        try:
+            if p.fullmatch(name):
+                return value
+        except UsageError as e:
+            raise InputError(str(e)) from None
     return default
 
 
