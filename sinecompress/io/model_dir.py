@@ -79,9 +79,9 @@ def drop_compression(cfg: dict) -> dict:
 
 
 def write_like_source(src: Source, out: Path, entries: list[Entry], meta: dict[str, str], overwrite: bool,
-                      edit_config: ConfigEdit | None = drop_compression) -> None:
+                      edit_config: ConfigEdit | None = drop_compression, card: str | None = None) -> None:
     """One-file dense output shaped like ``src``: a file for a file, a model directory (side files copied,
-    ``config.json`` passed through ``edit_config``) for a directory."""
+    ``config.json`` passed through ``edit_config``, ``card`` as its README.md) for a directory."""
     side = src.side_dir()
     kind = "file" if side is None else "dir"
     with atomic_output(out, overwrite, src.paths(), kind, not_a_model_output) as tmp:
@@ -90,4 +90,6 @@ def write_like_source(src: Source, out: Path, entries: list[Entry], meta: dict[s
             return
         tmp.mkdir()
         copy_model_files(side, tmp, edit_config)
+        if card is not None:
+            (tmp / "README.md").write_text(card, encoding="utf-8")
         write_safetensors(tmp / SINGLE_NAME, entries, meta)

@@ -19,6 +19,7 @@ from ..io.sources import Source
 from ..progress import Progress, as_progress
 from .allocate import apply_sensitivity
 from .calibrate import calibrate, decide
+from .card import compressed_card
 from .distributed import from_env
 from .finetune import finetune
 from .fitting import fit_into, fit_layers, settle
@@ -125,8 +126,9 @@ def _run(src: Source, out: Path, config: FactorizeConfig, progress: Progress, mo
         if ft_steps > 0:
             factors, tune = finetune(src, plan, factors, cal, steps=ft_steps, lr=config.finetune.lr,
                                      seed=config.seed, device=device, progress=progress)
+    card = compressed_card(src, plan, factors, config, out, provenance, tune)
     write_compressed(src, plan, factors, out, config.output.overwrite, config.output.shard_bytes, dist,
-                     extra=provenance, progress=progress)
+                     extra=provenance, progress=progress, card=card)
     if dist.rank != 0:
         return None
     if work is not None:

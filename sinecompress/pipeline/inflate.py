@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from ..io.format import LayerRecord, dense_from_factors, owned_tensors, read_layers
+from ..io.format import LayerRecord, dense_from_factors, owned_tensors, read_layers, read_metadata
 from ..io.model_dir import write_like_source
 from ..io.open import open_source
 from ..io.sources import Source
 from ..io.writer import Entry
+from ..version import __version__
+from .card import dense_card
 
 
 def dense_entries(src: Source, layers: dict[str, LayerRecord]) -> list[Entry]:
@@ -32,5 +35,13 @@ def inflate(compressed: str | Path, out: str | Path, overwrite: bool = False) ->
     layers = read_layers(src)
     entries = dense_entries(src, layers)
     out = Path(out)
-    write_like_source(src, out, entries, {"format": "pt"}, overwrite)
+    # The dense file remembers where it came from: the compressed checkpoint's own record, whole.
+    meta = {"format": "pt", "sinecompress_inflated": json.dumps(
+        {"inflated_from": src.display, "tool_version": __version__, "compression": read_metadata(src.metadata,
+                                                                                                  src.display)},
+        sort_keys=True)}
+    card = dense_card(src, "inflated", f"Dense weights inflated from the sinecompress checkpoint `{src.display}` "
+                      f"({len(layers)} layers); they equal what `sinecompress.load` computes. Stock tools load "
+                      "them as they load the original model.")
+    write_like_source(src, out, entries, meta, overwrite, card=card)
     return {"source": src.display, "output": str(out), "layers": sorted(layers), "tensors": len(entries)}

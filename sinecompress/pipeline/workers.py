@@ -33,13 +33,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
     """A worker must not outlive the command that started it (it would write the output after the
     parent is gone, kill -9 included): ask the kernel for SIGTERM when the parent dies (Linux), and
-    watch for a changed parent everywhere."""
-    parent = os.getppid()
+    watch for a changed parent everywhere. ``parent`` is the launcher's pid as it gave it: a parent that
+    died while this worker was still importing is already gone by now, and must not be mistaken for init."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # gone before the kernel was asked; nothing has been done yet to clean up
+        os._exit(128 + signal.SIGTERM)
 
     def watch():
         while os.getppid() == parent:
@@ -49,13 +51,14 @@ def _die_with_parent() -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _worker(job, rank: int, world: int, port: int, threads: int, source, out, config, results) -> None:
+def _worker(job, rank: int, world: int, port: int, threads: int, source, out, config, results,
+            parent: int) -> None:
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
                        "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
                        "SINECOMPRESS_BACKEND": "gloo", HELD: "1"})
     torch.set_num_threads(threads)
     install()
-    _die_with_parent()
+    _die_with_parent(parent)
     warnings.showwarning = lambda m, *a, **k: print(f"warning: {m}", file=sys.stderr, flush=True)
     try:
         summary = job(source, out, config)
@@ -89,7 +92,8 @@ def run_workers(job, source, out, config, threads: int | None = None) -> dict:
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(job, r, workers, port, threads, str(source), str(out), config, results))
+    procs = [ctx.Process(target=_worker, args=(job, r, workers, port, threads, str(source), str(out), config,
+                                               results, os.getpid()))
              for r in range(workers)]
     for p in procs:
         p.start()

@@ -42,7 +42,7 @@ def entries_for(src: Source, plan: Plan, factors: dict[str, dict]) -> list[Entry
 
 def write_compressed(src: Source, plan: Plan, factors: dict[str, dict], out: Path, overwrite: bool,
                      max_shard_bytes: int | None = None, dist: Dist | None = None,
-                     extra: dict | None = None, progress: Progress = QUIET) -> None:
+                     extra: dict | None = None, progress: Progress = QUIET, card: str | None = None) -> None:
     """Stream the output under a temporary name and rename it into place once complete.
 
     A file source gives a file; a directory source (or ``max_shard_bytes``) gives a directory with
@@ -75,6 +75,8 @@ def write_compressed(src: Source, plan: Plan, factors: dict[str, dict], out: Pat
                 tmp.mkdir()
                 if side is not None:
                     copy_model_files(side, tmp, mark_compressed)
+                if card is not None:
+                    (tmp / "README.md").write_text(card, encoding="utf-8")
             return str(tmp)
 
         tmp = Path(dist.on_rank0(begin))
