@@ -17,10 +17,12 @@ def inflate_cmd(
     compressed: str = typer.Argument(..., help="A compressed .safetensors file or model directory."),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the dense checkpoint (file or directory)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+    max_shard_size: str = typer.Option(None, "--max-shard-size", metavar="SIZE", help="Shard the dense weights "
+                                       "into files of at most this size (e.g. 2GB); default: like the input."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ):
     """Write dense weights with the original names, shapes and dtypes, loadable by stock tools."""
-    summary = inflate(compressed, out, overwrite=overwrite)
+    summary = inflate(compressed, out, overwrite=overwrite, max_shard_size=max_shard_size)
     err_console.print(f"inflated {len(summary['layers'])} layers → {summary['output']}", highlight=False)
     if as_json:
         print(json.dumps(summary, indent=2))

@@ -13,6 +13,7 @@ from ..errors import InputError, SineCompressWarning
 from .atomic import atomic_output
 from .header import check_safetensors_header
 from .paths import describe, link_allowed
+from .shards import write_weights
 from .sources import INDEX_NAME, SINGLE_NAME, Source
 from .writer import Entry, write_safetensors
 
@@ -79,9 +80,11 @@ def drop_compression(cfg: dict) -> dict:
 
 
 def write_like_source(src: Source, out: Path, entries: list[Entry], meta: dict[str, str], overwrite: bool,
-                      edit_config: ConfigEdit | None = drop_compression, card: str | None = None) -> None:
-    """One-file dense output shaped like ``src``: a file for a file, a model directory (side files copied,
-    ``config.json`` passed through ``edit_config``, ``card`` as its README.md) for a directory."""
+                      edit_config: ConfigEdit | None = drop_compression, card: str | None = None,
+                      max_bytes: int | None = None) -> None:
+    """Dense output shaped like ``src``: a file for a file, a model directory (side files copied,
+    ``config.json`` passed through ``edit_config``, ``card`` as its README.md, weights in shards of at most
+    ``max_bytes``) for a directory."""
     side = src.side_dir()
     kind = "file" if side is None else "dir"
     with atomic_output(out, overwrite, src.paths(), kind, not_a_model_output) as tmp:
@@ -92,4 +95,4 @@ def write_like_source(src: Source, out: Path, entries: list[Entry], meta: dict[s
         copy_model_files(side, tmp, edit_config)
         if card is not None:
             (tmp / "README.md").write_text(card, encoding="utf-8")
-        write_safetensors(tmp / SINGLE_NAME, entries, meta)
+        write_weights(tmp, entries, meta, max_bytes)

@@ -11,29 +11,23 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from huggingface_hub.serialization import split_state_dict_into_shards_factory
+
 from .sources import INDEX_NAME, SINGLE_NAME
 from .writer import Entry, write_safetensors
 
+PATTERN = "model{suffix}.safetensors"  # model.safetensors, or model-00001-of-00003.safetensors ...
 
-def split_shards(entries: list[Entry], max_bytes: int | None) -> list[list[Entry]]:
-    """Consecutive groups of at most ``max_bytes`` of tensor data (a bigger tensor gets a shard of its own)."""
+
+def split_shards(entries: list[Entry], max_bytes: int | None) -> dict[str, list[Entry]]:
+    """Shard file name -> consecutive entries of at most ``max_bytes`` (a bigger tensor gets a shard of its
+    own), named as Hugging Face names shards; one ``model.safetensors`` when everything fits."""
     if max_bytes is None:
-        return [list(entries)]
-    shards: list[list[Entry]] = [[]]
-    size = 0
-    for e in entries:
-        if shards[-1] and size + e.nbytes > max_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append(e)
-        size += e.nbytes
-    return shards
-
-
-def shard_names(n: int) -> list[str]:
-    if n == 1:
-        return [SINGLE_NAME]
-    return [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        return {SINGLE_NAME: list(entries)}
+    by_name = {e.name: e for e in entries}
+    split = split_state_dict_into_shards_factory(by_name, get_storage_size=lambda e: e.nbytes,
+                                                 filename_pattern=PATTERN, max_shard_size=max_bytes)
+    return {name: [by_name[k] for k in keys] for name, keys in split.filename_to_tensors.items()}
 
 
 def write_weights(dest: Path, entries: list[Entry], metadata: dict[str, str], max_bytes: int | None = None,
@@ -45,12 +39,12 @@ def write_weights(dest: Path, entries: list[Entry], metadata: dict[str, str], ma
     the work); ``index`` says whether this process writes the index.
     """
     shards = split_shards(entries, max_bytes)
-    names = shard_names(len(shards))
-    for i, (name, group) in enumerate(zip(names, shards)):
+    names = list(shards)
+    for i, name in enumerate(names):
         if mine(i):
-            write_safetensors(dest / name, group, metadata, on_tensor)
+            write_safetensors(dest / name, shards[name], metadata, on_tensor)
     if len(shards) > 1 and index:
-        weight_map = {e.name: name for name, group in zip(names, shards) for e in group}
+        weight_map = {e.name: name for name, group in shards.items() for e in group}
         doc = {"metadata": {"total_size": sum(e.nbytes for e in entries)}, "weight_map": weight_map}
         (dest / INDEX_NAME).write_text(json.dumps(doc, indent=2) + "\n")
     return names

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..config import parse_size
+from ..errors import UsageError
 from ..io.format import LayerRecord, dense_from_factors, owned_tensors, read_layers, read_metadata
 from ..io.model_dir import write_like_source
 from ..io.open import open_source
@@ -29,9 +31,22 @@ def dense_entries(src: Source, layers: dict[str, LayerRecord]) -> list[Entry]:
     return entries
 
 
-def inflate(compressed: str | Path, out: str | Path, overwrite: bool = False) -> dict:
-    """Write dense weights under the original names, shapes and dtypes. File in → file out; dir in → dir out."""
+def like_input(src: Source) -> int | None:
+    """The shard size of a sharded input (its largest shard), so that the dense output is sharded alike;
+    the dense shards are larger than the compressed ones, so there are more of them."""
+    if src.kind != "sharded":
+        return None
+    return max(f.stat().st_size for f in {t.file for t in src.tensors.values()})
+
+
+def inflate(compressed: str | Path, out: str | Path, overwrite: bool = False,
+            max_shard_size: str | int | None = None) -> dict:
+    """Write dense weights under the original names, shapes and dtypes. File in → file out; dir in → dir out,
+    sharded like the input unless ``max_shard_size`` says otherwise."""
     src = open_source(compressed)
+    if max_shard_size is not None and src.side_dir() is None:
+        raise UsageError(f"--max-shard-size: {src.display} is a single file, so its dense form is one file too")
+    shard_bytes = parse_size(max_shard_size) if max_shard_size is not None else like_input(src)
     layers = read_layers(src)
     entries = dense_entries(src, layers)
     out = Path(out)
@@ -43,5 +58,5 @@ def inflate(compressed: str | Path, out: str | Path, overwrite: bool = False) ->
     card = dense_card(src, "inflated", f"Dense weights inflated from the sinecompress checkpoint `{src.display}` "
                       f"({len(layers)} layers); they equal what `sinecompress.load` computes. Stock tools load "
                       "them as they load the original model.")
-    write_like_source(src, out, entries, meta, overwrite, card=card)
+    write_like_source(src, out, entries, meta, overwrite, card=card, max_bytes=shard_bytes)
     return {"source": src.display, "output": str(out), "layers": sorted(layers), "tensors": len(entries)}
