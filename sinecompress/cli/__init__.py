@@ -26,14 +26,54 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     err_console.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
 
 
+class _ReaderGone(BaseException):
+    """stdout or stderr was closed by its reader (``--json | head -c 1``). A BaseException, so that no
+    ``except OSError`` on the way out (click's own turns EPIPE into a silent exit 1) takes it for another
+    error."""
+
+
+class _Stream:
+    """A standard stream whose broken pipe raises ``_ReaderGone``."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise _ReaderGone from None
+
+    def flush(self):
+        try:
+            return self._stream.flush()
+        except BrokenPipeError:
+            raise _ReaderGone from None
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; every way out is one of the documented exit codes (sinecompress.errors)."""
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Stream(sys.stdout), _Stream(sys.stderr)
+    try:
+        _main(argv)
+    except _ReaderGone:  # also when the one error line itself could not be written
+        _reader_gone(streams)
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
+def _main(argv: list[str] | None) -> None:
     signals.install()
     warnings.showwarning = _show_warning  # one line per warning, no source location
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     try:
         code = app(args=[a for a in args if a != "--debug"], standalone_mode=False, prog_name="sinecompress")
+        sys.stdout.flush()  # a reader gone before the last buffered bytes: found here, not at interpreter exit
     except SineCompressError as e:
         if signals.received is not None:  # the error was the signal, wrapped by native code
             _interrupted(signals.received)
@@ -44,11 +84,6 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(e.exit_code)
     except typer.Abort:  # click's own Ctrl-C at a prompt
         _interrupted(signals.Interrupted(signal.SIGINT))
-    except BrokenPipeError:
-        # The reader of stdout went away (`... --json | head -c 1`): exit as a killed pipe writer would.
-        with contextlib.suppress(OSError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(128 + signal.SIGPIPE)
     except Exception as e:
         if signals.received is not None:
             _interrupted(signals.received)
@@ -60,6 +95,14 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"internal error ({type(e).__name__}: {_first_line(e)}); rerun with --debug for the traceback "
               "and report it", INTERNAL_ERROR)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _reader_gone(streams) -> None:
+    """Exit as a pipe writer killed by SIGPIPE would (141), with nothing left to flush into the closed pipe."""
+    for stream in streams:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+    sys.exit(128 + signal.SIGPIPE)
 
 
 def _first_line(e: BaseException) -> str:
