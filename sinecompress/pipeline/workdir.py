@@ -98,7 +98,7 @@ class WorkDir:
                 doc = json.loads(dense.read_text())
                 if doc["layer"] == lp.name:
                     return {"dense": str(doc["reason"])}
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, RecursionError):
                 pass
             dense.unlink()
             return None
@@ -149,7 +149,7 @@ def prepare(out: Path, src: Source, plan: Plan, resume: bool) -> WorkDir:
     if path.exists() and resume:
         try:
             old = json.loads(run.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):  # damaged (or 100k-deep): not this run's record
             old = None
         if old != fp:
             what = _first_difference(old, fp)
