@@ -12,9 +12,9 @@ from pathlib import Path
 from ..errors import InputError, SineCompressWarning
 from .atomic import atomic_output
 from .header import check_safetensors_header
-from .paths import describe, link_allowed
+from .paths import describe, link_allowed, member
 from .shards import write_weights
-from .sources import INDEX_NAME, SINGLE_NAME, Source
+from .sources import INDEX_NAME, SINGLE_NAME, Source, read_json
 from .writer import Entry, write_safetensors
 
 WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt", ".gguf")
@@ -68,8 +68,8 @@ def copy_model_files(model_dir: Path, dest: Path, edit_config: ConfigEdit | None
             raise InputError(f"{p}: cannot read this side file of the model ({e.strerror or e})") from None
         (dest / rel).write_bytes(data)
     cfg = dest / "config.json"
-    if edit_config is not None and cfg.exists():
-        doc = edit_config(json.loads(cfg.read_text()))
+    if edit_config is not None and cfg.exists():  # edited from the source, read as every config.json is read
+        doc = edit_config(read_json(member(model_dir, "config.json", "config.json"), dict, "a JSON object"))
         cfg.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
 
