@@ -55,11 +55,17 @@ def copy_model_files(model_dir: Path, dest: Path, edit_config: ConfigEdit | None
             warnings.warn(f"{p}: not copied to the output: it links outside {model_dir}", SineCompressWarning,
                           stacklevel=2)
             continue
-        if p.is_dir():
+        try:
+            mode = p.stat().st_mode
+        except FileNotFoundError:  # a link that leads nowhere: nothing to copy
+            warnings.warn(f"{p}: not copied to the output: it is a broken link", SineCompressWarning, stacklevel=2)
             continue
-        if not stat.S_ISREG(p.stat().st_mode):
-            warnings.warn(f"{p}: not copied to the output: it is {describe(p.stat().st_mode)}",
-                          SineCompressWarning, stacklevel=2)
+        except OSError as e:
+            raise InputError(f"{p}: cannot read this side file of the model ({e.strerror or e})") from None
+        if stat.S_ISDIR(mode):
+            continue
+        if not stat.S_ISREG(mode):
+            warnings.warn(f"{p}: not copied to the output: it is {describe(mode)}", SineCompressWarning, stacklevel=2)
             continue
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         try:
