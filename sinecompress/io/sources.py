@@ -141,8 +141,9 @@ def open_dir(path: Path) -> Source | None:
 def read_index(index: Path) -> dict[str, str]:
     """The ``weight_map`` of a sharded checkpoint's index, checked: shard names are plain file names."""
     weight_map = read_json(member(index.parent, index.name, "shard index"), dict, "a JSON object").get("weight_map")
-    if not isinstance(weight_map, dict):
-        raise InputError(f"{index}: not a valid safetensors index (needs a 'weight_map' object)")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise InputError(f"{index}: not a valid safetensors index (needs a 'weight_map' object naming the "
+                         "tensors and their shards)")
     for name, shard in weight_map.items():
         # A shard named "../x" or "/etc/x" would read outside the model directory.
         if not isinstance(shard, str) or not shard or shard != Path(shard).name or shard in (".", ".."):
