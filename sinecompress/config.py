@@ -25,6 +25,10 @@ from .errors import SettingError, UsageError
 METHODS = ("sine", "svd", "wsvd")  # wsvd: whitened SVD (SVD-LLM), needs calibration data
 ALLOCATIONS = ("uniform", "sensitivity")  # how a --param-ratio budget is spread (pipeline/allocate.py)
 DEVICES = ("auto", "cpu", "cuda")
+# How calibrated runs tune: "block" fits and tunes block by block (the embeddings, one block and the
+# activations in memory), "global" fits every layer and tunes them together against the whole model's
+# outputs (everything in memory), "none" fits block by block without tuning. docs/fitting.md measures them.
+FINETUNE_MODES = ("block", "global", "none")
 # Fine-tune steps when none are given: what fits the time budget on each device (docs/fitting.md).
 FINETUNE_STEPS = {"cpu": 200, "cuda": 1000}
 MAX_SEED = 2**63 - 1
@@ -83,6 +87,10 @@ SETTINGS: tuple[Setting, ...] = (
             "End-to-end calibration fine-tune steps (distillation against the original model); "
             f"auto: {FINETUNE_STEPS['cpu']} on CPU, {FINETUNE_STEPS['cuda']} on CUDA; 0: none.",
             flag="--steps", aliases=("ft_steps",)),
+    Setting("finetune", "finetune.mode", "block", "finetune.mode",
+            "block: compress block by block, tuning each block against the original block's outputs "
+            "(bounded memory; LLMs); global: tune all layers together against the whole model's outputs "
+            "(everything in memory); none: block by block, no tuning.", flag="--finetune"),
     Setting("lr", "finetune.lr", 1e-2, "finetune.lr", "Fine-tune learning rate, relative to each factor's RMS."),
     Setting("overwrite", "output.overwrite", False, None, "Replace an existing output."),
     Setting("resume", "output.resume", False, None, "Continue an interrupted run from the layers it already "
@@ -224,10 +232,12 @@ class CalibrationConfig:
 
 @dataclass(frozen=True)
 class FinetuneConfig:
+    mode: str = "block"
     steps: int | str = "auto"  # "auto": FINETUNE_STEPS of the device
     lr: float = 1e-2
 
     def __post_init__(self):
+        _choice("finetune.mode", self.mode, FINETUNE_MODES)
         if self.steps != "auto":
             _positive_int("finetune.steps", self.steps, lo=0, hi=10**7)
         object.__setattr__(self, "lr", _finite("finetune.lr", self.lr, 0.0))

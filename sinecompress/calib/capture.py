@@ -22,7 +22,7 @@ def real_tokens(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return x
 
 
-def _gram_hook(stats: dict, name: str, current: dict, partner: dict | None = None):
+def gram_hook(stats: dict, name: str, current: dict, partner: dict | None = None):
     """A forward pre-hook adding this call's XᵀX to ``stats[name]``; with ``partner`` (the other model's
     inputs at the same module, stashed by ``_stash_hook``) also XᵀX_partner."""
     def fn(_mod, inputs):
@@ -42,7 +42,7 @@ def _stash_hook(store: dict, name: str, current: dict):
     return fn
 
 
-def _modules(model: nn.Module, names: list[str]) -> dict[str, nn.Module]:
+def named_modules(model: nn.Module, names: list[str]) -> dict[str, nn.Module]:
     mods = dict(model.named_modules())
     missing = [n for n in names if n not in mods]
     if missing:
@@ -52,10 +52,10 @@ def _modules(model: nn.Module, names: list[str]) -> dict[str, nn.Module]:
 
 def capture_grams(model: nn.Module, names: list[str], batches: list[dict], device: str = "cpu") -> dict:
     """Per target module: ``{"gram": XᵀX (float64, n×n), "tokens": count}`` over real tokens."""
-    mods = _modules(model, names)
+    mods = named_modules(model, names)
     stats = {n: {"gram": None, "tokens": 0} for n in names}
     current: dict = {"mask": None}
-    handles = [mods[n].register_forward_pre_hook(_gram_hook(stats, n, current)) for n in names]
+    handles = [mods[n].register_forward_pre_hook(gram_hook(stats, n, current)) for n in names]
     try:
         run_batches(model, batches, device, current)
     finally:
@@ -72,8 +72,8 @@ def capture_pair(teacher: nn.Module, student: nn.Module, name: str, batches: lis
     current: dict = {"mask": None}
     seen: dict = {}
     stats = {name: {"gram": None, "cross": None, "tokens": 0}}
-    hooks = [_modules(teacher, [name])[name].register_forward_pre_hook(_stash_hook(seen, name, current)),
-             _modules(student, [name])[name].register_forward_pre_hook(_gram_hook(stats, name, current, seen))]
+    hooks = [named_modules(teacher, [name])[name].register_forward_pre_hook(_stash_hook(seen, name, current)),
+             named_modules(student, [name])[name].register_forward_pre_hook(gram_hook(stats, name, current, seen))]
     try:
         teacher.eval()
         student.eval()

@@ -14,6 +14,21 @@ def short_name(name: str, width: int) -> str:
     return name if len(name) <= width else "…" + name[-(width - 1):]
 
 
+def finetune_line(ft: dict) -> str:
+    if ft.get("mode") in ("block", "none"):
+        tuned = [b for b in ft["blocks"] if "loss_end" in b]
+        line = f"block by block: {len(ft['blocks'])} blocks, peak RSS {ft['peak_rss_mib']:,} MiB"
+        if tuned:
+            start = sum(b["loss_start"] for b in tuned) / len(tuned)
+            end = sum(b["loss_end"] for b in tuned) / len(tuned)
+            line += f"; block-output error (mean over blocks) {start:.4f} → {end:.4f} after tuning"
+        if ft.get("outside_stack"):
+            line += f"; {len(ft['outside_stack'])} layer(s) outside the block stack fitted to their weights"
+        return line
+    return (f"fine-tune: {ft['steps']} steps on {ft['device']}, distillation loss "
+            f"{ft['loss_start']:.4f} → {ft['loss_end']:.4f} ({ft['seconds']:.1f} s)")
+
+
 def print_summary(s: dict) -> None:
     width = err_console.width
     calibrated = any(layer.get("act_error") is not None for layer in s["layers"])
@@ -60,8 +75,7 @@ def print_summary(s: dict) -> None:
         err_console.print(cal.get("note", ""), highlight=False)
     ft = s.get("finetune")
     if ft:
-        err_console.print(f"fine-tune: {ft['steps']} steps on {ft['device']}, distillation loss "
-                          f"{ft['loss_start']:.4f} → {ft['loss_end']:.4f} ({ft['seconds']:.1f} s)", highlight=False)
+        err_console.print(finetune_line(ft), highlight=False)
     alloc = s.get("allocation") or {}
     if alloc.get("mode") == "sensitivity":
         moved = sum(1 for a, b in alloc["ranks"].values() if a != b)

@@ -58,6 +58,20 @@ def load_weights(model: nn.Module, tensors: Mapping[str, torch.Tensor], where: s
         raise InputError(f"{where}: the model expects {missing[0]!r}, which the checkpoint lacks")
 
 
+def checkpoint_names(model: nn.Module, tensors) -> dict[str, str]:
+    """Model parameter name -> the checkpoint tensor holding it: the same name, or the name under or without
+    the model's ``base_model_prefix`` (checkpoints saved from a task head, or from the bare model)."""
+    prefix = getattr(model, "base_model_prefix", "")
+    out = {}
+    for name, _ in model.named_parameters(remove_duplicate=False):
+        stripped = name[len(prefix) + 1:] if prefix and name.startswith(prefix + ".") else None
+        for cand in (name, f"{prefix}.{name}" if prefix else None, stripped):
+            if cand and cand in tensors:
+                out[name] = cand
+                break
+    return out
+
+
 def dense_model(src) -> nn.Module:
     """The source's model in float32 with all its weights, in eval mode (a Hugging Face directory)."""
     model = build_model(src.side_dir())

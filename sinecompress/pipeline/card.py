@@ -100,7 +100,11 @@ def compressed_card(src: Source, plan: Plan, factors: dict, config: FactorizeCon
         lines.append(f"| mean relative weight error ‖Ŵ−W‖/‖W‖ | {sum(rel) / len(rel):.4f} |")
     if act:
         lines.append(f"| mean activation error ‖(Ŵ−W)L‖/‖WL‖ on calibration inputs | {sum(act) / len(act):.4f} |")
-    if finetune:
+    tuned = [b for b in (finetune or {}).get("blocks", []) if "loss_end" in b]
+    if tuned:
+        lines.append(f"| block-local tuning | block-output error {sum(b['loss_start'] for b in tuned) / len(tuned):.4f}"
+                     f" → {sum(b['loss_end'] for b in tuned) / len(tuned):.4f} (mean over {len(tuned)} blocks) |")
+    elif finetune and "steps" in finetune:
         lines.append(f"| fine-tune | {finetune['steps']} steps, distillation loss {finetune['loss_start']:.4f} → "
                      f"{finetune['loss_end']:.4f} |")
     lines += ["", "## How it was made", ""]

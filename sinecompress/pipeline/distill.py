@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -41,57 +42,69 @@ def distill_loss(student_h: list[torch.Tensor], teacher_h: list[torch.Tensor], m
     return total / max(len(student_h), 1)
 
 
-def distill(student: nn.Module, teacher: nn.Module, batches: list[dict], modules: list[str], *, steps: int,
-            lr: float = 1e-2, seed: int = 0, device: str = "cpu", progress: Progress = QUIET,
-            time_budget: float | None = None) -> dict:
-    """Tune the compressed ``modules`` of ``student`` (factors and biases) for ``steps`` Adam steps.
-
-    ``lr`` is relative: each tensor moves by about ``lr`` times its own RMS per step, so one value
-    serves factors of very different scales. Returns ``{"loss_start", "loss_end", "steps", "seconds"}``.
-    """
-    device = resolve_device(device)
+def adam_tune(params: list[torch.Tensor], loss_of: Callable[[int], torch.Tensor], n: int, *, steps: int,
+              lr: float, seed: int = 0, progress: Progress = QUIET, stage: str | None = "fine-tuning",
+              time_budget: float | None = None) -> dict:
+    """Adam on ``params`` for ``steps`` steps; step ``t`` minimises ``loss_of(i)`` for one of the ``n`` items,
+    taken in a seeded random order. ``lr`` is relative: each tensor moves by about ``lr`` times its own RMS
+    per step, so one value serves factors of very different scales; the step is annealed by a cosine.
+    Returns ``{"loss_start", "loss_end", "steps", "seconds"}`` (losses: the mean over all items)."""
     t0 = time.perf_counter()
-    targets = teacher_targets(teacher, batches, device)
-    student.to(device).eval()  # no dropout: we match the deterministic teacher
-    for p in student.parameters():
-        p.requires_grad_(False)
-    params = []
-    for name in modules:
-        for p in student.get_submodule(name).parameters():
-            p.requires_grad_(True)
-            params.append(p)
+    for p in params:
+        p.requires_grad_(True)
     groups = [{"params": [p], "lr": lr * float(p.detach().float().pow(2).mean().sqrt().clamp_min(1e-6))}
               for p in params]
     opt = torch.optim.Adam(groups)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(steps, 1))))
     g = torch.Generator().manual_seed(seed)
     order: list[int] = []
-    dev_batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
 
     @torch.no_grad()
-    def eval_loss():
-        tot = sum(float(distill_loss(forward_hidden(student, b), t, b.get("attention_mask")))
-                  for b, t in zip(dev_batches, targets))
-        return tot / max(len(dev_batches), 1)
+    def mean_loss():
+        return sum(float(loss_of(i)) for i in range(n)) / max(n, 1)
 
-    loss_start = eval_loss()
-    progress.stage("fine-tuning", steps)
+    loss_start = mean_loss()
+    if stage:
+        progress.stage(stage, steps)
     done = 0
     for step in range(steps):
         if not order:
-            order = torch.randperm(len(dev_batches), generator=g).tolist()
+            order = torch.randperm(n, generator=g).tolist()
         i = order.pop()
-        b = dev_batches[i]
         opt.zero_grad(set_to_none=True)
-        loss = distill_loss(forward_hidden(student, b), targets[i], b.get("attention_mask"))
+        loss = loss_of(i)
         loss.backward()
         opt.step()
         sched.step()
         done = step + 1
-        progress.advance(done, f"loss {loss.detach().item():.4f}")
+        if stage:
+            progress.advance(done, f"loss {loss.detach().item():.4f}")
         if time_budget is not None and time.perf_counter() - t0 > time_budget:
             break
+    for p in params:
+        p.requires_grad_(False)
+    return {"loss_start": loss_start, "loss_end": mean_loss(), "steps": done, "seconds": time.perf_counter() - t0}
+
+
+def distill(student: nn.Module, teacher: nn.Module, batches: list[dict], modules: list[str], *, steps: int,
+            lr: float = 1e-2, seed: int = 0, device: str = "cpu", progress: Progress = QUIET,
+            time_budget: float | None = None) -> dict:
+    """Tune the compressed ``modules`` of ``student`` (factors and biases) for ``steps`` Adam steps against
+    the teacher's hidden states (``adam_tune``). Returns ``{"loss_start", "loss_end", "steps", "seconds",
+    "device"}``."""
+    device = resolve_device(device)
+    t0 = time.perf_counter()
+    targets = teacher_targets(teacher, batches, device)
+    student.to(device).eval()  # no dropout: we match the deterministic teacher
     for p in student.parameters():
         p.requires_grad_(False)
-    return {"loss_start": loss_start, "loss_end": eval_loss(), "steps": done,
-            "seconds": time.perf_counter() - t0, "device": device}
+    params = [p for name in modules for p in student.get_submodule(name).parameters()]
+    dev_batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
+
+    def loss_of(i):
+        b = dev_batches[i]
+        return distill_loss(forward_hidden(student, b), targets[i], b.get("attention_mask"))
+
+    record = adam_tune(params, loss_of, len(dev_batches), steps=steps, lr=lr, seed=seed, progress=progress,
+                       time_budget=None if time_budget is None else time_budget - (time.perf_counter() - t0))
+    return {**record, "seconds": time.perf_counter() - t0, "device": device}

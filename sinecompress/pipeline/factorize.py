@@ -18,6 +18,7 @@ from ..io.open import open_source
 from ..io.sources import Source
 from ..progress import Progress, as_progress
 from .allocate import apply_sensitivity
+from .blockwise import fit_blockwise
 from .calibrate import calibrate, decide
 from .card import compressed_card
 from .distributed import from_env
@@ -103,22 +104,32 @@ def _run(src: Source, out: Path, config: FactorizeConfig, progress: Progress, mo
     plan = build_plan(src, config)
     if dist.rank == 0:
         warn_kept_dense(plan)
-    if calibrated:
+    mode = config.finetune.mode if calibrated else None
+    if not calibrated and any(lp.method == "wsvd" for lp in plan.compressed):  # a recipe rule's wsvd
+        raise UsageError(f"--method wsvd needs calibration data, and {decide(src, config.calibration)[1]}")
+    cal, note = None, decide(src, config.calibration, model)[1]
+    if calibrated and (mode == "global" or plan.allocate == "sensitivity"):  # the whole model, in memory
         progress.stage("calibrating")
-    cal, note = calibrate(src, [lp.name for lp in plan.compressed], config.calibration, model=model, device=device)
-    if cal is None and any(lp.method == "wsvd" for lp in plan.compressed):  # a recipe rule's wsvd
-        raise UsageError(f"--method wsvd needs calibration data, and {note.split(';')[0]}")
+        cal, note = calibrate(src, [lp.name for lp in plan.compressed], config.calibration, model=model,
+                              device=device)
     allocation = {"mode": "uniform"}
     if plan.allocate == "sensitivity":
         plan, allocation = apply_sensitivity(plan, src, cal)
     ft_steps = config.finetune.steps_on(device)
-    tune, work, sequential = None, None, False
-    if cal is None:
+    tune, work, sequential, record = None, None, False, {"used": False}
+    if not calibrated:
         work = WorkDir(Path(dist.on_rank0(lambda: str(prepare(out, src, plan, config.output.resume).path))))
         dist.all_ok(lambda: fit_into(work, src, plan, progress, dist))
         factors, dense = stored_factors(work, plan)
         plan = settle(plan, factors, dense)
+    elif mode != "global":
+        cal = None  # the whole-model calibration (for an allocation) is not needed any more
+        factors, tune = fit_blockwise(src, plan, config, device, ft_steps if mode == "block" else 0, progress)
+        plan = settle(plan, factors)
+        record = {"used": True, "data": tune["data"], "samples": tune["samples"]}
+        note = f"calibrated block by block on {tune['data']}"
     else:
+        record = cal.record()
         # Calibrated fits need the model's activations and tune all layers together: one process, in memory.
         sequential = config.fit.sequential if config.fit.sequential is not None else ft_steps <= 0
         factors = (fit_sequential if sequential else fit_layers)(src, plan, progress, cal, device)
@@ -134,8 +145,7 @@ def _run(src: Source, out: Path, config: FactorizeConfig, progress: Progress, mo
     if work is not None:
         work.remove()
     summary = summarize(src, plan, factors, out, time.perf_counter() - t0)
-    summary["calibration"] = cal.record() if cal else {"used": False}
-    summary["calibration"]["note"] = note
+    summary["calibration"] = {**record, "note": note}
     summary["finetune"] = tune
     summary["allocation"] = allocation
     summary["sequential"] = sequential

@@ -1,0 +1,86 @@
+"""Calibration one block at a time: what the first block of a stack is given, and what a block's
+layers see when it runs on given inputs.
+
+``block_inputs`` runs the model on each batch only up to its first block (a forward pre-hook catches
+the block's hidden states and call keywords - rotary embeddings, masks, positions - and stops the
+forward, as GPTQ-style tools do), so the blocks themselves are never needed for it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+from .capture import gram_hook, named_modules
+
+
+class _Stop(Exception):
+    """Ends a forward once the first block's inputs are caught."""
+
+
+def to_device(obj, device: str):
+    """Tensors inside ``obj`` (nested tuples, lists, dicts) moved to ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(to_device(x, device) for x in obj)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    return obj
+
+
+def block_output(out) -> torch.Tensor:
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+@torch.no_grad()
+def block_inputs(model: nn.Module, first: nn.Module, batches: list[dict], device: str = "cpu"):
+    """For each batch: (the hidden states ``first`` receives, its other call keywords), on the CPU."""
+    caught: list[tuple[torch.Tensor, dict]] = []
+
+    def hook(_mod, args, kwargs):
+        kw = dict(kwargs)
+        x = args[0] if args else kw.pop("hidden_states")
+        for k in ("cache", "past_key_values", "past_key_value", "layer_past"):
+            kw.pop(k, None)  # no key/value cache while calibrating: every batch is a fresh sequence
+        if "use_cache" in kw:
+            kw["use_cache"] = False
+        caught.append((x.detach().to("cpu", torch.float32), to_device(kw, "cpu")))
+        raise _Stop
+
+    handle = first.register_forward_pre_hook(hook, with_kwargs=True)
+    model.eval()
+    try:
+        for b in batches:
+            try:
+                model(**to_device(b, device))
+            except _Stop:
+                continue
+            except (TypeError, ValueError, RuntimeError, IndexError) as e:
+                raise InputError(f"calibration inputs do not fit the model ({type(e).__name__}: {e})") from None
+            raise InputError("the model's forward never reached its first block; use --finetune global")
+    finally:
+        handle.remove()
+    return caught
+
+
+@torch.no_grad()
+def run_block(block: nn.Module, inputs: list[tuple[torch.Tensor, dict]], device: str = "cpu",
+              names: list[str] = (), masks: list[torch.Tensor | None] = ()) -> tuple[list[torch.Tensor], dict]:
+    """Run ``block`` on every (hidden states, keywords); return its outputs (CPU, float32) and, for each
+    module in ``names``, ``{"gram": XᵀX, "tokens": n}`` of what it saw over real tokens (``masks``)."""
+    mods = named_modules(block, list(names))
+    stats = {n: {"gram": None, "tokens": 0} for n in names}
+    current: dict = {"mask": None}
+    handles = [mods[n].register_forward_pre_hook(gram_hook(stats, n, current)) for n in names]
+    outs = []
+    try:
+        for i, (x, kw) in enumerate(inputs):
+            current["mask"] = masks[i] if i < len(masks) else None
+            y = block_output(block(x.to(device), **to_device(kw, device)))
+            outs.append(y.detach().to("cpu", torch.float32))
+    finally:
+        for h in handles:
+            h.remove()
+    return outs, stats

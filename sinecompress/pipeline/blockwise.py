@@ -1,0 +1,150 @@
+"""Block-by-block calibrated compression: the embeddings, one block and the activations in memory.
+
+The model is built from its config with empty parameters (``nn/skeleton.py``); everything outside the
+stack of blocks is read from the checkpoint, the calibration batches run up to the first block, and
+then, for each block in turn:
+
+1. the block's weights are read; it runs on the current inputs (the outputs of the already compressed
+   blocks before it), capturing the Gram XᵀX of each target layer and the block's own outputs;
+2. each target layer is fitted to what it sees (whitened SVD or the sine hybrid, as everywhere);
+3. with ``finetune.mode`` "block", the block's factors are tuned so that the compressed block, on the
+   same inputs, reproduces the original block's outputs (block-local distillation);
+4. the compressed block produces the next block's inputs, and the block's weights are dropped.
+
+Targets outside the stack (a pooler, an untied head) are fitted to their weights, and the summary says so.
+"""
+
+from __future__ import annotations
+
+import copy
+import resource
+import time
+
+import torch
+from torch import nn
+
+from ..calib.blocks import block_inputs, block_output, run_block, to_device
+from ..calib.data import load_calibration
+from ..config import FactorizeConfig
+from ..errors import InputError
+from ..io.hf_model import build_model, checkpoint_names
+from ..io.sources import Source
+from ..nn.skeleton import empty_parameters, find_blocks, materialize, move_real, release
+from ..nn.surgery import build_module, factors_of, swap_module
+from ..progress import QUIET, Progress
+from .calibrate import check_token_ids
+from .distill import adam_tune
+from .fitting import finish_factors, fit_layer
+from .plan import Plan
+
+
+def skeleton(src: Source) -> tuple[nn.Module, str, nn.ModuleList, dict[str, str]]:
+    """The model with empty parameters, its block stack (name, list) and model → checkpoint names."""
+    with empty_parameters():
+        model = build_model(src.side_dir())
+    stack, blocks = find_blocks(model)
+    names = checkpoint_names(model, src.tensors)
+    return model.eval(), stack, blocks, names
+
+
+def _fetcher(src: Source, names: dict[str, str]):
+    def fetch(full: str) -> torch.Tensor:
+        if full not in names:
+            raise InputError(f"{src.display}: no tensor for {full!r}, which the model built from its config needs")
+        return src.get(names[full])
+    return fetch
+
+
+def relative_error(y: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """‖y − target‖² / ‖target‖² over real tokens (a padded position is not what the block is for)."""
+    d, e = (y.float() - target) ** 2, target ** 2
+    if mask is not None and d.dim() == 3 and tuple(mask.shape) == tuple(d.shape[:2]):
+        w = mask.unsqueeze(-1).to(d.dtype)
+        d, e = d * w, e * w
+    return d.sum() / e.sum().clamp_min(1e-12)
+
+
+def tune_block(block: nn.Module, modules: list[str], inputs: list[tuple[torch.Tensor, dict]],
+               targets: list[torch.Tensor], masks: list, *, steps: int, lr: float, seed: int,
+               device: str) -> dict:
+    """Adam on the compressed ``modules`` of ``block`` so that it reproduces ``targets`` on ``inputs``."""
+    for p in block.parameters():
+        p.requires_grad_(False)
+    params = [p for name in modules for p in block.get_submodule(name).parameters()]
+    dev = [(x.to(device), to_device(kw, device), t.to(device), None if m is None else m.to(device))
+           for (x, kw), t, m in zip(inputs, targets, masks)]
+
+    def loss_of(i):
+        x, kw, t, m = dev[i]
+        return relative_error(block_output(block(x, **kw)), t, m)
+
+    return adam_tune(params, loss_of, len(dev), steps=steps, lr=lr, seed=seed, stage=None)
+
+
+def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str, tune_steps: int,
+                  progress: Progress = QUIET) -> tuple[dict[str, dict], dict]:
+    """Fit every compressed layer of ``plan`` block by block; return (factors by layer, a record for the
+    summary: data, tokens, per-block losses, peak memory)."""
+    t0 = time.perf_counter()
+    model, stack, blocks, names = skeleton(src)
+    fetch = _fetcher(src, names)
+    materialize(model, "", fetch, skip=stack + ".")
+    move_real(model, device)
+    cfg = config.calibration
+    data = load_calibration(cfg.source, src.side_dir(), cfg.samples, cfg.seq_len)
+    check_token_ids(data, model, cfg.source or "the built-in text")
+    masks = [b.get("attention_mask") for b in data.batches]
+    inputs = block_inputs(model, blocks[0], data.batches, device)
+    by_block: dict[int, list] = {}
+    outside = []
+    for lp in plan.compressed:
+        head, _, rest = lp.name.partition(stack + ".")
+        if head == "" and rest:
+            by_block.setdefault(int(rest.split(".")[0]), []).append(lp)
+        else:
+            outside.append(lp)
+    factors, blocks_done = {}, []
+    progress.stage("fitting", len(blocks))
+    for i, block in enumerate(blocks):
+        progress.advance(i, f"{stack}.{i}")
+        prefix = f"{stack}.{i}"
+        materialize(block, prefix, fetch)
+        block.to(device)
+        layers = by_block.get(i, [])
+        local = [lp.name[len(prefix) + 1:] for lp in layers]
+        targets, grams = run_block(block, inputs, device, local, masks)
+        record = {"block": i, "layers": len(layers)}
+        if layers:
+            for lp, name in zip(layers, local):
+                w = block.get_submodule(name).weight.detach()
+                factors[lp.name] = fit_layer(w, lp, plan, grams[name]["gram"], device)
+            comp = copy.deepcopy(block)
+            for lp, name in zip(layers, local):
+                old = block.get_submodule(name)
+                bias = None if getattr(old, "bias", None) is None else old.bias.detach()
+                swap_module(comp, name, build_module(lp.record(factors[lp.name].get("omega")), factors[lp.name], bias,
+                                                     dtype=torch.float32).to(device))
+            if tune_steps > 0:
+                tuned = tune_block(comp, local, inputs, targets, masks, steps=tune_steps, lr=config.finetune.lr,
+                                   seed=config.seed, device=device)
+                record.update(loss_start=round(tuned["loss_start"], 6), loss_end=round(tuned["loss_end"], 6))
+                for lp, name in zip(layers, local):
+                    before = factors[lp.name]
+                    w = block.get_submodule(name).weight.detach().float().cpu()
+                    f = finish_factors(factors_of(comp.get_submodule(name)), lp, w, grams[name]["gram"].cpu())
+                    f["start_act_error"] = before.get("start_act_error")
+                    factors[lp.name] = f
+            inputs = [(y, kw) for y, (_, kw) in zip(run_block(comp, inputs, device)[0], inputs)]
+            del comp
+        else:
+            inputs = [(y, kw) for y, (_, kw) in zip(targets, inputs)]
+        del targets, grams
+        release(block)
+        blocks_done.append(record)
+    progress.advance(len(blocks))
+    for lp in outside:  # not inside the block stack: fitted to its weights
+        factors[lp.name] = fit_layer(src.get(lp.name + ".weight"), lp, plan, device=device)
+    return factors, {"mode": "block" if tune_steps > 0 else "none", "data": data.description,
+                     "samples": data.samples, "blocks": blocks_done, "outside_stack": [lp.name for lp in outside],
+                     "seconds": round(time.perf_counter() - t0, 3),
+                     "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}
