@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import UsageError
-from ..report.plot import plot_report, plot_sweep, require_matplotlib
+from ..report.plot import check_plot, plot_report, plot_sweep, require_matplotlib
 from ..report.report import report
 from ..report.spectra import DEFAULT_TOP, sparkline
 from ..report.sweep import DEFAULT_OMEGAS, omega_sweep, parse_omegas, parse_shape
@@ -124,22 +125,29 @@ def report_cmd(
                                  "(schema: docs/report.md)."),
 ):
     """Parameters, compression rate, reconstruction error and rank spectra, per layer and in total."""
+    reads = _paths(source, against, calib)
     if plot is not None:
         require_matplotlib()  # fail before the work, not after
+        check_plot(plot, reads)
     with err_console.status("computing spectra") as status:
         def progress(name: str, done: int, total: int):
             status.update(f"spectra {done}/{total} {name}")
 
         rep = report(source, against=against, layers=layers, calib=calib, exact=exact, rank=_ranks(rank),
                      rtol=rtol, top=top, progress=progress)
-    _emit(rep, print_report, plot_report, plot, as_json)
+    _emit(rep, print_report, plot_report, plot, as_json, reads)
 
 
-def _emit(result: dict, show, draw, plot: Path | None, as_json: bool) -> None:
+def _paths(*specs) -> list[Path]:
+    """The files and directories a command reads (a plot may not replace any of them)."""
+    return [Path(s) for s in specs if s and os.path.lexists(s)]
+
+
+def _emit(result: dict, show, draw, plot: Path | None, as_json: bool, reads=()) -> None:
     """The table (stdout, or stderr under --json), the optional plot, then the JSON."""
     show(result, _out_console(as_json))
     if plot is not None:
-        draw(result, plot)
+        draw(result, plot, reads)
         err_console.print(f"wrote {plot}", highlight=False)
     if as_json:
         print(json.dumps(result, indent=1))
@@ -185,6 +193,7 @@ def spectrum_cmd(
     """Rank of sin(ω·U Vᵀ) against ω (Theorem 1): how high a frequency the sine needs to raise the rank."""
     if plot is not None:
         require_matplotlib()
+        check_plot(plot, _paths(checkpoint))
     sw = omega_sweep(shape=None if checkpoint else parse_shape(shape), rank=rank, omegas=parse_omegas(omegas),
                      seed=seed, source=checkpoint, layer=layer, rtol=rtol, exact=exact)
-    _emit(sw, print_sweep, plot_sweep, plot, as_json)
+    _emit(sw, print_sweep, plot_sweep, plot, as_json, _paths(checkpoint))

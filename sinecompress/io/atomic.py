@@ -38,26 +38,27 @@ def tmp_name(out: Path) -> Path:
 
 
 def check_existing(out: Path, overwrite: bool, kind: str = "file",
-                   replaceable: Callable[[Path], str | None] | None = None) -> None:
+                   replaceable: Callable[[Path], str | None] | None = None, flag: str = "--out") -> None:
     """What is at ``out`` now may be replaced: nothing, or (with ``overwrite``) a ``kind`` of thing that
-    ``replaceable`` accepts (it returns None, or why the thing is not this tool's kind of output)."""
+    ``replaceable`` accepts (it returns None, or why the thing is not this tool's kind of output).
+    ``flag`` names the option that gave the path."""
     try:
         st = os.lstat(out)
     except FileNotFoundError:
         return
     if stat.S_ISLNK(st.st_mode):
-        raise UsageError(f"--out {out}: is a symbolic link; name the real path")
+        raise UsageError(f"{flag} {out}: is a symbolic link; name the real path")
     if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
-        raise UsageError(f"--out {out}: exists and is {describe(st.st_mode)}; name a new path")
+        raise UsageError(f"{flag} {out}: exists and is {describe(st.st_mode)}; name a new path")
     if not overwrite:
         raise UsageError(f"{out} already exists; pass --overwrite to replace it")
     is_dir = stat.S_ISDIR(st.st_mode)
     if is_dir != (kind == "dir"):
-        raise UsageError(f"--out {out}: exists as a {'directory' if is_dir else 'file'}, but this run writes a "
+        raise UsageError(f"{flag} {out}: exists as a {'directory' if is_dir else 'file'}, but this run writes a "
                          f"{'directory' if kind == 'dir' else 'file'}; --overwrite only replaces an output like it")
     why = replaceable(out) if replaceable else None
     if why:
-        raise UsageError(f"--out {out}: {why}, so it is not an output this tool wrote; refusing to replace it "
+        raise UsageError(f"{flag} {out}: {why}, so it is not an output this tool wrote; refusing to replace it "
                          "even with --overwrite")
 
 
@@ -90,15 +91,15 @@ def held_here(out: Path) -> None:
 
 @contextlib.contextmanager
 def claim_output(out: Path, overwrite: bool, reads: Iterable[Path] = (), kind: str = "file",
-                 replaceable: Callable[[Path], str | None] | None = None) -> Iterator[None]:
+                 replaceable: Callable[[Path], str | None] | None = None, flag: str = "--out") -> Iterator[None]:
     """Hold ``out`` for the whole run: its place checked, its lock taken, what is there checked."""
     out = Path(out)
     if resolved(out) in _claimed:
         yield
         return
-    check_output_place(out, reads)
+    check_output_place(out, reads, flag=flag)
     with output_lock(out):
-        check_existing(out, overwrite, kind, replaceable)
+        check_existing(out, overwrite, kind, replaceable, flag)
         clean_stale(out)
         yield
 
@@ -118,14 +119,14 @@ def atomic_file(path: Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_output(out: Path, overwrite: bool = False, reads: Iterable[Path] = (), kind: str = "file",
-                  replaceable: Callable[[Path], str | None] | None = None) -> Iterator[Path]:
+                  replaceable: Callable[[Path], str | None] | None = None, flag: str = "--out") -> Iterator[Path]:
     """Yield a temporary path next to ``out``; rename it to ``out`` only if the block succeeds.
 
     Claims ``out`` first unless this process already holds it (``claim_output``). An OSError while
     writing (disk full, read-only, permissions) becomes a one-line ``OutputError``.
     """
     out = Path(out)
-    with claim_output(out, overwrite, reads, kind, replaceable):
+    with claim_output(out, overwrite, reads, kind, replaceable, flag):
         tmp = tmp_name(out)
         _remove(tmp)
         try:

@@ -66,24 +66,25 @@ def member(root: Path, name: str, what: str) -> Path:
     return regular_file(path, what)
 
 
-def check_output_place(out: Path, reads: Iterable[Path] = (), parent: bool = True) -> None:
+def check_output_place(out: Path, reads: Iterable[Path] = (), parent: bool = True, flag: str = "--out") -> None:
     """Refuse an output that is, contains or lies inside a path the run reads, or that is the working
-    directory or one of its parents; with ``parent``, the output's parent must be an existing directory."""
+    directory or one of its parents; with ``parent``, the output's parent must be an existing directory.
+    ``flag`` names the option that gave the path."""
     target = resolved(out)
     cwd = resolved(Path.cwd())
     if target == cwd or target in cwd.parents:
-        raise UsageError(f"--out {out}: is the working directory or one of its parents; name a new path")
+        raise UsageError(f"{flag} {out}: is the working directory or one of its parents; name a new path")
     for src in reads:
         s = resolved(src)
         if target == s or s in target.parents or target in s.parents:
             how = "is" if target == s else "lies inside" if s in target.parents else "contains"
-            raise UsageError(f"--out {out}: {how} the input {src}; write the output somewhere else")
+            raise UsageError(f"{flag} {out}: {how} the input {src}; write the output somewhere else")
     if not parent:
         return
     if not out.parent.exists():
         raise UsageError(f"{out.parent}: output directory does not exist")
     if not out.parent.is_dir():
-        raise UsageError(f"{out.parent}: is not a directory, so --out {out} cannot be created there")
+        raise UsageError(f"{out.parent}: is not a directory, so {flag} {out} cannot be created there")
 
 
 def make_output_parent(out: Path, reads: Iterable[Path] = ()) -> None:

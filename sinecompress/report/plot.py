@@ -6,7 +6,10 @@ import math
 from pathlib import Path
 
 from ..errors import UsageError
-from ..io.atomic import atomic_output
+from ..io.atomic import atomic_output, check_existing
+from ..io.paths import check_output_place
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 MAX_PANELS = 12
 STYLE = {  # spectrum key → (label, colour, line style)
@@ -30,11 +33,24 @@ def require_matplotlib():
     return plt
 
 
-def _save(fig, plt, out: Path) -> None:
-    out = Path(out)
-    if not out.parent.exists():
-        raise UsageError(f"{out.parent}: directory for --plot does not exist")
-    with atomic_output(out, overwrite=True) as tmp:
+def not_a_plot(path: Path) -> str | None:
+    """None when ``path`` is a PNG (a plot this tool may redraw); else what it is instead."""
+    try:
+        with open(path, "rb") as f:
+            return None if f.read(len(PNG_MAGIC)) == PNG_MAGIC else "is not a PNG image"
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+
+
+def check_plot(out: Path, reads=()) -> None:
+    """Before any work: the plot may go to ``out`` (not an input, not a file other than an earlier plot)."""
+    check_output_place(Path(out), reads, flag="--plot")
+    check_existing(Path(out), True, "file", not_a_plot, flag="--plot")
+
+
+def _save(fig, plt, out: Path, reads=()) -> None:
+    # A plot is redrawn without --overwrite, but only over an earlier PNG, never over an input.
+    with atomic_output(Path(out), overwrite=True, reads=reads, replaceable=not_a_plot, flag="--plot") as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
 
@@ -46,7 +62,7 @@ def _pick(layers: list[dict]) -> list[dict]:
     return [layers[round(i * step)] for i in range(MAX_PANELS)]
 
 
-def plot_report(rep: dict, out: str | Path) -> Path:
+def plot_report(rep: dict, out: str | Path, reads=()) -> Path:
     """Normalised singular values σ_i/σ_max (log scale) per layer: W, U Vᵀ, sin(ω·U Vᵀ), Ŵ."""
     plt = require_matplotlib()
     layers = _pick(rep["layers"])
@@ -94,11 +110,11 @@ def plot_report(rep: dict, out: str | Path) -> Path:
     fig.legend(list(handles.values()), list(handles), loc="upper center", bbox_to_anchor=(0.5, 0.975),
                ncol=len(handles), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
-    _save(fig, plt, Path(out))
+    _save(fig, plt, Path(out), reads)
     return Path(out)
 
 
-def plot_sweep(sweep: dict, out: str | Path) -> Path:
+def plot_sweep(sweep: dict, out: str | Path, reads=()) -> Path:
     """Left: normalised spectra of U Vᵀ and sin(ω·U Vᵀ) per ω. Right: numerical/effective rank against ω."""
     plt = require_matplotlib()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -130,5 +146,5 @@ def plot_sweep(sweep: dict, out: str | Path) -> Path:
     what = sweep["layer"] or "random factors"
     fig.suptitle(f"{what}: {sweep['shape'][0]}×{sweep['shape'][1]}, k={sweep['rank']}", fontsize=10)
     fig.tight_layout()
-    _save(fig, plt, Path(out))
+    _save(fig, plt, Path(out), reads)
     return Path(out)
