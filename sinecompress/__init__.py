@@ -9,17 +9,21 @@ from __future__ import annotations
 
 from .config import FactorizeConfig, Rule, make_config
 from .errors import GateFailed, InputError, SineCompressError, UsageError
-from .nn.layers import LowRankLinear, SineLowRankLinear
+from .integrations.hf_hook import install as _install_hf_hook
+from .nn.layers import LowRankLinear, SineLowRankLinear, cache_weights
 from .pipeline.compress import compress_
 from .pipeline.factorize import factorize
 from .pipeline.inflate import inflate
 from .pipeline.load import load
+from .pipeline.save import save
 from .version import __version__
 from .weights import sine_weight
+
+_install_hf_hook()  # transformers' from_pretrained / SentenceTransformer then load compressed directories
 
 __all__ = [
     "__version__", "SineLowRankLinear", "LowRankLinear", "sine_weight",
     "SineCompressError", "UsageError", "InputError", "GateFailed",
     "FactorizeConfig", "Rule", "make_config",
-    "factorize", "inflate", "load", "compress_",
+    "factorize", "inflate", "load", "save", "compress_", "cache_weights",
 ]

@@ -15,7 +15,7 @@ LAYERS = [
     {"errors", "version", "dtypes", "weights", "signals", "config", "matching", "progress"},
     {"fit", "io"},
     {"nn", "calib"},
-    {"pipeline", "scratch", "adapters"},
+    {"pipeline", "scratch", "adapters", "integrations"},
     {"recipe", "report"},
     {"cli", "__main__"},
 ]
@@ -59,11 +59,13 @@ def _graph():
                             private.append(f"{mod} imports {target}.{a.name}")
             elif isinstance(node, ast.Import):
                 deps.update(a.name for a in node.names if a.name in modules)
-        # imports of the package's own modules inside functions hide cycles
+        # imports of the package's own modules inside functions hide cycles; only the integrations, which
+        # import their library's heavy machinery, are imported when used
         for fn in ast.walk(tree):
             if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 for node in ast.walk(fn):
-                    if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("sinecompress")):
+                    if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("sinecompress")) \
+                            and not _resolve(mod, is_pkg, node).startswith("sinecompress.integrations"):
                         inner.append(f"{mod}:{node.lineno} imports {node.module or '.'} inside {fn.name}()")
         deps.discard(mod)
         edges[mod] = deps

@@ -4,7 +4,13 @@ A factorised ``<module>.weight`` is replaced by factor tensors:
 
 * sine:    ``<module>.sine_u`` (m×k_s), ``.sine_v`` (n×k_s), ``.sine_amp`` (m, or 1 for a scalar amplitude),
            and, when the layer has a linear part, ``.sine_lin_u`` (m×k_l), ``.sine_lin_v`` (n×k_l);
-* lowrank: ``<module>.lowrank_u`` (m×k), ``.lowrank_v`` (n×k).
+* lowrank: ``<module>.lowrank_u`` (m×k), ``.lowrank_v`` (n×k);
+
+plus ``<module>.weight`` as a zero-element placeholder of the layer's dtype: a loader that does not
+know the format (stock transformers without ``import sinecompress``) then stops on a shape mismatch
+instead of silently running a randomly initialised layer. Readers ignore it; files written before
+it was added load the same. A model directory's ``config.json`` carries ``quantization_config``
+(``hf_quantization_config``), which transformers' loader hands to ``integrations/hf_quantizer.py``.
 
 Every other tensor is copied byte for byte. ``__metadata__`` holds ``"format": "pt"`` (what
 transformers expects) and one JSON document under ``"sinecompress"``::
@@ -44,6 +50,9 @@ SUFFIXES = {
     "lowrank": {"u": "lowrank_u", "v": "lowrank_v"},
 }
 ALL_SUFFIXES = tuple(s for kind in SUFFIXES.values() for s in kind.values())
+PLACEHOLDER = "weight"  # <module>.weight, zero elements
+QUANT_METHOD = "sinecompress"  # config.json quantization_config.quant_method
+HF_LAYER_KEYS = ("kind", "shape", "dtype", "rank", "linear_rank", "omega", "amplitude")
 
 
 def factor_shapes(kind: str, m: int, n: int, rank: int, linear_rank: int = 0,
@@ -107,6 +116,17 @@ def make_metadata(layers: dict[str, LayerRecord], plan: dict | None, source: str
     if extra:
         doc.update(extra)
     return {"format": "pt", META_KEY: json.dumps(doc, sort_keys=True)}
+
+
+def hf_quantization_config(layers: dict[str, LayerRecord]) -> dict:
+    """config.json's ``quantization_config``: what transformers' loader needs to build each layer."""
+    return {"quant_method": QUANT_METHOD, "format_version": FORMAT_VERSION, "tool_version": __version__,
+            "layers": {name: {k: v for k, v in rec.to_json().items() if k in HF_LAYER_KEYS}
+                       for name, rec in sorted(layers.items())}}
+
+
+def is_ours(quantization_config) -> bool:
+    return isinstance(quantization_config, dict) and quantization_config.get("quant_method") == QUANT_METHOD
 
 
 def read_metadata(metadata: dict[str, str] | None, where: str) -> dict | None:
@@ -184,8 +204,9 @@ def read_layers(src: Source) -> dict[str, LayerRecord]:
     for name, raw in doc["layers"].items():
         try:
             rec = parse_record(name, raw)
-            if name + ".weight" in src.tensors:
-                raise ValueError(f"the checkpoint also holds a dense {name + '.weight'!r}")
+            held = src.tensors.get(f"{name}.{PLACEHOLDER}")
+            if held is not None and tuple(held.shape) != (0,):
+                raise ValueError(f"the checkpoint also holds a dense {name + '.weight'!r} of shape {list(held.shape)}")
             for key, tname in rec.tensor_names.items():
                 info = src.tensors.get(tname)
                 if info is None:
@@ -206,8 +227,9 @@ def read_layers(src: Source) -> dict[str, LayerRecord]:
 
 
 def owned_tensors(layers: dict[str, LayerRecord]) -> dict[str, str]:
-    """Factor tensor name -> the module it belongs to."""
-    return {t: name for name, rec in layers.items() for t in rec.tensor_names.values()}
+    """Factor (and placeholder) tensor name -> the module it belongs to."""
+    return {t: name for name, rec in layers.items()
+            for t in (f"{name}.{PLACEHOLDER}", *rec.tensor_names.values())}
 
 
 def dense_from_factors(rec: LayerRecord, get: Callable[[str], torch.Tensor]) -> torch.Tensor:

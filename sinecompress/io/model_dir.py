@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..errors import InputError, SineCompressWarning
 from .atomic import atomic_output
+from .format import is_ours
 from .header import check_safetensors_header
 from .paths import describe, link_allowed, member
 from .shards import write_weights
@@ -82,6 +83,8 @@ def copy_model_files(model_dir: Path, dest: Path, edit_config: ConfigEdit | None
 def drop_compression(cfg: dict) -> dict:
     """config.json of a dense output: nothing to decompress."""
     cfg.pop("compression_config", None)
+    if is_ours(cfg.get("quantization_config")):
+        cfg.pop("quantization_config")
     return cfg
 
 

@@ -11,6 +11,9 @@ rank. ``a`` is a per-output-row or scalar amplitude, learnable or fixed (the pap
 
 The phase ω·UVᵀ is always formed in float32: at phase ~100 a bfloat16 rounding error is
 about one whole period, which would turn the weight into noise.
+
+``SineLowRankLinear.cache_weight()`` trades the factors' memory saving for speed at inference:
+Ŵ is built once and reused (see its docstring for when the cache is rebuilt or bypassed).
 """
 
 from __future__ import annotations
@@ -78,6 +81,9 @@ class SineLowRankLinear(nn.Module):
     ``rank`` is the total factor rank: the linear part has ``linear_rank`` of it, the sine part the rest.
     """
 
+    _cache_on = False  # class defaults: instances made by subclasses or unpickled ones have them too
+    _cache = None
+
     def __init__(self, in_features, out_features, rank, omega, bias=True, amplitude="row",
                  learn_amplitude=True, amplitude_init=None, linear_rank=0, device=None, dtype=None):
         super().__init__()
@@ -120,7 +126,46 @@ class SineLowRankLinear(nn.Module):
                            dtype=dtype or self.u.dtype)
 
     def forward(self, x):
-        return F.linear(x, self.dense_weight(dtype=x.dtype), _cast(self.bias, x))
+        if self._cache_on and not self.training and not (torch.is_grad_enabled() and self._factors_need_grad()):
+            w = self._cached_weight(x.dtype, x.device)
+        else:
+            w = self.dense_weight(dtype=x.dtype)
+        return F.linear(x, w, _cast(self.bias, x))
+
+    def cache_weight(self, enabled: bool = True) -> SineLowRankLinear:
+        """Build Ŵ once per (dtype, device) and reuse it in eval-mode forwards (costs one dense m×n tensor).
+
+        The cache is rebuilt whenever a factor changes: in-place updates (optimizer steps,
+        ``load_state_dict``, ``copy_`` under ``no_grad``) bump the tensor's version counter, and
+        ``.to()`` or reassignment gives new storage, both of which are part of the cache key. It is
+        dropped by ``train()`` and bypassed while autograd could need the factors' gradients (training
+        mode, or grad enabled with factors that require grad), so gradients are never silently lost.
+        Edits through ``.data`` bypass the version counter: call ``drop_weight_cache()`` after them.
+        """
+        self._cache_on, self._cache = bool(enabled), None
+        return self
+
+    def drop_weight_cache(self) -> None:
+        self._cache = None
+
+    def train(self, mode: bool = True):
+        if mode:
+            self._cache = None
+        return super().train(mode)
+
+    def _factors(self):
+        return [t for t in (self.u, self.v, self.amp, self.lin_u, self.lin_v) if t is not None]
+
+    def _factors_need_grad(self) -> bool:
+        return any(t.requires_grad for t in self._factors())
+
+    def _cached_weight(self, dtype, device):
+        key = (dtype, device, tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in self._factors()))
+        if self._cache is None or self._cache[0] != key:
+            # A normal (not inference-mode) tensor, so it can be reused outside torch.inference_mode too.
+            with torch.inference_mode(False), torch.no_grad():
+                self._cache = (key, self.dense_weight(dtype=dtype).to(device))
+        return self._cache[1]
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, rank: int, omega: float, linear_rank: int = 0,
@@ -146,6 +191,14 @@ class SineLowRankLinear(nn.Module):
     def extra_repr(self):
         return (f"in={self.in_features}, out={self.out_features}, rank={self.rank}, omega={self.omega:g}, "
                 f"linear_rank={self.linear_rank}, amplitude={self.amplitude}, bias={self.bias is not None}")
+
+
+def cache_weights(model: nn.Module, enabled: bool = True) -> int:
+    """``cache_weight(enabled)`` on every sine layer of ``model``; returns how many there are."""
+    layers = [m for m in model.modules() if isinstance(m, SineLowRankLinear)]
+    for m in layers:
+        m.cache_weight(enabled)
+    return len(layers)
 
 
 def _cast(bias, x):

@@ -7,7 +7,8 @@ from torch import nn
 
 from ..dtypes import TO_TORCH
 from ..io.format import LayerRecord
-from .layers import LowRankLinear, SineLowRankLinear
+from .checkpoint_layers import CompressedLowRankLinear, CompressedSineLinear
+from .layers import LowRankLinear
 
 
 def swap_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
@@ -24,20 +25,27 @@ def swap_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
     return old
 
 
+def empty_module(rec: LayerRecord, bias: bool, device=None, dtype: torch.dtype | None = None) -> nn.Module:
+    """The module ``rec`` describes, factors not yet set; its tensors carry the checkpoint's names
+    (``checkpoint_layers.py``), so its ``state_dict()`` is the compressed format."""
+    m, n = rec.shape
+    kw = {"device": device, "dtype": dtype or TO_TORCH[rec.dtype]}
+    if rec.kind == "lowrank":
+        return CompressedLowRankLinear(n, m, rec.rank, bias=bias, **kw)
+    return CompressedSineLinear(n, m, rec.rank, rec.omega, bias=bias, amplitude=rec.amplitude or "row",
+                                linear_rank=rec.linear_rank, **kw)
+
+
 def build_module(rec: LayerRecord, factors: dict[str, torch.Tensor], bias: torch.Tensor | None = None,
                  dtype: torch.dtype | None = None) -> nn.Module:
-    """The ``SineLowRankLinear`` / ``LowRankLinear`` that ``rec`` describes, holding ``factors`` (by factor
-    key) and ``bias``, in ``dtype`` (default: the record's)."""
-    m, n = rec.shape
-    dtype = dtype or TO_TORCH[rec.dtype]
+    """The compressed layer ``rec`` describes, holding ``factors`` (by factor key) and ``bias``, in ``dtype``
+    (default: the record's)."""
+    mod = empty_module(rec, bias is not None, dtype=dtype)
     if rec.kind == "lowrank":
-        mod = LowRankLinear(n, m, rec.rank, bias=bias is not None, dtype=dtype)
         with torch.no_grad():
             mod.u.copy_(factors["u"])
             mod.v.copy_(factors["v"])
     else:
-        mod = SineLowRankLinear(n, m, rec.rank, rec.omega, bias=bias is not None, amplitude=rec.amplitude or "row",
-                                linear_rank=rec.linear_rank, dtype=dtype)
         mod.load_factors(factors)
     if bias is not None:
         with torch.no_grad():

@@ -12,6 +12,7 @@ from ..io.memory import module_source
 from ..nn.surgery import build_module, swap_module
 from .calibrate import Calibration
 from .fitting import fit_layers, settle
+from .load import attach_hf
 from .plan import build_plan
 
 
@@ -44,4 +45,6 @@ def compress_(model: nn.Module, config: FactorizeConfig | None = None, /, *,
         new = build_module(rec, f, old.bias.detach() if old.bias is not None else None)
         swap_module(model, lp.name, new.to(old.weight.device))
         records.append(rec.to_json())
+    if records:
+        attach_hf(model)  # a transformers model's save_pretrained then writes the compressed format
     return records

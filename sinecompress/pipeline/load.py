@@ -10,18 +10,23 @@ from ..errors import InputError
 from ..io.format import owned_tensors, read_layers
 from ..io.hf_model import build_model, load_weights
 from ..io.open import open_source
+from ..nn.layers import SineLowRankLinear
 from ..nn.surgery import build_module, swap_module
 
 
-def load(path: str | Path, model: nn.Module | None = None):
+def load(path: str | Path, model: nn.Module | None = None, cache_weights: bool = False):
     """Load a compressed checkpoint.
 
     * an HF directory (``config.json``): returns the ``transformers`` model with each factorised
-      ``nn.Linear`` replaced by its ``SineLowRankLinear`` / ``LowRankLinear``;
+      ``nn.Linear`` replaced by its ``SineLowRankLinear`` / ``LowRankLinear``, set up as transformers'
+      ``from_pretrained`` sets it up after ``import sinecompress`` (``save_pretrained`` writes the
+      compressed format);
     * with ``model`` given: swaps the modules into that model and loads the remaining weights;
     * otherwise: returns a dict mapping tensor names to tensors and module names to sine modules.
 
-    Outputs equal those of the inflated dense model (up to the dtype's rounding).
+    Outputs equal those of the inflated dense model (up to the dtype's rounding). The modules' tensors
+    carry the checkpoint's names, so ``state_dict()`` is the compressed layout. ``cache_weights``: build
+    each sine layer's dense Ŵ once for inference (``SineLowRankLinear.cache_weight``).
     """
     src = open_source(path)
     layers = read_layers(src)
@@ -32,6 +37,8 @@ def load(path: str | Path, model: nn.Module | None = None):
     for name, rec in layers.items():
         bias = src.get(name + ".bias") if name + ".bias" in src.tensors else None
         modules[name] = build_module(rec, {k: src.get(t) for k, t in rec.tensor_names.items()}, bias)
+        if cache_weights and isinstance(modules[name], SineLowRankLinear):
+            modules[name].cache_weight()
     rest = {k: src.get(k) for k in src.tensors if k not in owned and k.rsplit(".", 1)[0] not in layers}
     if model is None:
         return {**rest, **modules}
@@ -44,4 +51,17 @@ def load(path: str | Path, model: nn.Module | None = None):
         if dtype is not None:
             mod.to(dtype)
     load_weights(model, rest, src.display, provided=set(layers))
+    attach_hf(model)
     return model.eval()
+
+
+def attach_hf(model: nn.Module) -> None:
+    """A transformers model gets the quantizer ``from_pretrained`` would attach (when transformers supports
+    it), so its ``save_pretrained`` writes the compressed format."""
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "save_pretrained") or not hasattr(model, "save_pretrained"):
+        return
+    from ..integrations.hf_quantizer import MIN_TRANSFORMERS, attach, transformers_version
+
+    if transformers_version() >= MIN_TRANSFORMERS:
+        attach(model)

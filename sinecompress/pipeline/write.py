@@ -6,8 +6,11 @@ import contextlib
 import math
 from pathlib import Path
 
+import torch
+
+from ..dtypes import TO_TORCH
 from ..io.atomic import atomic_output
-from ..io.format import FORMAT_VERSION, make_metadata
+from ..io.format import PLACEHOLDER, hf_quantization_config, make_metadata
 from ..io.model_dir import copy_model_files
 from ..io.shards import write_weights
 from ..io.sources import Source
@@ -34,6 +37,8 @@ def entries_for(src: Source, plan: Plan, factors: dict[str, dict]) -> list[Entry
             continue
         f = factors[lp.name]
         rec = lp.record()
+        entries.append(Entry(f"{lp.name}.{PLACEHOLDER}", info.dtype, (0,),
+                             lambda d=TO_TORCH[info.dtype]: torch.empty(0, dtype=d)))
         for key, fname in rec.tensor_names.items():
             # Shapes come from the plan, tensors only when written: one factor in memory at a time.
             entries.append(Entry(fname, info.dtype, rec.shapes[key], lambda f=f, key=key: f[key]))
@@ -64,8 +69,8 @@ def write_compressed(src: Source, plan: Plan, factors: dict[str, dict], out: Pat
     as_dir = side is not None or max_shard_bytes is not None
 
     def mark_compressed(cfg: dict) -> dict:
-        cfg["compression_config"] = {"tool": "sinecompress", "format_version": FORMAT_VERSION,
-                                     "method": plan.method, "layers": sorted(layers)}
+        cfg.pop("compression_config", None)  # what versions before the transformers integration wrote
+        cfg["quantization_config"] = hf_quantization_config(layers)
         return cfg
 
     with contextlib.ExitStack() as stack:
