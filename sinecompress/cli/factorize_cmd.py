@@ -43,6 +43,7 @@ def factorize_cmd(
     no_calib: bool = option("calibration", "--no-calib", default=False,
                             help="Skip calibration: fit weights only (faster, worse)."),
     finetune_steps: str = option("finetune_steps", "--steps", "--finetune-steps"),
+    finetune: str = option("finetune"),
     fit_steps: int = option("fit_steps"),
     lr: float = option("lr"),
     device: str = option("device"),

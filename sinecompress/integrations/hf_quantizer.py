@@ -63,12 +63,19 @@ class SineCompressConfig(QuantizationConfigMixin):
         if not isinstance(self.layers, dict) or not self.layers:
             raise InputError(f"{where}: 'layers' must map module names to layer records; rewrite the directory "
                              "with `sinecompress factorize` or sinecompress.save")
-        self.records = {}
+        _ = self.records  # every layer record checked now, where a bad config.json is read
+
+    @property
+    def records(self) -> dict[str, LayerRecord]:
+        """The layer records, checked by the format's one check (not stored: the config is saved as JSON)."""
+        where = "config.json quantization_config"
+        out = {}
         for name, rec in self.layers.items():
             try:
-                self.records[name] = parse_record(name, rec)  # the format's one check of a layer record
+                out[name] = parse_record(name, rec)
             except ValueError as e:
                 raise InputError(f"{where}: layer {name!r}: {e}") from None
+        return out
 
 
 class SineCompressHfQuantizer(HfQuantizer):

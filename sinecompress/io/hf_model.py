@@ -18,19 +18,35 @@ from torch import nn
 from ..errors import InputError
 
 
+def model_class(model_dir: Path):
+    """(config, the transformers class config.json names in ``architectures``, else AutoModel)."""
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
+    arch = (getattr(config, "architectures", None) or [None])[0]
+    return config, getattr(transformers, arch, None) if arch else None
+
+
 def build_model(model_dir: Path) -> nn.Module:
     """A freshly initialised transformers model built from ``model_dir/config.json``."""
     import transformers
 
     try:
-        config = transformers.AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
-        arch = (getattr(config, "architectures", None) or [None])[0]
-        cls = getattr(transformers, arch, None) if arch else None
+        config, cls = model_class(model_dir)
         # Not on the meta device: non-persistent buffers (position ids) must be really initialised.
         return cls(config) if cls is not None else transformers.AutoModel.from_config(config)
     except Exception as e:  # an architecture this transformers version does not know, a bad config
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise InputError(f"{model_dir}: cannot build the model from config.json ({first})") from None
+        raise InputError(f"{model_dir}: cannot build the model from config.json ({_first_line(e)})") from None
+
+
+def float32(transformers) -> dict:
+    """``from_pretrained``'s keyword for float32 weights: ``dtype`` from transformers 4.56 on, ``torch_dtype`` before."""
+    major, minor = (int("".join(c for c in x if c.isdigit()) or 0) for x in transformers.__version__.split(".")[:2])
+    return {"dtype": torch.float32} if (major, minor) >= (4, 56) else {"torch_dtype": torch.float32}
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
 
 
 def load_weights(model: nn.Module, tensors: Mapping[str, torch.Tensor], where: str,
@@ -73,7 +89,20 @@ def checkpoint_names(model: nn.Module, tensors) -> dict[str, str]:
 
 
 def dense_model(src) -> nn.Module:
-    """The source's model in float32 with all its weights, in eval mode (a Hugging Face directory)."""
+    """The source's model in float32 with all its weights, in eval mode.
+
+    A safetensors model directory goes through transformers' own ``from_pretrained`` (its rules for
+    prefixes, tied weights and buffers, parameters created empty, then filled); other sources with side
+    files (GGUF) build the model from their config and load their tensors by ``load_weights``' rules."""
+    if src.kind in ("hf_dir", "sharded"):
+        import transformers
+
+        try:
+            _, cls = model_class(src.model_dir)
+            cls = cls or transformers.AutoModel
+            return cls.from_pretrained(str(src.model_dir), local_files_only=True, **float32(transformers)).eval()
+        except Exception as e:  # transformers raises many types for a checkpoint that does not fit its config
+            raise InputError(f"{src.display}: transformers cannot load it ({_first_line(e)})") from None
     model = build_model(src.side_dir())
     load_weights(model, {k: _float(src.get(k)) for k in src.tensors}, src.display)
     return model.float().eval()
