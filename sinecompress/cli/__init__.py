@@ -56,6 +56,8 @@ class _Stream:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; every way out is one of the documented exit codes (sinecompress.errors)."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # our own progress owns stderr
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     streams = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = _Stream(sys.stdout), _Stream(sys.stderr)
     try:
