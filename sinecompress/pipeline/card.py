@@ -90,7 +90,7 @@ def compressed_card(src: Source, plan: Plan, factors: dict, config: FactorizeCon
              "`L_u L_vᵀ + a ⊙ sin(ω · U Vᵀ)` (or `U Vᵀ` for the linear methods).", "",
              "| | |", "|---|---|",
              f"| method | {', '.join(methods)} |",
-             f"| total rank per layer | {ranks[0]}–{ranks[-1]} |" if len(ranks) > 1 else f"| total rank per layer | {ranks[0]} |",
+             f"| total rank per layer | {'–'.join(map(str, sorted({ranks[0], ranks[-1]}))) if ranks else '-'} |",
              f"| ω | {', '.join(omegas) or '-'} |",
              f"| parameters of the compressed layers | {before:,} → {after:,} ({after / before:.1%}) |"
              if before else "| parameters | unchanged |"]
