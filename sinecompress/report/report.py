@@ -102,7 +102,12 @@ def _open_original(against) -> Source:
 
 
 def _candidates(src: Source) -> list[str]:
-    return linear_modules(src.shapes, src.dtypes)
+    return [n for n in linear_modules(src.shapes, src.dtypes) if _has_entries(src, n)]
+
+
+def _has_entries(src: Source, name: str) -> bool:
+    """An empty (0×n) weight has no spectrum and no rate to report."""
+    return all(src.shapes[name + ".weight"])
 
 
 def _narrow(names: list[str], layers: str | None, where: str) -> list[str]:
@@ -120,7 +125,8 @@ def _narrow(names: list[str], layers: str | None, where: str) -> list[str]:
 def _dense_names(src: Source, layers: str | None) -> list[str]:
     if layers is not None:  # an explicit pattern may pick embeddings and heads too
         return _narrow(_candidates(src), layers, src.display)
-    names = select_targets(src.shapes, src.dtypes, tied=tied_heads(src), source=src.display)
+    names = [n for n in select_targets(src.shapes, src.dtypes, tied=tied_heads(src), source=src.display)
+             if _has_entries(src, n)]
     if not names:
         raise InputError(f"{src.display}: no 2-D floating-point weight to report on")
     return names
