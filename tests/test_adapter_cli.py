@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,28 +10,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from sinecompress.adapters import AdapterConfig, inject_adapters, iter_adapters, save_adapter
+from sinecompress.io.examples import example_dir
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _cli(*args):
-    """A real process: proves the error path prints one line and no traceback (slow: imports torch)."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "sinecompress", *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=120)
-
-
-def _main(capsys, *args):
-    """In-process run of the same entry point; returns (exit code, stdout, stderr)."""
-    from sinecompress.cli import main
-
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from .helpers import assert_one_line_error, cli
 
 
 @pytest.fixture()
@@ -52,9 +29,9 @@ def base_and_adapter(tmp_path):
     return tmp_path, model, x
 
 
-def test_merge_cli_writes_equivalent_dense_checkpoint(base_and_adapter, capsys):
+def test_merge_cli_writes_equivalent_dense_checkpoint(base_and_adapter):
     tmp, model, x = base_and_adapter
-    code, out, err = _main(capsys, "adapter", "merge", tmp / "base.safetensors", tmp / "ad",
+    code, out, err = cli("adapter", "merge", tmp / "base.safetensors", tmp / "ad",
                            "--out", tmp / "m.safetensors", "--json")
     assert code == 0, err
     summary = json.loads(out)
@@ -65,23 +42,21 @@ def test_merge_cli_writes_equivalent_dense_checkpoint(base_and_adapter, capsys):
         torch.testing.assert_close(dense(x), model(x), rtol=1e-5, atol=1e-6)
     # existing output is refused (usage error, exit 2) and left untouched
     before = (tmp / "m.safetensors").read_bytes()
-    code, _, err = _main(capsys, "adapter", "merge", tmp / "base.safetensors", tmp / "ad", "--out", tmp / "m.safetensors")
-    assert code == 2 and "--overwrite" in err
+    code, _, err = cli("adapter", "merge", tmp / "base.safetensors", tmp / "ad", "--out", tmp / "m.safetensors")
+    assert_one_line_error(code, err, 2, "--overwrite")
     assert (tmp / "m.safetensors").read_bytes() == before
 
 
-def test_merge_cli_missing_adapter_is_one_line_exit_3_in_a_real_process(base_and_adapter):
+def test_merge_cli_missing_adapter_is_one_line_exit_3(base_and_adapter):
     tmp, _, _ = base_and_adapter
-    r = _cli("adapter", "merge", tmp / "base.safetensors", tmp / "nope", "--out", tmp / "out.safetensors")
-    assert r.returncode == 3
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and "nope" in lines[0] and "Traceback" not in r.stderr
-    assert r.stdout == ""
+    code, out, err = cli("adapter", "merge", tmp / "base.safetensors", tmp / "nope", "--out", tmp / "out.safetensors")
+    assert_one_line_error(code, err, 3, "nope")
+    assert out == ""
     assert [p.name for p in tmp.iterdir() if p.name.startswith(("out", ".out"))] == []
 
 
 @pytest.mark.parametrize("case", ["missing_base", "shape_mismatch", "corrupt_weights"])
-def test_merge_cli_bad_input_is_one_line_exit_3(base_and_adapter, capsys, case):
+def test_merge_cli_bad_input_is_one_line_exit_3(base_and_adapter, case):
     tmp, _, _ = base_and_adapter
     base, want = tmp / "base.safetensors", None
     if case == "missing_base":
@@ -94,18 +69,16 @@ def test_merge_cli_bad_input_is_one_line_exit_3(base_and_adapter, capsys, case):
         w = tmp / "ad" / "adapter_model.safetensors"
         w.write_bytes(w.read_bytes()[:-10])
         want = "adapter_model.safetensors"
-    code, out, err = _main(capsys, "adapter", "merge", base, tmp / "ad", "--out", tmp / "out.safetensors")
-    assert code == 3, err
-    assert want in err and len(err.strip().splitlines()) == 1 and out == ""
+    code, out, err = cli("adapter", "merge", base, tmp / "ad", "--out", tmp / "out.safetensors")
+    assert_one_line_error(code, err, 3, want)
+    assert out == ""
     assert [p.name for p in tmp.iterdir() if p.name.startswith(("out", ".out"))] == []
 
 
 @pytest.mark.slow
-def test_merge_cli_on_bundled_minilm_directory(tmp_path, capsys):
+def test_merge_cli_on_bundled_minilm_directory(tmp_path):
     """A Hugging Face directory base gives a directory that stock transformers loads, equal to the adapted model."""
     transformers = pytest.importorskip("transformers")
-    from sinecompress.io.examples import example_dir
-
     src = example_dir("minilm")
     model = transformers.AutoModel.from_pretrained(str(src)).eval()
     inject_adapters(model, AdapterConfig(kind="sine_dora", r=2, omega=200.0),
@@ -114,7 +87,7 @@ def test_merge_cli_on_bundled_minilm_directory(tmp_path, capsys):
         for _, m in iter_adapters(model):
             m.lora_B.weight.normal_(0, 0.05)
     save_adapter(model, tmp_path / "ad")
-    code, out, err = _main(capsys, "adapter", "merge", "example:minilm", tmp_path / "ad", "--out", tmp_path / "merged")
+    code, out, err = cli("adapter", "merge", "example:minilm", tmp_path / "ad", "--out", tmp_path / "merged")
     assert code == 0, err
     assert (tmp_path / "merged" / "config.json").exists() and (tmp_path / "merged" / "tokenizer.json").exists()
     merged = transformers.AutoModel.from_pretrained(str(tmp_path / "merged")).eval()

@@ -4,12 +4,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sinecompress.pipeline.allocate import allocate, energy_share
-from sinecompress.errors import UsageError
 from sinecompress import factorize
+from sinecompress.errors import UsageError
+from sinecompress.pipeline.allocate import allocate, energy_share
 from sinecompress.pipeline.plan import LayerPlan
 
-from .conftest import tiny_state_dict
+from .helpers import tiny_state
 
 
 def layer(name, m, n, method="svd"):
@@ -72,7 +72,7 @@ def test_energy_share_whitened_uses_the_gram():
 
 
 def test_factorize_sensitivity_keeps_the_uniform_budget(tmp_path):
-    sd = tiny_state_dict()
+    sd = tiny_state()
     sd["blocks.1.fc1.weight"] = torch.randn(64, 2) @ torch.randn(2, 24) / 5  # nearly rank 2: needs little
     src = tmp_path / "m.safetensors"
     save_file(sd, str(src))
@@ -92,5 +92,5 @@ def test_sensitivity_needs_param_ratio(tiny_file, tmp_path):
     with pytest.raises(UsageError, match="--param-ratio"):
         factorize(tiny_file, tmp_path / "o.safetensors", method="svd", rank=4, allocate="sensitivity")
     assert not (tmp_path / "o.safetensors").exists()
-    with pytest.raises(UsageError, match="--allocate 'best'"):
+    with pytest.raises(UsageError, match="--allocate must be one of uniform, sensitivity, got 'best'"):
         factorize(tiny_file, tmp_path / "o.safetensors", method="svd", rank=4, allocate="best")

@@ -1,89 +1,102 @@
-"""The CLI as a user runs it: real subprocesses, exit codes, one-line errors, no partial output."""
+"""The CLI as a user runs it (in-process, through the real entry point): exit codes, one-line errors,
+no partial output."""
 
 import json
 
 import pytest
 
-from .conftest import run_cli
-
-
-def assert_one_line_error(proc, code, *needles):
-    assert proc.returncode == code, proc.stderr
-    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
+from .helpers import assert_one_line_error, cli, run_cli
 
 
 def no_output_left(directory, name):
     return not any(p.name.startswith(name) or p.name.startswith("." + name) for p in directory.iterdir())
 
 
-def test_version_and_help():
+def test_entry_point_in_a_real_process(tmp_path):
+    """`python -m sinecompress` itself (import time, interpreter exit code): the one place a subprocess is
+    the point for these checks; the other CLI tests run the same entry point in-process."""
     p = run_cli("--version")
     assert p.returncode == 0 and p.stdout.startswith("sinecompress ")
+    p = run_cli("factorize", tmp_path / "nope.safetensors", "--rank", "4", "--out", tmp_path / "o.safetensors")
+    assert_one_line_error(p.returncode, p.stderr, 3, "nope.safetensors", "no such file")
+    assert p.stdout == "" and list(tmp_path.iterdir()) == []
+
+
+def test_version_and_help():
+    code, out, _ = cli("--version")
+    assert code == 0 and out.startswith("sinecompress ")
     for cmd in ("factorize", "inflate"):
-        p = run_cli(cmd, "--help")
-        assert p.returncode == 0 and "--out" in p.stdout
+        code, out, _ = cli(cmd, "--help")
+        assert code == 0 and "--out" in out
 
 
 def test_factorize_json_then_inflate(tiny_file, tmp_path):
     out = tmp_path / "c.safetensors"
-    p = run_cli("factorize", tiny_file, "--rank", "4", "--omega", "30", "--fit-steps", "5", "--out", out, "--json")
-    assert p.returncode == 0, p.stderr
-    s = json.loads(p.stdout)
+    code, stdout, err = cli("factorize", tiny_file, "--rank", "4", "--omega", "30", "--fit-steps", "5", "--out", out,
+                            "--json")
+    assert code == 0, err
+    s = json.loads(stdout)
     assert s["params_after"] < s["params_before"] and len(s["layers"]) == 4
-    assert "blocks.0.fc1" in p.stderr  # the rich summary goes to stderr
-    p = run_cli("inflate", out, "--out", tmp_path / "d.safetensors")
-    assert p.returncode == 0, p.stderr
+    assert "blocks.0.fc1" in err  # the rich summary goes to stderr
+    code, _, err = cli("inflate", out, "--out", tmp_path / "d.safetensors")
+    assert code == 0, err
 
 
 def test_missing_file(tmp_path):
-    p = run_cli("factorize", tmp_path / "nope.safetensors", "--rank", "4", "--out", tmp_path / "o.safetensors")
-    assert_one_line_error(p, 3, "nope.safetensors", "no such file")
+    code, _, err = cli("factorize", tmp_path / "nope.safetensors", "--rank", "4", "--out", tmp_path / "o.safetensors")
+    assert_one_line_error(code, err, 3, "nope.safetensors", "no such file")
     assert no_output_left(tmp_path, "o.safetensors")
 
 
 def test_corrupt_file(tmp_path, tiny_file):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(tiny_file.read_bytes()[:300])
-    p = run_cli("factorize", bad, "--rank", "4", "--out", tmp_path / "o.safetensors")
-    assert_one_line_error(p, 3, "bad.safetensors")
+    code, _, err = cli("factorize", bad, "--rank", "4", "--out", tmp_path / "o.safetensors")
+    assert_one_line_error(code, err, 3, "bad.safetensors")
     assert no_output_left(tmp_path, "o.safetensors")
 
 
 @pytest.mark.parametrize("rank", ["0", "-3"])
 def test_nonpositive_rank(tiny_file, tmp_path, rank):
-    p = run_cli("factorize", tiny_file, "--rank", rank, "--out", tmp_path / "o.safetensors")
-    assert_one_line_error(p, 2, "--rank")
+    code, _, err = cli("factorize", tiny_file, "--rank", rank, "--out", tmp_path / "o.safetensors")
+    assert_one_line_error(code, err, 2, "--rank")
     assert no_output_left(tmp_path, "o.safetensors")
 
 
 def test_bad_omega(tiny_file, tmp_path):
-    p = run_cli("factorize", tiny_file, "--rank", "2", "--omega", "-5", "--out", tmp_path / "o.safetensors")
-    assert_one_line_error(p, 2, "--omega")
+    code, _, err = cli("factorize", tiny_file, "--rank", "2", "--omega", "-5", "--out", tmp_path / "o.safetensors")
+    assert_one_line_error(code, err, 2, "--omega")
 
 
 def test_pattern_matching_nothing(tiny_file, tmp_path):
-    p = run_cli("factorize", tiny_file, "--rank", "4", "--target", "blocks.*attn", "--out", tmp_path / "o.safetensors")
-    assert_one_line_error(p, 2, "blocks.*attn", "matches no")
+    code, _, err = cli("factorize", tiny_file, "--rank", "4", "--target", "blocks.*attn", "--out",
+                       tmp_path / "o.safetensors")
+    assert_one_line_error(code, err, 2, "blocks.*attn", "matches no")
     assert no_output_left(tmp_path, "o.safetensors")
 
 
 def test_existing_output_needs_overwrite(tiny_file, tmp_path):
     out = tmp_path / "o.safetensors"
     out.write_bytes(b"keep me")
-    p = run_cli("factorize", tiny_file, "--rank", "4", "--fit-steps", "2", "--out", out)
-    assert_one_line_error(p, 2, "already exists", "--overwrite")
+    code, _, err = cli("factorize", tiny_file, "--rank", "4", "--fit-steps", "2", "--out", out)
+    assert_one_line_error(code, err, 2, "already exists", "--overwrite")
     assert out.read_bytes() == b"keep me"
-    p = run_cli("factorize", tiny_file, "--rank", "4", "--fit-steps", "2", "--out", out, "--overwrite")
-    assert p.returncode == 0, p.stderr
-    assert out.read_bytes() != b"keep me"
+    # --overwrite replaces an earlier output, never a file this tool cannot have written
+    code, _, err = cli("factorize", tiny_file, "--rank", "4", "--fit-steps", "2", "--out", out, "--overwrite")
+    assert_one_line_error(code, err, 2, "not a safetensors file", "refusing to replace it")
+    assert out.read_bytes() == b"keep me"
+    out.unlink()
+    code, _, err = cli("factorize", tiny_file, "--rank", "4", "--fit-steps", "2", "--out", out)
+    assert code == 0, err
+    first = out.read_bytes()
+    code, _, err = cli("factorize", tiny_file, "--rank", "4", "--fit-steps", "2", "--seed", "1", "--out", out,
+                       "--overwrite")
+    assert code == 0, err
+    assert out.read_bytes() != first
     assert [q.name for q in tmp_path.iterdir() if q.name.startswith(".")] == []
 
 
 def test_inflate_of_a_dense_file_is_refused(tiny_file, tmp_path):
-    p = run_cli("inflate", tiny_file, "--out", tmp_path / "d.safetensors")
-    assert_one_line_error(p, 3, "not a sinecompress checkpoint")
+    code, _, err = cli("inflate", tiny_file, "--out", tmp_path / "d.safetensors")
+    assert_one_line_error(code, err, 3, "not a sinecompress checkpoint")
     assert no_output_left(tmp_path, "d.safetensors")

@@ -5,9 +5,9 @@ import sys
 import torch
 from torch import nn
 
-from sinecompress import compress_
+from sinecompress import SineLowRankLinear, compress_
 
-from .conftest import ROOT
+from .helpers import ROOT
 
 
 def test_compress_in_place_replaces_only_targets():
@@ -15,9 +15,9 @@ def test_compress_in_place_replaces_only_targets():
     model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
     x = torch.randn(5, 16)
     y0 = model(x)
-    records = compress_(model, rank=4, omega=30.0, steps=50, targets=[r"0"])
+    records = compress_(model, rank=4, omega=30.0, fit_steps=50, targets=[r"0"])
     assert [r["name"] for r in records] == ["0"]
-    assert type(model[0]).__name__ == "SineLowRankLinear" and isinstance(model[2], nn.Linear)
+    assert isinstance(model[0], SineLowRankLinear) and isinstance(model[2], nn.Linear)
     y = model(x)
     assert y.shape == y0.shape and torch.isfinite(y).all()
 

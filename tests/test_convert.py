@@ -7,6 +7,8 @@ import timm
 import torch
 from torch import nn
 
+from sinecompress.errors import UsageError
+from sinecompress.nn.layers import LowRankLinear, SineLowRankLinear
 from sinecompress.scratch.convert import (
     LowRankConv1x1,
     SineLowRankConv1x1,
@@ -15,8 +17,6 @@ from sinecompress.scratch.convert import (
     convert_vit,
     count_params,
 )
-from sinecompress.errors import UsageError
-from sinecompress.nn.layers import LowRankLinear, SineLowRankLinear
 
 
 def tiny_vit(**kw):

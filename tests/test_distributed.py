@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from sinecompress.pipeline.distributed import share
 from sinecompress import factorize
+from sinecompress.pipeline.distributed import share
 from sinecompress.pipeline.plan import LayerPlan
 
-from ._reliability_fixtures import ROOT, cli, leftovers, tiny_file
+from .helpers import cli, leftovers, subprocess_env, wide_file
 
 
 def _files(d):
@@ -42,25 +41,30 @@ def test_share_balances_by_size_and_is_deterministic():
 
 @pytest.mark.slow
 def test_torchrun_two_gloo_ranks_match_single_process(tmp_path):
-    src = tiny_file(tmp_path / "m.safetensors")
+    src = wide_file(tmp_path / "m.safetensors")
     kw = ["--method", "sine", "--rank", "6", "--omega", "100", "--fit-steps", "5", "--max-shard-size", "8KB"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = subprocess_env(OMP_NUM_THREADS="1")
+    # both outputs get the same name (the model card names its directory), in different places
+    (tmp_path / "dist").mkdir()
+    (tmp_path / "single").mkdir()
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                        "-m", "sinecompress", "factorize", str(src), *kw, "--out", str(tmp_path / "dist")],
+                        "-m", "sinecompress", "factorize", str(src), *kw, "--out", str(tmp_path / "dist" / "out")],
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    _single(src, tmp_path / "single", method="sine", rank=6, omega=100.0, steps=5, max_shard_size="8KB")
-    dist, single = _files(tmp_path / "dist"), _files(tmp_path / "single")
-    assert len(single) >= 3  # several shards plus the index: both ranks wrote shards
+    _single(src, tmp_path / "single" / "out", method="sine", rank=6, omega=100.0, fit_steps=5, max_shard_size="8KB")
+    dist, single = _files(tmp_path / "dist" / "out"), _files(tmp_path / "single" / "out")
+    assert len([n for n in single if n.endswith(".safetensors")]) >= 2  # several shards: both ranks wrote shards
     assert dist == single
-    assert leftovers(tmp_path) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["dist", "m.safetensors", "single"]
+    for d in ("dist", "single"):
+        assert leftovers(tmp_path / d) == [] and [p.name for p in (tmp_path / d).iterdir()] == ["out"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dist", "m.safetensors", "single"]
 
 
 @pytest.mark.slow
 def test_workers_flag_matches_single_process(tmp_path):
-    src = tiny_file(tmp_path / "m.safetensors")
+    src = wide_file(tmp_path / "m.safetensors")
     code, _, err = cli("factorize", src, "--method", "svd", "--rank", "4", "--workers", "2",
                        "--out", tmp_path / "w.safetensors")
     assert code == 0, err
-    _single(src, tmp_path / "s.safetensors", method="svd", rank=4, steps=300)  # the CLI's --fit-steps default
+    _single(src, tmp_path / "s.safetensors", method="svd", rank=4)  # the same defaults as the CLI's
     assert (tmp_path / "w.safetensors").read_bytes() == (tmp_path / "s.safetensors").read_bytes()

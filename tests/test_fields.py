@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from sinecompress.scratch.convert import count_params
 from sinecompress.errors import UsageError
-from sinecompress.scratch.fields import CoordinateMLP, FourierEncoding, Gaussian
 from sinecompress.nn.layers import LowRankLinear, SineLowRankLinear
+from sinecompress.scratch.convert import count_params
+from sinecompress.scratch.fields import CoordinateMLP, FourierEncoding, Gaussian
 
 
 def test_fourier_encoding_values():

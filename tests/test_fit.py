@@ -4,18 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from sinecompress.fit.sine import fit_sine
-from sinecompress.fit.svd import rel_error, truncated_svd
-from sinecompress.fit_activation import (
-    chol,
-    fit_calibrated,
-    fit_hybrid,
-    phase_factors,
-    shifted_target,
-    whitened_error,
-    whitened_svd,
-)
 from sinecompress.fit.omega import choose_omega
+from sinecompress.fit.sine import fit_calibrated, fit_hybrid, fit_sine, phase_factors
+from sinecompress.fit.svd import rel_error, truncated_svd
+from sinecompress.fit.whiten import chol, shifted_target, whitened_error, whitened_svd
 
 
 def _layer(m=48, n=32, tokens=400, seed=0):
@@ -48,7 +40,7 @@ def test_wsvd_beats_svd_on_activations_and_svd_beats_wsvd_on_weights():
 
 def test_hybrid_fit_improves_on_its_warm_start():
     w, _, gram = _layer()
-    f = fit_hybrid(w, chol(gram), rank=3, linear_rank=5, omega=100.0, steps=60, seed=0)
+    f = fit_hybrid(w, chol(gram), rank=8, linear_rank=5, omega=100.0, steps=60, seed=0)  # sine part 3
     assert f["act_error"] < f["start_act_error"]
     assert f["u"].shape == (48, 3) and f["lin_u"].shape == (48, 5) and f["amp"].shape == (48,)
 
@@ -61,7 +53,7 @@ def test_residual_phase_start_points_along_the_residual_at_about_one_radian():
     assert torch.allclose(wu[:, 5:] @ wv[:, 5:].T, ru @ rv.T, atol=1e-5)  # ... is the next components of W's
     u, v = phase_factors(wu[:, 5:], wv[:, 5:], omega=100.0)
     assert abs(float((100.0 * u @ v.T).std()) - 1.0) < 1e-3  # real phase, not the small-angle trap
-    at_start = {p: fit_hybrid(w, L, 3, 5, 100.0, steps=0, phase=p) for p in ("residual", "random")}
+    at_start = {p: fit_hybrid(w, L, 8, 5, 100.0, steps=0, phase=p) for p in ("residual", "random")}
     # before any step, the residual start lowers the linear part's error about twice as much as random phase
     gain = {p: f["start_act_error"] - f["act_error"] for p, f in at_start.items()}
     assert gain["residual"] > 1.5 * gain["random"] > 0
@@ -71,7 +63,7 @@ def test_residual_phase_start_points_along_the_residual_at_about_one_radian():
 def test_weight_space_sine_fit_improves_on_its_svd_start():
     w, _, _ = _layer()
     u, v = truncated_svd(w, 5)
-    f = fit_sine(w, 3, 100.0, linear_rank=5, steps=60, seed=0)
+    f = fit_sine(w, 8, 100.0, linear_rank=5, steps=60, seed=0)  # total rank 8: 5 linear + 3 sine
     assert f["rel_error"] < rel_error(u @ v.T, w)
 
 

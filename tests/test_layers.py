@@ -18,7 +18,9 @@ def reference_weight(layer: SineLowRankLinear) -> torch.Tensor:
 @pytest.mark.parametrize("amplitude,linear_rank", [("row", 0), ("scalar", 0), ("row", 3)])
 def test_sine_layer_matches_float64_reference(amplitude, linear_rank):
     torch.manual_seed(0)
-    layer = SineLowRankLinear(12, 10, rank=4, omega=30.0, amplitude=amplitude, linear_rank=linear_rank)
+    # rank is the total: a sine part of rank 4 plus the linear part
+    layer = SineLowRankLinear(12, 10, rank=4 + linear_rank, omega=30.0, amplitude=amplitude, linear_rank=linear_rank)
+    assert layer.u.shape == (10, 4) and (layer.lin_u is None) == (linear_rank == 0)
     with torch.no_grad():
         layer.amp.uniform_(0.5, 1.5)
         layer.bias.normal_()
@@ -83,6 +85,8 @@ def test_bad_arguments():
         SineLowRankLinear(4, 4, rank=1, omega=float("nan"))
     with pytest.raises(ValueError):
         SineLowRankLinear(4, 4, rank=1, omega=-1.0)
+    with pytest.raises(ValueError, match="linear_rank < rank"):  # the sine part keeps at least one rank
+        SineLowRankLinear(4, 4, rank=2, omega=1.0, linear_rank=2)
 
 
 def test_from_linear_beats_small_angle_start_and_lowrank_matches_svd():
@@ -94,7 +98,7 @@ def test_from_linear_beats_small_angle_start_and_lowrank_matches_svd():
     eckart_young = float(s[6:].square().sum().sqrt() / s.square().sum().sqrt())
     got = float(torch.linalg.norm(lr.dense_weight().detach() - w) / torch.linalg.norm(w))
     assert abs(got - eckart_young) < 1e-4
-    sine = SineLowRankLinear.from_linear(lin, rank=3, omega=50.0, linear_rank=3, steps=200)
+    sine = SineLowRankLinear.from_linear(lin, rank=6, omega=50.0, linear_rank=3, steps=200)  # 3 linear + 3 sine
     err = float(torch.linalg.norm(sine.dense_weight().detach() - w) / torch.linalg.norm(w))
     assert err < 1.0
     x = torch.randn(7, 48)

@@ -12,27 +12,21 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import sinecompress
+from sinecompress import LowRankLinear, SineLowRankLinear
+from sinecompress.config import Rule, make_config, override
 from sinecompress.errors import UsageError
 from sinecompress.io.format import read_metadata
+from sinecompress.io.open import open_source
+from sinecompress.pipeline.plan import build_plan
 from sinecompress.recipe.gates import check_gates, raise_if_failed
-from sinecompress.config import Rule
-from sinecompress.recipe import TEMPLATE, factorize_kwargs, load_recipe, parse_recipe
 from sinecompress.recipe.run import recipe_plan, run_recipe
+from sinecompress.recipe.schema import load_recipe, parse_recipe
+from sinecompress.recipe.template import TEMPLATE
 
-from .conftest import ROOT, run_cli
+from .helpers import assert_one_line_error, cli
 
-RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    """The CLI in-process (subprocesses cost seconds of imports each): (exit code, stdout, stderr)."""
-    from sinecompress.cli import main
-
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return e.value.code or 0, out, err
+SHIPPED = Path(sinecompress.__file__).parent / "recipe" / "shipped"  # recipes that ship in the package
+RECIPES = sorted(SHIPPED.glob("*.yaml"))
 
 
 def write(tmp_path: Path, text: str, name: str = "r.yaml") -> Path:
@@ -47,6 +41,7 @@ def bert_recipe(tmp_path, model, gates="{max_param_ratio: 0.9, max_rel_error: 0.
         model: {model}
         output: {tmp_path / 'out'}
         defaults: {{method: sine, rank: 8, omega: 100, fit_steps: 5}}
+        calibration: {{enabled: false}}  # weight-only: these tests are about rules, plans and outputs
         targets:
           - match: 'encoder\\.layer\\.0\\.intermediate\\.dense'
             method: svd
@@ -62,9 +57,9 @@ def test_shipped_recipes_and_template_validate():
     assert {p.name for p in RECIPES} == {"minilm.yaml", "vit.yaml", "convnext.yaml", "llama.yaml"}
     for p in RECIPES:
         r = load_recipe(p)
-        assert r.version == 1 and r.targets and r.gates and r.model and r.output
+        assert r.version == 1 and r.rules and r.gates and r.model and r.output
     t = parse_recipe(TEMPLATE, "template.yaml")
-    assert t.targets[0].rank == 96 and t.defaults["rank"] == 64
+    assert t.rules[0].rank == 96 and t.settings["rank"] == 64 and t.config.rank == 64
 
 
 def test_misspelt_key_exits_2_with_its_line(tmp_path):
@@ -74,18 +69,17 @@ def test_misspelt_key_exits_2_with_its_line(tmp_path):
         targts:
           - match: x
         """)
-    r = run_cli("recipe", "validate", p)
-    assert r.returncode == 2
-    assert f"{p}:3: unknown key 'targts' (did you mean 'targets'?)" in r.stderr
-    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    code, _, err = cli("recipe", "validate", p)
+    assert_one_line_error(code, err, 2, f"{p}:3: unknown key 'targts' (did you mean 'targets'?)")
 
 
 @pytest.mark.parametrize("text, line, words", [
-    ("version: 1\ndefaults:\n  rank: abc\n", 3, "defaults.rank must be a positive integer, got 'abc'"),
+    ("version: 1\ndefaults:\n  rank: abc\n", 3, "defaults.rank must be a positive integer up to 10000000, got 'abc'"),
     ("version: 1\ndefaults:\n  rnk: 3\n", 3, "unknown key 'rnk' in defaults (did you mean 'rank'?)"),
-    ("version: 1\ntargets:\n  - match: a\n  - match: '('\n", 4, "targets[1].match must be a valid regular expression"),
+    ("version: 1\ntargets:\n  - match: a\n  - match: '('\n", 4, "targets[1].match pattern '(' is not a valid regular expression"),
     ("version: 1\ntargets:\n  - rank: 3\n", 3, "targets[0] is missing the required key 'match'"),
-    ("version: 1\ndefaults: {rank: 3, param_ratio: 0.2}\n", 2, "has both rank and param_ratio"),
+    ("version: 1\ndefaults: {rank: 3, param_ratio: 0.2}\n", 2, "both given; give exactly one of them"),
+    ("version: 1\nexclude: ['a', '(']\n", 2, "exclude[1] pattern '(' is not a valid regular expression"),
     ("version: 2\n", 1, "recipe version 2 is not supported"),
     ("model: x\n", 1, "missing the required key 'version'"),
     ("version: 1\ngates:\n  min_cosine: 2\n", 3, "gates.min_cosine must be a number in [-1, 1], got 2"),
@@ -115,33 +109,34 @@ def test_missing_or_unsafe_recipe_is_a_one_line_error(tmp_path):
 
 
 def test_yaml_quirks_are_accepted():
-    r = parse_recipe("version: 1\nfinetune: {lr: 1e-4, steps: 0}\nexclude: 'a.*'\ndefaults: {omega: 30}\n")
-    assert r.finetune["lr"] == 1e-4 and r.exclude == ["a.*"] and r.defaults["omega"] == 30.0
+    r = parse_recipe("version: 1\nfinetune: {lr: 1e-4, steps: 0}\nexclude: 'a.*'\ndefaults: {omega: 30, rank: 4}\n")
+    assert r.config.finetune.lr == 1e-4 and r.exclude == ("a.*",) and r.config.omega == 30.0
+    assert r.config.finetune.steps == 0
 
 
-def test_unsupported_pass_through_key_is_an_error_not_ignored():
+def test_calibration_keys_reach_the_config():
     r = parse_recipe("version: 1\ndefaults: {rank: 4}\ncalibration:\n  source: calib.txt\n  samples: 64\n", "c.yaml")
-    with pytest.raises(UsageError, match=r"c.yaml:4: 'calibration.source' is not supported"):
-        factorize_kwargs(r, {"method", "rank"})
-    kw = factorize_kwargs(r, {"calib", "calib_samples"})
-    assert kw["calib"] == "calib.txt" and kw["calib_samples"] == 64
+    assert r.config.calibration.source == "calib.txt" and r.config.calibration.samples == 64
+    assert r.settings == {"rank": 4, "calib": "calib.txt", "calib_samples": 64}
+    with pytest.raises(UsageError, match=r"c.yaml:4: calibration.samples must be a positive integer"):
+        parse_recipe("version: 1\ndefaults: {rank: 4}\ncalibration:\n  samples: 0\n", "c.yaml")
 
 
 def test_cli_overrides_replace_recipe_values():
     r = parse_recipe("version: 1\ndefaults: {rank: 4, omega: 50}\ntargets:\n  - {match: a, rank: 9, omega: 7}\n"
                      "finetune: {seed: 3}\n")
-    kw = factorize_kwargs(r, set())
-    assert kw["rules"] == [Rule("a", None, 9, None, 7.0)] and kw["seed"] == 3 and kw["omega"] == 50.0
-    kw = factorize_kwargs(r, set(), {"param_ratio": 0.2, "omega": 80.0, "seed": 1})
-    assert kw["rules"] == [Rule("a")] and kw["rank"] is None and kw["param_ratio"] == 0.2
-    assert kw["omega"] == 80.0 and kw["seed"] == 1
-    assert factorize_kwargs(r, set(), {"targets": ["b"]})["rules"] == [Rule("b")]
-    assert kw["allocate"] == "uniform"
+    c = r.config
+    assert c.rules == (Rule("a", None, 9, None, 7.0),) and c.seed == 3 and c.omega == 50.0
+    c = override(r.config, param_ratio=0.2, omega=80.0, seed=1)
+    assert c.rules == (Rule("a"),) and c.rank is None and c.param_ratio == 0.2
+    assert c.omega == 80.0 and c.seed == 1
+    assert override(r.config, targets=["b"]).rules == (Rule("b"),)
+    assert c.allocate == "uniform"
     r = parse_recipe("version: 1\ndefaults: {param_ratio: 0.2, allocate: sensitivity}\n")
-    assert factorize_kwargs(r, set())["allocate"] == "sensitivity"
-    assert factorize_kwargs(r, set(), {"allocate": "uniform"})["allocate"] == "uniform"
-    assert factorize_kwargs(r, set())["sequential"] is None
-    assert factorize_kwargs(parse_recipe("version: 1\ndefaults: {rank: 4, sequential: false}\n"), set())["sequential"] is False
+    assert r.config.allocate == "sensitivity"
+    assert override(r.config, allocate="uniform").allocate == "uniform"
+    assert r.config.fit.sequential is None
+    assert parse_recipe("version: 1\ndefaults: {rank: 4, sequential: false}\n").config.fit.sequential is False
 
 
 # --- plan, show, factorize ---------------------------------------------------------------------
@@ -155,32 +150,30 @@ def test_first_matching_rule_wins(tiny_bert_dir, tmp_path):
                    "encoder.layer.1.output.dense": (1, "sine", 8)}
 
 
-def test_build_plan_rules_keep_old_calls_working(tiny_file):
-    from sinecompress.pipeline.plan import build_plan
-    from sinecompress.io.open import open_source
-
+def test_build_plan_rules(tiny_file):
     src = open_source(tiny_file)
-    old = build_plan(src, rank=4, targets=[r"blocks\.\d+\.fc1"])
-    assert [(lp.name, lp.rank, lp.rule) for lp in old.layers] == [("blocks.0.fc1", 4, None), ("blocks.1.fc1", 4, None)]
-    plan = build_plan(src, param_ratio=0.5, rules=[{"match": r"blocks\.0\..*", "method": "svd", "rank": 3},
-                                                   {"match": r"blocks\.\d+\.fc2", "omega": 30.0}])
+    plain = build_plan(src, make_config(rank=4, targets=[r"blocks\.\d+\.fc1"]))
+    assert [(lp.name, lp.rank, lp.rule) for lp in plain.layers] == [("blocks.0.fc1", 4, None),
+                                                                   ("blocks.1.fc1", 4, None)]
+    plan = build_plan(src, make_config(param_ratio=0.5, rules=[{"match": r"blocks\.0\..*", "method": "svd", "rank": 3},
+                                                               {"match": r"blocks\.\d+\.fc2", "omega": 30.0}]))
     got = [(lp.name, lp.method, lp.rank, lp.omega, lp.rule) for lp in plan.layers]
     assert got[:3] == [("blocks.0.fc1", "svd", 3, None, 0), ("blocks.0.fc2", "svd", 3, None, 0),
                        ("blocks.1.fc2", "sine", got[2][2], 30.0, 1)]
     assert len(got) == 3 and got[2][2] > 0
-    with pytest.raises(UsageError, match="needs exactly one of rank or param_ratio"):
-        build_plan(src, rules=[{"match": r"blocks\.0\.fc1"}])
-    with pytest.raises(UsageError, match="give exactly one of --rank K or --param-ratio R"):
-        build_plan(src, rank=2, param_ratio=0.3)
+    with pytest.raises(UsageError, match="needs a rank or param_ratio, in its rule or the defaults"):
+        build_plan(src, make_config(rules=[{"match": r"blocks\.0\.fc1"}]))
+    with pytest.raises(UsageError, match="--rank and --param-ratio both given; give exactly one of them"):
+        make_config(rank=2, param_ratio=0.3)
 
 
-def test_show_matches_what_factorize_compresses(tiny_bert_dir, tmp_path, capsys):
+def test_show_matches_what_factorize_compresses(tiny_bert_dir, tmp_path):
     p = bert_recipe(tmp_path, tiny_bert_dir, gates="{max_param_ratio: 0.9}")
-    code, out, err = cli(capsys, "recipe", "show", p, "--json")
+    code, out, err = cli("recipe", "show", p, "--json")
     assert code == 0, err
     shown = json.loads(out)
     assert not (tmp_path / "out").exists()  # show compresses nothing
-    code, out, err = cli(capsys, "factorize", "--recipe", p, "--json")
+    code, out, err = cli("factorize", "--recipe", p, "--json")
     assert code == 0, err
     summary = json.loads(out)
     done = [(x["name"], x["method"], x["rank"]) for x in summary["layers"] if not x["kept_dense"]]
@@ -197,12 +190,13 @@ def test_show_matches_what_factorize_compresses(tiny_bert_dir, tmp_path, capsys)
     assert "effective plan" in err and "gate max_param_ratio: PASS" in err
     model = sinecompress.load(tmp_path / "out")  # mixed methods load: rule 0's svd layer, rule 1's sine layers
     inter = model.encoder.layer
-    assert [type(inter[i].intermediate.dense).__name__ for i in range(2)] == ["LowRankLinear", "SineLowRankLinear"]
-    code, out, _ = cli(capsys, "recipe", "show", p)  # the human listing
+    assert isinstance(inter[0].intermediate.dense, LowRankLinear)
+    assert isinstance(inter[1].intermediate.dense, SineLowRankLinear)
+    code, out, _ = cli("recipe", "show", p)  # the human listing
     assert code == 0 and "rule #0 'encoder\\.layer\\.0\\.intermediate\\.dense': 1 layer(s)" in out
 
 
-def test_failing_gate_exits_1_and_writes_output(tmp_path, tiny_file, capsys):
+def test_failing_gate_exits_1_and_writes_output(tmp_path, tiny_file):
     p = write(tmp_path, f"""
         version: 1
         model: {tiny_file}
@@ -211,18 +205,19 @@ def test_failing_gate_exits_1_and_writes_output(tmp_path, tiny_file, capsys):
         targets: [{{match: 'blocks\\.\\d+\\.fc1'}}]
         gates: {{max_rel_error: 0.001, max_param_ratio: 0.99}}
         """)
-    r = run_cli("factorize", "--recipe", p)
-    assert r.returncode == 1, r.stderr
+    code, _, err = cli("factorize", "--recipe", p)
+    assert code == 1, err
     assert (tmp_path / "o.safetensors").exists()
-    last = r.stderr.strip().splitlines()[-1]
+    last = err.strip().splitlines()[-1]
     assert last.startswith("error: gate failed: max_rel_error") and "o.safetensors" in last
     assert "max_param_ratio" not in last  # the passing gate is not named as failing
-    assert "Traceback" not in r.stderr
+    assert "Traceback" not in err
     # the same recipe with flags overriding model, output and rank: gate still fails, output still written
-    code, _, err = cli(capsys, "factorize", "--recipe", p, tiny_file, "--out", tmp_path / "o2.safetensors",
-                       "--rank", "2")
+    code, out, err = cli("factorize", "--recipe", p, tiny_file, "--out", tmp_path / "o2.safetensors",
+                         "--rank", "2", "--json")
     assert code == 1 and (tmp_path / "o2.safetensors").exists() and "gate max_rel_error: FAIL" in err
-    assert "2 (1 lin)" in err  # --rank 2 replaced the recipe's rank 4
+    layers = json.loads(out)["layers"]  # --rank 2 replaced the recipe's rank 4
+    assert [(x["rank"], x["linear_rank"]) for x in layers] == [(2, 1), (2, 1)]
 
 
 def test_passing_recipe_writes_output_and_min_cosine_needs_hf_dir(tmp_path, tiny_file):
@@ -269,36 +264,37 @@ def test_gate_arithmetic():
 
 def test_same_recipe_and_seed_give_byte_identical_output(tmp_path, tiny_bert_dir):
     p = bert_recipe(tmp_path, tiny_bert_dir, gates="{}")
-    a = run_recipe(p, {"output": str(tmp_path / "a")})
-    b = run_recipe(p, {"output": str(tmp_path / "b")})
-    files = sorted(f.name for f in (tmp_path / "a").iterdir())
-    assert files == sorted(f.name for f in (tmp_path / "b").iterdir()) and "model.safetensors" in files
+    a_dir, b_dir, c_dir = tmp_path / "a" / "out", tmp_path / "b" / "out", tmp_path / "c" / "out"  # one name: the card says it
+    a = run_recipe(p, {"output": str(a_dir)})
+    b = run_recipe(p, {"output": str(b_dir)})
+    files = sorted(f.name for f in a_dir.iterdir())
+    assert files == sorted(f.name for f in b_dir.iterdir()) and "model.safetensors" in files
     for name in files:
-        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+        assert (a_dir / name).read_bytes() == (b_dir / name).read_bytes(), name
     assert a["layers"] == b["layers"]
-    c = run_recipe(p, {"output": str(tmp_path / "c"), "seed": 1})
-    assert (tmp_path / "c" / "model.safetensors").read_bytes() != (tmp_path / "a" / "model.safetensors").read_bytes()
+    c = run_recipe(p, {"output": str(c_dir), "seed": 1})
+    assert (c_dir / "model.safetensors").read_bytes() != (a_dir / "model.safetensors").read_bytes()
     assert c["recipe"]["overrides"] == {"seed": 1}
 
 
-def test_recipe_init_writes_a_valid_template(tmp_path, capsys):
+def test_recipe_init_writes_a_valid_template(tmp_path):
     out = tmp_path / "new.yaml"
-    code, _, err = cli(capsys, "recipe", "init", "--out", out)
+    code, _, err = cli("recipe", "init", "--out", out)
     assert code == 0, err
     assert out.read_text() == TEMPLATE and load_recipe(out).version == 1
-    code, _, err = cli(capsys, "recipe", "init", "--out", out)
+    code, _, err = cli("recipe", "init", "--out", out)
     assert code == 2 and "already exists" in err
-    code, stdout, _ = cli(capsys, "recipe", "init")
+    code, stdout, _ = cli("recipe", "init")
     assert code == 0 and stdout == TEMPLATE
 
 
 # --- every shipped recipe runs on a small random-weight model of its architecture -----------------
 
 def run_shipped(name: str, model: Path, out: Path) -> dict:
-    s = run_recipe(ROOT / "recipes" / name, {"model": str(model), "output": str(out), "steps": 3})
+    s = run_recipe(SHIPPED / name, {"model": str(model), "output": str(out), "fit_steps": 3})
     assert out.exists()
     assert [g["gate"] for g in s["gates"]] == [g for g in ("max_param_ratio", "max_rel_error", "min_cosine")
-                                                if g in load_recipe(ROOT / "recipes" / name).gates]
+                                                if g in load_recipe(SHIPPED / name).gates]
     assert s["passed"] == all(g["passed"] for g in s["gates"])
     return s
 
@@ -337,14 +333,12 @@ def test_shipped_minilm_recipe_on_tiny_bert(tmp_path):
 
 
 def test_shipped_vit_recipe_on_tiny_vit(tmp_path):
-    import sinecompress
-
     m, p = timm_file(tmp_path, "vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
     s = run_shipped("vit.yaml", p, tmp_path / "vit-sine.safetensors")
     assert compressed(s) == [f"blocks.{i}.mlp.fc{j}" for i in range(2) for j in (1, 2)]
     assert all(x["params_after"] <= 0.3 * x["params_before"] for x in s["layers"])
     loaded = sinecompress.load(tmp_path / "vit-sine.safetensors", model=m)
-    assert type(loaded.blocks[0].mlp.fc1).__name__ == "SineLowRankLinear"
+    assert isinstance(loaded.blocks[0].mlp.fc1, SineLowRankLinear)
     assert loaded(torch.randn(1, 3, 32, 32)).shape == (1, 10)
 
 
@@ -357,13 +351,13 @@ def test_shipped_convnext_recipe_on_tiny_convnext(tmp_path):
 def test_convnext_recipe_on_conv_mlp_variant_says_why(tmp_path):
     _, p = timm_file(tmp_path, "convnext_atto", depths=(1, 1, 1, 1), dims=(8, 16, 24, 32))
     with pytest.raises(UsageError) as e:
-        run_recipe(ROOT / "recipes" / "convnext.yaml", {"model": str(p), "output": str(tmp_path / "x.safetensors")})
+        run_recipe(SHIPPED / "convnext.yaml", {"model": str(p), "output": str(tmp_path / "x.safetensors")})
     msg = str(e.value)
     assert "convnext.yaml:" in msg and "1x1 convolutions" in msg and "stages.3.blocks.0.mlp.fc1" in msg
     assert not (tmp_path / "x.safetensors").exists()
 
 
-def test_shipped_llama_recipe_on_tiny_llama(tmp_path, capsys):
+def test_shipped_llama_recipe_on_tiny_llama(tmp_path):
     import transformers
 
     cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -371,7 +365,7 @@ def test_shipped_llama_recipe_on_tiny_llama(tmp_path, capsys):
     torch.manual_seed(0)
     transformers.LlamaForCausalLM(cfg).save_pretrained(str(tmp_path / "llama"))
     out = tmp_path / "llama-sine"
-    code, stdout, err = cli(capsys, "factorize", "--recipe", ROOT / "recipes" / "llama.yaml", tmp_path / "llama",
+    code, stdout, err = cli("factorize", "--recipe", SHIPPED / "llama.yaml", tmp_path / "llama",
                             "--out", out, "--fit-steps", "3", "--json")
     s = json.loads(stdout)
     assert code == (0 if s["passed"] else 1), err

@@ -1,20 +1,19 @@
 import json
-import os
-import subprocess
 import sys
-import types
-from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
+from torch import nn
 
-from sinecompress.cli import main
-from sinecompress.errors import InputError, UsageError
 from sinecompress import factorize
+from sinecompress.adapters import AdapterConfig, inject_adapters, iter_adapters, save_adapter
+from sinecompress.errors import InputError, UsageError
+from sinecompress.report import spectra
 from sinecompress.report.report import report
 
-ROOT = Path(__file__).resolve().parents[1]
+from .helpers import assert_one_line_error, cli, tiny_file
+
 TARGETS = [r"blocks\.\d+\.fc\d"]
 
 # The schema is pinned here literally (not imported), so a change to it fails this test: bump
@@ -32,39 +31,13 @@ SPECTRUM_KEYS = {"exact", "numerical_rank", "numerical_rank_is_lower_bound", "ef
 KEEP_KEYS = {"rank", "params", "energy", "rel_error"}
 
 
-def _tiny_model(path: Path) -> Path:
-    g = torch.Generator().manual_seed(0)
-    t = {"embed.weight": torch.randn(50, 32, generator=g), "norm.weight": torch.ones(32)}
-    for i in range(2):
-        t[f"blocks.{i}.fc1.weight"] = torch.randn(64, 32, generator=g) / 6
-        t[f"blocks.{i}.fc1.bias"] = torch.zeros(64)
-        t[f"blocks.{i}.fc2.weight"] = torch.randn(32, 64, generator=g) / 8
-    t["head.weight"] = torch.randn(10, 32, generator=g)
-    save_file(t, str(path))
-    return path
-
-
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
     d = tmp_path_factory.mktemp("report")
-    dense = _tiny_model(d / "dense.safetensors")
+    dense = tiny_file(d / "dense.safetensors", width=32, hidden=64, head=True)
     comp = d / "comp.safetensors"
-    summary = factorize(dense, comp, rank=4, omega=100.0, targets=TARGETS, steps=40, seed=0)
+    summary = factorize(dense, comp, rank=4, omega=100.0, targets=TARGETS, fit_steps=40, seed=0)
     return {"dir": d, "dense": dense, "comp": comp, "summary": summary}
-
-
-def run_cli(*args):
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), COLUMNS="200")
-    return subprocess.run([sys.executable, "-m", "sinecompress", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=120)
-
-
-def cli(capsys, *args):
-    """Run the CLI in-process (a subprocess costs seconds of imports); return (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in args])
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
 
 
 def test_compressed_report_schema_and_sine_rank(ckpts):
@@ -103,8 +76,6 @@ def test_dense_report_shows_what_rank_k_keeps(ckpts):
     # default selection, as factorize's: 2-D weights minus embeddings, norms and (maybe tied) heads
     assert [r["name"] for r in rep["layers"]] == ["blocks.0.fc1", "blocks.0.fc2", "blocks.1.fc1", "blocks.1.fc2"]
     assert rep["params_after"] == rep["params_before"] and rep["compression_rate"] == 1.0
-    from safetensors.torch import load_file
-
     w = load_file(str(ckpts["dense"]))["blocks.0.fc1.weight"].double()
     s2 = torch.linalg.svdvals(w) ** 2
     layer = rep["layers"][0]
@@ -115,8 +86,6 @@ def test_dense_report_shows_what_rank_k_keeps(ckpts):
 
 
 def test_large_layers_get_partial_spectra_unless_exact(ckpts, monkeypatch):
-    from sinecompress.report import spectra
-
     monkeypatch.setattr(spectra, "EXACT_MAX_DIM", 16)  # every 32/64-wide test layer now counts as "large"
     rep = report(ckpts["comp"], against=ckpts["dense"], top=8, rank=[2])
     for layer in rep["layers"]:
@@ -172,17 +141,16 @@ def test_activation_error_on_real_minilm(tmp_path):
 
 
 def test_cli_json_on_stdout_table_on_stderr(ckpts):
-    r = run_cli("report", ckpts["comp"], "--against", ckpts["dense"], "--json")
-    assert r.returncode == 0, r.stderr
-    rep = json.loads(r.stdout)
+    code, out, err = cli("report", ckpts["comp"], "--against", ckpts["dense"], "--json")
+    assert code == 0, err
+    rep = json.loads(out)
     assert set(rep) == REPORT_KEYS and len(rep["layers"]) == 4
-    assert "blocks.0.fc1" in r.stderr and "rel. error" in r.stderr  # the table went to stderr
-    assert "Traceback" not in r.stderr
+    assert "blocks.0.fc1" in err and "rel. error" in err  # the table went to stderr
+    assert "Traceback" not in err
 
 
-def test_cli_table_on_stdout_without_json(ckpts, capsys, monkeypatch):
-    monkeypatch.setenv("COLUMNS", "200")
-    rc, out, _ = cli(capsys, "report", ckpts["dense"])
+def test_cli_table_on_stdout_without_json(ckpts):
+    rc, out, _ = cli("report", ckpts["dense"])
     assert rc == 0 and "rank-k keeps" in out and "blocks.0.fc1" in out
 
 
@@ -190,75 +158,65 @@ def test_cli_table_on_stdout_without_json(ckpts, capsys, monkeypatch):
     (lambda d: d / "missing.safetensors", 3, "no such file"),
     (lambda d: (d / "junk.safetensors").write_bytes(b"\x01\x02") and d / "junk.safetensors", 3, "junk.safetensors"),
 ])
-def test_cli_bad_input_is_one_line(tmp_path, capsys, make, code, words):
-    rc, _, err = cli(capsys, "report", make(tmp_path))
-    assert rc == code
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0]
+def test_cli_bad_input_is_one_line(tmp_path, make, code, words):
+    rc, _, err = cli("report", make(tmp_path))
+    assert assert_one_line_error(rc, err, code, words).startswith("error:")
 
 
-def test_cli_against_wrong_shape_exit_3(ckpts, tmp_path, capsys):
+def test_cli_against_wrong_shape_exit_3(ckpts, tmp_path):
     other = tmp_path / "other.safetensors"
     save_file({"blocks.0.fc1.weight": torch.zeros(64, 16)}, str(other))
-    rc, _, err = cli(capsys, "report", ckpts["comp"], "--against", other)
-    assert rc == 3 and len(err.strip().splitlines()) == 1 and "blocks.0.fc1" in err
+    rc, _, err = cli("report", ckpts["comp"], "--against", other)
+    assert_one_line_error(rc, err, 3, "blocks.0.fc1")
 
 
-def test_plot_writes_png(ckpts, tmp_path, capsys):
+def test_plot_writes_png(ckpts, tmp_path):
     pytest.importorskip("matplotlib", reason="the plot extra is not installed")
     out = tmp_path / "spectra.png"
-    rc, _, err = cli(capsys, "report", ckpts["comp"], "--against", ckpts["dense"], "--plot", out)
+    rc, _, err = cli("report", ckpts["comp"], "--against", ckpts["dense"], "--plot", out)
     assert rc == 0 and "wrote" in err
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
     assert not [p for p in tmp_path.iterdir() if p.name != "spectra.png"]  # no temp file left behind
 
 
-def test_plot_without_matplotlib_says_how_to_install(ckpts, tmp_path, monkeypatch, capsys):
+def test_plot_without_matplotlib_says_how_to_install(ckpts, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     out = tmp_path / "x.png"
-    for argv in (["report", str(ckpts["comp"]), "--plot", str(out)], ["spectrum", "--plot", str(out)]):
-        with pytest.raises(SystemExit) as e:
-            main(argv)
-        assert e.value.code == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and "matplotlib" in err[0] and "sinecompress[plot]" in err[0]
+    for argv in (["report", ckpts["comp"], "--plot", out], ["spectrum", "--plot", out]):
+        code, _, err = cli(*argv)
+        assert_one_line_error(code, err, 2, "matplotlib", "sinecompress[plot]")
     assert not out.exists()
 
 
-def test_adapter_dir_without_adapters_module(tmp_path, monkeypatch):
-    (tmp_path / "adapter_config.json").write_text("{}")
-    monkeypatch.setitem(sys.modules, "sinecompress.adapters", None)
-    with pytest.raises(UsageError, match="adapter_delta_weights"):
-        report(tmp_path)
-
-
-def test_adapter_dir_uses_adapter_delta_weights_when_present(tmp_path, monkeypatch):
-    (tmp_path / "adapter_config.json").write_text("{}")
-    g = torch.Generator().manual_seed(0)
-    deltas = {"blocks.0.fc1": torch.randn(64, 3, generator=g) @ torch.randn(3, 32, generator=g),
-              "blocks.0.fc2": torch.randn(32, 2, generator=g) @ torch.randn(2, 64, generator=g)}
-    mod = types.ModuleType("sinecompress.adapters")
-    mod.adapter_delta_weights = lambda adapter_dir: deltas
-    monkeypatch.setitem(sys.modules, "sinecompress.adapters", mod)
-    rep = report(tmp_path)
+def test_adapter_dir_reports_the_adapter_deltas(tmp_path):
+    model = nn.Module()
+    model.blocks = nn.ModuleList([nn.ModuleDict({"fc1": nn.Linear(32, 64), "fc2": nn.Linear(64, 32)})])
+    inject_adapters(model, AdapterConfig(kind="lora", r=3), [r"blocks\.0\.fc[12]"])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for _, m in iter_adapters(model):
+            m.lora_B.weight.normal_(0, 0.1)  # B starts at zero: give the deltas their full rank
+    save_adapter(model, tmp_path / "ad")
+    rep = report(tmp_path / "ad")
     assert set(rep) == REPORT_KEYS and rep["input_kind"] == "adapter"
-    assert [(r["name"], r["numerical_rank"]) for r in rep["layers"]] == [("blocks.0.fc1", 3), ("blocks.0.fc2", 2)]
+    assert [(r["name"], r["shape"], r["numerical_rank"]) for r in rep["layers"]] == [
+        ("blocks.0.fc1", [64, 32], 3), ("blocks.0.fc2", [32, 64], 3)]
     assert all(set(r) == LAYER_KEYS for r in rep["layers"])
 
 
-def test_spectrum_cli(ckpts, capsys):
-    rc, out, err = cli(capsys, "spectrum", "--shape", "64x48", "--rank", "3", "--omegas", "1,10,100", "--json")
+def test_spectrum_cli(ckpts):
+    rc, out, err = cli("spectrum", "--shape", "64x48", "--rank", "3", "--omegas", "1,10,100", "--json")
     assert rc == 0, err
     sw = json.loads(out)
     ranks = [p["numerical_rank"] for p in sw["omegas"]]
     assert sw["uv"]["numerical_rank"] == 3 and ranks[0] < ranks[-1]
-    rc, out, err = cli(capsys, "spectrum", ckpts["comp"], "--layer", "blocks.0.fc1", "--omegas", "10,100", "--json")
+    rc, out, err = cli("spectrum", ckpts["comp"], "--layer", "blocks.0.fc1", "--omegas", "10,100", "--json")
     assert rc == 0, err
     sw = json.loads(out)
     assert sw["layer_omega"] == 100.0 and sw["rank"] == 2 and sw["shape"] == [64, 32]
-    rc, out, _ = cli(capsys, "spectrum", ckpts["dense"], "--layer", "blocks.0.fc1", "--rank", "4", "--json")
+    rc, out, _ = cli("spectrum", ckpts["dense"], "--layer", "blocks.0.fc1", "--rank", "4", "--json")
     assert rc == 0 and json.loads(out)["uv"]["numerical_rank"] == 4
 
 
@@ -268,11 +226,11 @@ def test_spectrum_cli(ckpts, capsys):
     (["--shape", "8x8", "--rank", "9"], "exceeds"),
     (["--layer", "x"], "needs a checkpoint"),
 ])
-def test_spectrum_cli_usage_errors(capsys, args, words):
-    rc, _, err = cli(capsys, "spectrum", *args)
-    assert rc == 2 and words in err and len(err.strip().splitlines()) == 1
+def test_spectrum_cli_usage_errors(args, words):
+    rc, _, err = cli("spectrum", *args)
+    assert_one_line_error(rc, err, 2, words)
 
 
-def test_spectrum_unknown_layer(ckpts, capsys):
-    rc, _, err = cli(capsys, "spectrum", ckpts["comp"], "--layer", "nope")
-    assert rc == 2 and "nope" in err and len(err.strip().splitlines()) == 1
+def test_spectrum_unknown_layer(ckpts):
+    rc, _, err = cli("spectrum", ckpts["comp"], "--layer", "nope")
+    assert_one_line_error(rc, err, 2, "nope")

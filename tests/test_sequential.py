@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import copy
-import sys
-from pathlib import Path
 
-import pytest
 import torch
 from torch import nn
 
-from sinecompress.calib.capture import capture_grams
 from sinecompress import factorize
-from sinecompress.fit_activation import chol, shifted_target, whitened_svd
-from sinecompress.calib.capture import capture_pair
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _tiny import tiny_bert_dir  # noqa: E402
+from sinecompress.calib.capture import capture_grams, capture_pair
+from sinecompress.fit.whiten import chol, shifted_target, whitened_svd
 
 
 class Toy(nn.Module):
@@ -69,19 +62,16 @@ def test_sequential_target_beats_the_parallel_fit_on_what_the_layer_really_sees(
         assert out_error(seq_u @ seq_v.T) < 0.9 * out_error(par_u @ par_v.T)
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return tiny_bert_dir(tmp_path_factory.mktemp("tiny"))
-
-
-def test_factorize_sequential_is_recorded_and_deterministic(tiny, tmp_path):
-    kw = dict(method="sine", rank=6, omega=100.0, targets=[r".*(intermediate|output)\.dense"],
-              exclude=[r".*attention.*"], steps=10, calib_samples=16, seq_len=32, seed=2)
-    a = factorize(tiny, tmp_path / "a", **kw)  # no fine-tune: sequential by default
-    factorize(tiny, tmp_path / "b", sequential=True, **kw)
-    par = factorize(tiny, tmp_path / "p", sequential=False, **kw)
-    tuned = factorize(tiny, tmp_path / "t", ft_steps=2, **kw)  # with a fine-tune: not by default
+def test_factorize_sequential_is_recorded_and_deterministic(tiny_bert_dir, tmp_path):
+    # the whole-model pipeline, where the sequential fit applies (the block-by-block one fits in order anyway)
+    kw = dict(method="sine", rank=6, omega=100.0, targets=[r".*(intermediate|output)\.dense"], finetune="global",
+              exclude=[r".*attention.*"], fit_steps=10, calib_samples=16, seq_len=32, seed=2)
+    a = factorize(tiny_bert_dir, tmp_path / "a", finetune_steps=0, **kw)  # no fine-tune: sequential by default
+    factorize(tiny_bert_dir, tmp_path / "b", finetune_steps=0, sequential=True, **kw)
+    par = factorize(tiny_bert_dir, tmp_path / "p", finetune_steps=0, sequential=False, **kw)
+    tuned = factorize(tiny_bert_dir, tmp_path / "t", finetune_steps=2, **kw)  # with a fine-tune: not by default
     assert a["sequential"] is True and par["sequential"] is False and tuned["sequential"] is False
+    assert a["finetune"] is None and tuned["finetune"]["steps"] == 2
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
     assert all(0 < lay["act_error"] < 1.5 for lay in a["layers"])
     assert (tmp_path / "a" / "model.safetensors").read_bytes() != (tmp_path / "p" / "model.safetensors").read_bytes()

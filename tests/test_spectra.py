@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from sinecompress.report.sweep import omega_sweep, random_factors
 from sinecompress.report.spectra import EPS, effective_rank, rank_measures, singular_values, sparkline
+from sinecompress.report.sweep import omega_sweep, random_factors
 
 
 def with_spectrum(s, m, n, seed=0):
