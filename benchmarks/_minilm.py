@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from sinecompress.calib.capture import capture_grams
 from sinecompress.calib.data import tokenize
 from sinecompress.calib.text import builtin_texts
-from sinecompress.load import _hf_model_from_config
 from sinecompress.io.examples import example_dir
+from sinecompress.io.format import LayerRecord
+from sinecompress.io.hf_model import dense_model
 from sinecompress.io.open import open_source
+from sinecompress.nn.surgery import build_module
 
 MLP_TARGETS = r"encoder\.layer\.\d+\.(intermediate|output)\.dense"
 
@@ -24,11 +28,18 @@ def minilm():
     ``SC_MODEL_DIR`` points at another copy of the model directory (the GPU machine has no package).
     """
     d = Path(os.environ["SC_MODEL_DIR"]) if os.environ.get("SC_MODEL_DIR") else example_dir("minilm")
-    model = _hf_model_from_config(d)
-    src = open_source(d)
-    sd = {k: src.get(k) for k in src.tensors}
-    model.load_state_dict(sd, strict=False)
-    return model.eval(), d
+    return dense_model(open_source(d)), d
+
+
+def layer_module(kind: str, f: dict, bias: torch.Tensor | None, omega: float | None) -> torch.nn.Module:
+    """The float32 module the pipeline builds for one layer's factors ("sine" or "lowrank"), with its bias;
+    rank, linear rank and amplitude are read off the factors' shapes."""
+    u, v = f["u"], f["v"]
+    lin = f["lin_u"].shape[1] if kind == "sine" and f.get("lin_u") is not None else 0
+    amp = None if kind == "lowrank" else ("row" if f["amp"].numel() > 1 else "scalar")
+    rec = LayerRecord("", kind, (u.shape[0], v.shape[0]), "F32", u.shape[1] + lin, lin, omega, amp)
+    return build_module(rec, {k: t.float() for k, t in f.items() if t is not None},
+                        None if bias is None else bias.float(), torch.float32)
 
 
 @dataclass
@@ -45,8 +56,6 @@ class Experiment:
 
 
 def experiment(calib: int, heldout: int) -> Experiment:
-    from sinecompress.calib.capture import capture_grams
-
     torch.manual_seed(0)
     model, d = minilm()
     names = mlp_names(model)
@@ -57,8 +66,6 @@ def experiment(calib: int, heldout: int) -> Experiment:
 
 
 def mlp_names(model) -> list[str]:
-    import re
-
     return [n for n, _ in model.named_modules() if re.fullmatch(MLP_TARGETS, n)]
 
 

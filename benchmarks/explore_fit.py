@@ -9,6 +9,7 @@ the mean whitened (activation) error over the 12 layers and, optionally, the hel
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -17,12 +18,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _minilm import batches_for, embed, minilm, mlp_names, quality  # noqa: E402
+from _minilm import batches_for, embed, layer_module, minilm, mlp_names, quality  # noqa: E402
 
 from sinecompress.calib.capture import capture_grams  # noqa: E402
-from sinecompress.distill import compressed_module, distill, swap_in  # noqa: E402
+from sinecompress.fit.sine import fit_hybrid  # noqa: E402
 from sinecompress.fit.svd import truncated_svd  # noqa: E402
-from sinecompress.fit_activation import chol, fit_hybrid, whitened_error, whitened_svd  # noqa: E402
+from sinecompress.fit.whiten import chol, whitened_error, whitened_svd  # noqa: E402
+from sinecompress.nn.surgery import swap_module  # noqa: E402
+from sinecompress.pipeline.distill import distill  # noqa: E402
 from sinecompress.weights import sine_weight  # noqa: E402
 
 
@@ -45,7 +48,7 @@ def fit_variant(variant: str, w, gram, k: int, steps: int, damp: float, seed: in
     phase_std = float(parts[6]) if len(parts) > 6 else 1.0
     total = k - 1  # the amplitude (m params) costs less than one rank: stay within rank-k's budget
     k_l = int(round(total * frac))
-    f = fit_hybrid(w, L, total - k_l, k_l, omega, steps=steps, seed=seed, lr=lr, amp_scale=amp_scale,
+    f = fit_hybrid(w, L, total, k_l, omega, steps=steps, seed=seed, lr=lr, amp_scale=amp_scale,
                    phase=phase, phase_std=phase_std)
     f = {k2: (t.cpu() if t is not None else None) for k2, t in f.items() if k2 in ("u", "v", "amp", "lin_u", "lin_v")}
     err = whitened_error(sine_weight(*(f[x].to(device) for x in ("u", "v")), omega, f["amp"].to(device),
@@ -90,11 +93,9 @@ def main():
             row = {"k": k, "variant": variant, "act_error": sum(errs) / len(errs),
                    "fit_s": round(time.perf_counter() - t0, 1)}
             if args.eval:
-                import copy
-
                 student = copy.deepcopy(model)
                 for name, (kind, f, omega) in fitted.items():
-                    swap_in(student, name, compressed_module(kind, f, mods[name].bias.detach().cpu(), omega))
+                    swap_module(student, name, layer_module(kind, f, mods[name].bias.detach().cpu(), omega))
                 student.to(args.device)
                 row.update(quality(ref, embed(student, held)))
                 if args.ft_steps:

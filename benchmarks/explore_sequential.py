@@ -14,12 +14,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _minilm import embed, experiment, quality  # noqa: E402
+from _minilm import embed, experiment, layer_module, quality  # noqa: E402
 
-from sinecompress.distill import compressed_module, distill, swap_in  # noqa: E402
-from sinecompress.fit_activation import fit_calibrated, shifted_target  # noqa: E402
-from sinecompress.pipeline.plan import split_rank  # noqa: E402
 from sinecompress.calib.capture import capture_pair  # noqa: E402
+from sinecompress.fit.sine import fit_calibrated  # noqa: E402
+from sinecompress.fit.whiten import shifted_target  # noqa: E402
+from sinecompress.nn.surgery import swap_module  # noqa: E402
+from sinecompress.pipeline.distill import distill  # noqa: E402
+from sinecompress.pipeline.plan import split_rank  # noqa: E402
 
 
 def fit(method, w, gram, k, steps):
@@ -55,7 +57,7 @@ def main():
                         pair = capture_pair(model, student, name, calib)
                         w, gram = shifted_target(w, pair["gram"], pair["cross"]), pair["gram"]
                     kind, f, omega = fit(method, w, gram, k, args.fit_steps)
-                    swap_in(student, name, compressed_module(kind, f, mods[name].bias.detach(), omega))
+                    swap_module(student, name, layer_module(kind, f, mods[name].bias.detach(), omega))
                 row = {"k": k, "method": method, "mode": mode, **quality(ref, embed(student, held))}
                 if args.ft_steps:
                     distill(student, model, calib, names, steps=args.ft_steps)

@@ -18,11 +18,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _bench import machine_info, machine_line, write_section  # noqa: E402
-from _minilm import embed, experiment, quality  # noqa: E402
+from _minilm import embed, experiment, layer_module, quality  # noqa: E402
 
+from sinecompress.fit.whiten import chol, whitened_error, whitened_svd  # noqa: E402
+from sinecompress.nn.surgery import swap_module  # noqa: E402
 from sinecompress.pipeline.allocate import allocate, energy_share, output_sensitivity  # noqa: E402
-from sinecompress.distill import compressed_module, distill, swap_in  # noqa: E402
-from sinecompress.fit_activation import chol, whitened_error, whitened_svd  # noqa: E402
+from sinecompress.pipeline.distill import distill  # noqa: E402
 from sinecompress.pipeline.plan import LayerPlan  # noqa: E402
 
 
@@ -47,7 +48,7 @@ def run(args) -> list[dict]:
             for n in names:
                 u, v = whitened_svd(ws[n], Ls[n], ranks[n])
                 errs.append(whitened_error(u @ v.T, ws[n], Ls[n]))
-                swap_in(student, n, compressed_module("lowrank", {"u": u, "v": v}, mods[n].bias.detach(), None))
+                swap_module(student, n, layer_module("lowrank", {"u": u, "v": v}, mods[n].bias.detach(), None))
             row = {"k": k, "mode": mode, "params": sum(r * sum(ws[n].shape) for n, r in ranks.items()),
                    "act_error": round(sum(errs) / len(errs), 4),
                    "ranks": [ranks[n] for n in names],

@@ -22,10 +22,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _bench import machine_info, machine_line, write_section  # noqa: E402
-from _minilm import embed, experiment, quality  # noqa: E402
+from _minilm import embed, experiment, layer_module, quality  # noqa: E402
 from explore_fit import fit_variant  # noqa: E402
 
-from sinecompress.distill import compressed_module, distill, swap_in  # noqa: E402
+from sinecompress.fit.omega import choose_omega  # noqa: E402
+from sinecompress.fit.sine import fit_calibrated  # noqa: E402
+from sinecompress.nn.surgery import swap_module  # noqa: E402
+from sinecompress.pipeline.distill import distill  # noqa: E402
+from sinecompress.pipeline.plan import split_rank  # noqa: E402
 
 REFERENCE = {"svd": {32: 0.358, 64: 0.372, 128: 0.482, 192: 0.655},
              "wsvd": {32: 0.595, 64: 0.697, 128: 0.846, 192: 0.923}}
@@ -39,10 +43,6 @@ DEFAULT_METHODS = ["svd", "wsvd", "wsvd+ft", "sine"]
 def fit_sine_default(w, gram, k: int, steps: int):
     """What ``sinecompress factorize --method sine`` does with calibration: ω by trial fits (--omega auto),
     the hybrid at the default linear share, total rank k-1 so the amplitude stays within rank-k's budget."""
-    from sinecompress.fit_activation import fit_calibrated
-    from sinecompress.fit.omega import choose_omega
-    from sinecompress.pipeline.plan import split_rank
-
     total = k - 1
     k_l = split_rank(total)
     omega, _ = choose_omega(w, total, k_l, steps, gram=gram)
@@ -65,7 +65,7 @@ def run(args) -> list[dict]:
                     kind, f, _err, omega = fit_sine_default(w, grams[name]["gram"], k, args.fit_steps)
                 else:
                     kind, f, _err, omega = fit_variant(variant, w, grams[name]["gram"], k, args.fit_steps, 1e-2)
-                swap_in(student, name, compressed_module(kind, f, mods[name].bias.detach(), omega))
+                swap_module(student, name, layer_module(kind, f, mods[name].bias.detach(), omega))
             if tune:
                 distill(student, model, calib, names, steps=args.ft_steps * tune, lr=args.lr)
             q = quality(ref, embed(student, held))

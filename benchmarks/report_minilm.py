@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import machine_info, machine_line, write_section  # noqa: E402
 
 from sinecompress import factorize  # noqa: E402
-from sinecompress.report.report import report  # noqa: E402
 from sinecompress.io.examples import example_dir  # noqa: E402
+from sinecompress.report.report import report  # noqa: E402
 
 TARGET = r"encoder\.layer\.\d+\.(intermediate|output)\.dense"
 RANK, OMEGA = 8, 100.0
@@ -45,7 +45,7 @@ def main() -> None:
         if comp is None:
             comp = Path(tmp) / "m8.safetensors"
             t0 = time.perf_counter()
-            factorize(original, comp, rank=RANK, omega=OMEGA, targets=[TARGET], steps=steps, seed=0)
+            factorize(original, comp, rank=RANK, omega=OMEGA, targets=[TARGET], fit_steps=steps, seed=0)
             fit_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         dense = report(original)

@@ -29,14 +29,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import machine_info, machine_line, write_section  # noqa: E402
 
+from sinecompress.config import parse_size  # noqa: E402
 from sinecompress.io.shards import write_weights  # noqa: E402
 from sinecompress.io.writer import Entry  # noqa: E402
 
 MiB = 2**20
 SVD = ("svd", ["--method", "svd", "--rank", "16"])
-SINE = ("sine (2 steps)", ["--method", "sine", "--rank", "16", "--steps", "2"])
+SINE = ("sine (2 steps)", ["--method", "sine", "--rank", "16", "--fit-steps", "2"])  # 2 steps of each layer's fit
 ROOT = Path(__file__).resolve().parents[1]
-FOOTPRINT = ("import time, torch, sinecompress.cli, sinecompress.factorize\n"
+FOOTPRINT = ("import time, torch, sinecompress.cli, sinecompress.pipeline.factorize\n"
              "torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # the sine fit imports the optimiser stack\n"
              "time.sleep(1.0)\n")
 
@@ -51,17 +52,11 @@ def make_checkpoint(d: Path, layers: int, shape: tuple[int, int], shard: str) ->
                              lambda i=i, dtype=dtype: torch.randn(*shape, generator=torch.Generator().manual_seed(i)
                                                                   ).div_(shape[1] ** 0.5).to(dtype)))
         entries.append(Entry(f"layers.{i}.proj.bias", "F32", (shape[0],), lambda: torch.zeros(shape[0])))
-    names = write_weights(d, entries, {"format": "pt"}, max_bytes=_parse(shard))
+    names = write_weights(d, entries, {"format": "pt"}, max_bytes=parse_size(shard))
     total = sum(e.nbytes for e in entries)
     largest = max(e.nbytes for e in entries)
     return {"path": str(d), "bytes": total, "largest_tensor_bytes": largest, "shards": len(names) if len(names) > 1 else 1,
             "tensors": len(entries)}
-
-
-def _parse(s):
-    from sinecompress.config import parse_size
-
-    return parse_size(s)
 
 
 def rss_anon_kib(pid: int) -> int | None:
