@@ -98,12 +98,12 @@ def builtin_texts(split: str = "calib", limit: int | None = None) -> list[str]:
     return out[:limit] if limit else out
 
 
-def read_texts(path: Path) -> list[str]:
-    """Text lines, or JSONL records with a "text" field."""
+def read_texts(path: Path, what: str = "calibration text") -> list[str]:
+    """Text lines, or JSONL records with a "text" field; ``what`` names the text in errors."""
     try:
         raw = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: cannot read calibration text ({e})") from None
+        raise InputError(f"{path}: cannot read {what} ({e})") from None
     texts = []
     jsonl = path.suffix in (".jsonl", ".json")
     for i, line in enumerate(raw.splitlines(), 1):
@@ -121,5 +121,5 @@ def read_texts(path: Path) -> list[str]:
         else:
             texts.append(line.strip())
     if not texts:
-        raise InputError(f"{path}: no calibration text found (empty file?)")
+        raise InputError(f"{path}: no {what} found (empty file?)")
     return texts

@@ -17,13 +17,20 @@ import typer
 
 from .. import signals
 from ..errors import SineCompressError
-from . import adapter_cmd, convert_cmd, factorize_cmd, inflate_cmd, recipe_cmd, report_cmd  # noqa: F401 (register)
+from . import adapter_cmd, convert_cmd, eval_cmd, factorize_cmd, inflate_cmd, recipe_cmd, report_cmd  # noqa: F401 (register)
 from ._console import err_console
 from .app import INTERNAL_ERROR, app
 
+# Control characters in a message (a newline in a file or tensor name) are escaped: a message is one line.
+_CONTROL = {**{c: f"\\x{c:02x}" for c in [*range(32), 127] if c != 9}, 10: "\\n", 13: "\\r"}
+
+
+def _line(text) -> str:
+    return str(text).translate(_CONTROL)
+
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
-    err_console.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
+    err_console.print(f"warning: {_line(message)}", markup=False, highlight=False, soft_wrap=True)
 
 
 class _ReaderGone(BaseException):
@@ -113,12 +120,12 @@ def _first_line(e: BaseException) -> str:
 
 
 def _fail(message: str, code: int) -> None:
-    err_console.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    err_console.print(f"error: {_line(message)}", markup=False, highlight=False, soft_wrap=True)
     sys.exit(code)
 
 
 def _interrupted(e) -> None:
     hint = getattr(e, "hint", "")
-    err_console.print(f"interrupted ({e.name}); temporary output removed{'; ' + hint if hint else ''}",
+    err_console.print(_line(f"interrupted ({e.name}); temporary output removed{'; ' + hint if hint else ''}"),
                       markup=False, highlight=False, soft_wrap=True)
     sys.exit(e.exit_code)

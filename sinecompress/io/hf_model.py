@@ -18,23 +18,47 @@ from torch import nn
 from ..errors import InputError
 
 
+def is_causal_lm(config) -> bool:
+    """Whether a transformers config describes a causal (next-token) LM.
+
+    ``is_decoder``, else the named architectures (one ending in ``ForCausalLM``/``LMHeadModel``), else,
+    for configs without architectures, a ``model_type`` that transformers gives a causal-LM class but no
+    masked-LM class (llama, qwen2, gpt2, ...; not bert or roberta).
+    """
+    if getattr(config, "is_decoder", False):
+        return True
+    archs = getattr(config, "architectures", None) or []
+    if archs:
+        return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    kind = getattr(config, "model_type", None)
+    return kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
 def model_class(model_dir: Path):
-    """(config, the transformers class config.json names in ``architectures``, else AutoModel)."""
+    """(config, the transformers class config.json names in ``architectures``; without one, the causal-LM
+    auto class for a causal LM (its head gives logits), else AutoModel)."""
     import transformers
 
     config = transformers.AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
     arch = (getattr(config, "architectures", None) or [None])[0]
-    return config, getattr(transformers, arch, None) if arch else None
+    cls = getattr(transformers, arch, None) if arch else None
+    if cls is None:
+        cls = transformers.AutoModelForCausalLM if is_causal_lm(config) else transformers.AutoModel
+    return config, cls
 
 
 def build_model(model_dir: Path) -> nn.Module:
     """A freshly initialised transformers model built from ``model_dir/config.json``."""
-    import transformers
 
     try:
         config, cls = model_class(model_dir)
         # Not on the meta device: non-persistent buffers (position ids) must be really initialised.
-        return cls(config) if cls is not None else transformers.AutoModel.from_config(config)
+        return cls.from_config(config) if cls.__name__.startswith("Auto") else cls(config)
     except Exception as e:  # an architecture this transformers version does not know, a bad config
         raise InputError(f"{model_dir}: cannot build the model from config.json ({_first_line(e)})") from None
 
@@ -99,7 +123,6 @@ def dense_model(src) -> nn.Module:
 
         try:
             _, cls = model_class(src.model_dir)
-            cls = cls or transformers.AutoModel
             return cls.from_pretrained(str(src.model_dir), local_files_only=True, **float32(transformers)).eval()
         except Exception as e:  # transformers raises many types for a checkpoint that does not fit its config
             raise InputError(f"{src.display}: transformers cannot load it ({_first_line(e)})") from None

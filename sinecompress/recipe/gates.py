@@ -6,6 +6,9 @@
 * ``min_cosine``: mean cosine between the mean-pooled last hidden states of the original and the
   compressed model (``sinecompress.load.load``) on a small fixed set of held-out inputs. It runs the
   model, so it needs a Hugging Face model directory (``config.json``).
+* ``max_perplexity``: the compressed causal LM's perplexity, and ``max_perplexity_ratio``: that perplexity
+  over the original's, both from ``report.evaluate.evaluate`` with its defaults (built-in held-out text,
+  sliding windows). They need a causal LM with a tokenizer.
 
 The output is written before the gates run; a failing gate names itself and where the output is.
 """
@@ -18,11 +21,12 @@ from pathlib import Path
 import torch
 
 from ..errors import GateFailed, UsageError
-from ..io.hf_model import dense_model
+from ..io.hf_model import dense_model, is_causal_lm, model_class
 from ..io.model_dir import TOKENIZER_FILES
 from ..io.open import open_source
 from ..io.sources import Source
 from ..pipeline.load import load
+from ..report.evaluate import evaluate
 
 
 def _in_range(lo, hi, lo_open=True, hi_open=True):
@@ -42,7 +46,10 @@ GATES = {
     "max_param_ratio": _in_range(0, 1, hi_open=False),
     "max_rel_error": _in_range(0, math.inf, lo_open=False),
     "min_cosine": _in_range(-1, 1, False, False),
+    "max_perplexity": _in_range(1, math.inf, lo_open=False),
+    "max_perplexity_ratio": _in_range(0, math.inf),
 }
+PERPLEXITY_GATES = ("max_perplexity", "max_perplexity_ratio")
 
 # Held-out text for min_cosine: written for this project, never used for calibration.
 HELD_OUT = [
@@ -71,6 +78,12 @@ def needs_model_dir(gates: dict, model_dir: Path | None, display: str) -> None:
         raise UsageError(f"gate min_cosine runs the model, so it needs a Hugging Face model directory "
                          f"(config.json + weights); {display} is not one. Use max_rel_error / "
                          "max_param_ratio for bare checkpoints, or point `model` at the model directory")
+    for gate in (g for g in PERPLEXITY_GATES if g in gates):
+        if model_dir is None or not (model_dir / "config.json").exists():
+            raise UsageError(f"gate {gate} runs the model, so it needs a Hugging Face causal LM directory "
+                             f"(config.json + weights + tokenizer); {display} is not one")
+        if not is_causal_lm(model_class(model_dir)[0]):
+            raise UsageError(f"gate {gate} needs a causal LM; {display} is an encoder: use min_cosine")
 
 
 def check_gates(gates: dict, summary: dict, original: Source | None = None,
@@ -94,6 +107,26 @@ def check_gates(gates: dict, summary: dict, original: Source | None = None,
         cos = embedding_cosine(original, compressed)
         results.append(_result("min_cosine", gates["min_cosine"], cos["mean"], cos["mean"] >= gates["min_cosine"],
                                 f"mean over {cos['n']} held-out inputs ({cos['inputs']}); worst {cos['min']:.4f}"))
+    if any(g in gates for g in PERPLEXITY_GATES):
+        results += _perplexity_gates(gates, original, compressed)
+    return results
+
+
+def _perplexity_gates(gates: dict, original: Source | None, compressed: Path | None) -> list[dict]:
+    ratio = "max_perplexity_ratio" in gates
+    if compressed is None or (ratio and original is None):
+        raise UsageError("the perplexity gates need the compressed (and, for the ratio, the original) model")
+    r = evaluate(str(compressed), against=original.display if ratio else None)
+    m, where = r["model"], f"{r['model']['scored_tokens']:,} tokens of {r['text']}, window {r['settings']['window']}"
+    results = []
+    if "max_perplexity" in gates:
+        results.append(_result("max_perplexity", gates["max_perplexity"], m["perplexity"],
+                               m["perplexity"] <= gates["max_perplexity"], where))
+    if ratio:
+        value = r["perplexity_ratio"]
+        results.append(_result("max_perplexity_ratio", gates["max_perplexity_ratio"], value,
+                               value <= gates["max_perplexity_ratio"],
+                               f"{m['perplexity']:.4g} / original {r['against']['perplexity']:.4g} on {where}"))
     return results
 
 

@@ -173,7 +173,10 @@ def config_of(recipe: Recipe, flat: dict) -> FactorizeConfig:
         return make_config(**flat)
     except SettingError as e:
         # the recipe key that gave this setting; a cross-setting error (rank and param_ratio) sits in defaults
-        key = next((k for k, v in SETTING_OF.items() if v == e.key and k in recipe.lines), "defaults")
+        key = next((k for k, v in SETTING_OF.items() if v == e.key and k in recipe.lines), None)
+        if key is None:  # nothing in the recipe gave it: the size is missing, or rank and param_ratio clash
+            raise UsageError(f"{recipe.where('defaults')}: defaults need exactly one of rank or param_ratio "
+                             "(or every rule its own)") from None
         raise UsageError(f"{recipe.where(key)}: {key} {e.problem}") from None
 
 

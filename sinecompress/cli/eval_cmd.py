@@ -1,0 +1,103 @@
+"""`sinecompress eval`: thin wrapper over sinecompress.evaluate.evaluate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from ..config import resolve_device
+from ..report.evaluate import DEFAULT_MAX_TOKENS, DEFAULT_WINDOW, evaluate
+from ._console import err_console
+from .app import app
+
+
+@app.command("eval")
+def eval_cmd(
+    model: str = typer.Argument(..., help="The model to evaluate: a compressed or dense Hugging Face model "
+                                "directory (config.json, weights, tokenizer), example:minilm, or a .gguf file."),
+    against: str = typer.Option(None, "--against", help="The reference (usually the original the model was "
+                                "compressed from), same forms as MODEL. Required for encoders."),
+    text: Path = typer.Option(None, "--text", help="Evaluation text: one text per line, or JSONL "
+                              '{"text": ...} (.jsonl). Default: built-in held-out text (Python stdlib '
+                              "docstrings, never used for calibration)."),
+    window: int = typer.Option(None, "--window", help=f"Tokens per window for perplexity; for encoders, the "
+                               f"most tokens per text. Default: {DEFAULT_WINDOW}, or the model's context if shorter."),
+    stride: int = typer.Option(None, "--stride", help="Tokens between window starts (perplexity); each "
+                               "window scores only tokens no earlier window scored. Default: window/2."),
+    max_tokens: int = typer.Option(None, "--max-tokens", help="Evaluate on the first N tokens of the text "
+                                   f"(encoders: the first texts fitting in N tokens); 0 = all. Default: "
+                                   f"{DEFAULT_MAX_TOKENS['causal_lm']} for causal LMs, "
+                                   f"{DEFAULT_MAX_TOKENS['encoder']} for encoders."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu or cuda."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+):
+    """Measure a (compressed) model: perplexity for causal LMs (and the ratio to --against), or embedding
+    cosine and nearest-neighbour agreement with --against for encoders. Tables go to stderr."""
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err_console,
+                   transient=True)
+    tasks: dict[str, int] = {}
+
+    def progress(what: str, done: int, total: int | None):
+        if what not in tasks:
+            for t in tasks.values():  # one line at a time: the earlier stage is finished
+                bar.update(t, visible=False)
+            tasks[what] = bar.add_task(what, total=total)
+        bar.update(tasks[what], completed=done, total=total)
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # transformers' own loading bars would break up ours
+    with bar:
+        result = evaluate(model, against=against, text=text, window=window, stride=stride,
+                          max_tokens=max_tokens, device=resolve_device(device), progress=progress)
+    print_result(result)
+    if as_json:
+        print(json.dumps(result, indent=2))
+
+
+def print_result(r: dict) -> None:
+    s = r["settings"]
+    causal = r["kind"] == "causal_lm"
+    t = Table(title=f"eval on {r['text']}", title_justify="left")
+    t.add_column("")
+    t.add_column("path", overflow="fold")  # the only column that may wrap
+    cols = ("compressed",) + (("perplexity", "scored tokens") if causal else ()) + ("eval", "load")
+    for col in cols:
+        t.add_column(col, no_wrap=True, justify="left" if col == "compressed" else "right")
+    for role in ("model", "against"):
+        run = r.get(role)
+        if not run:
+            continue
+        cells = [role, run["path"], "yes" if run["compressed"] else "no"]
+        if causal:
+            cells += [f"{run['perplexity']:.3f}", f"{run['scored_tokens']:,}"]
+        cells += [f"{run['seconds']:.1f} s", f"{run['load_seconds']:.1f} s"]
+        t.add_row(*cells)
+    err_console.print(t)
+    if causal:
+        err_console.print(f"window {s['window']}, stride {s['stride']}: {r['model']['windows']} windows over the "
+                          f"first {r['model']['tokens']:,} tokens",
+                          highlight=False, markup=False)
+        if r.get("against"):
+            err_console.print(f"perplexity ratio (model / against): {r['perplexity_ratio']:.4f}",
+                              highlight=False, markup=False)
+            if not r["same_tokens"]:
+                err_console.print("warning: the two tokenizers split the text differently; the perplexities "
+                                  "are per token of different token streams", highlight=False, markup=False)
+    else:
+        a = r["agreement"]
+        err_console.print(f"embedding cosine: mean {a['cosine']:.4f}, worst {a['cosine_min']:.4f}; "
+                          f"nearest-neighbour agreement {a['nn_agreement']:.1%} over {a['texts']} texts "
+                          f"({a['tokens']:,} tokens)", highlight=False, markup=False)
