@@ -234,3 +234,10 @@ def test_overwrite_never_deletes_a_calibration_file_or_recipe_it_reads(tmp_path,
         args = ("factorize", "--recipe", kept, "--overwrite")
     keep = snapshot(kept)
     refused(sc(*args), 2, str(kept.name), keep=keep, after_plan=True)
+
+
+def test_a_newline_in_a_path_does_not_split_the_error_line(tmp_path):
+    src = tiny(tmp_path / "m.safetensors")
+    odd = tmp_path / "a\nb"
+    refused(sc("factorize", src, "--out", odd / "missing" / "o.safetensors", *FAST), 2, "a\\nb",
+            clean=(tmp_path,))
