@@ -69,9 +69,6 @@ def _fill(d) -> None:
         (d / "filler").write_bytes(b"\0" * 1024 * 1024)
 
 
-@pytest.mark.xfail(strict=True, reason="open (pipeline/factorize.py): an output that cannot be written after "
-                   "the fit keeps the work dir of fitted layers, but the error line does not say so or suggest "
-                   "--resume")
 @pytest.mark.parametrize("kind", ["file", "dir"])
 def test_no_space_left_after_the_fit(tmp_path, kind):
     src = _big(tmp_path / "m.safetensors") if kind == "file" else model_dir(tmp_path)

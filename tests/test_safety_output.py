@@ -187,8 +187,6 @@ def test_recipe_output_below_a_file_is_not_created(tmp_path):
     refused(sc("factorize", "--recipe", recipe), 2, "afile", keep=keep, clean=(tmp_path,), after_plan=True)
 
 
-@pytest.mark.xfail(strict=True, reason="open: factorize --recipe prints its plan table before the output is "
-                   "claimed, so a refused run shows the table above its one error line (cli/factorize_cmd.py)")
 def test_a_refused_recipe_run_prints_only_its_error(tmp_path):
     d = model_dir(tmp_path)
     recipe = tmp_path / "r.yaml"
@@ -216,9 +214,6 @@ def test_plot_never_replaces_an_input_or_a_foreign_file(tmp_path):
     assert not [p for p in tmp_path.iterdir() if ".sc." in p.name]
 
 
-@pytest.mark.xfail(strict=True, reason="open (pipeline/factorize.py, lead): the output claim checks the "
-                   "checkpoint's paths but not the --calib file or the recipe, so --overwrite of an earlier "
-                   "output deletes a calibration file or recipe kept inside it")
 @pytest.mark.parametrize("what", ["calib", "recipe"])
 def test_overwrite_never_deletes_a_calibration_file_or_recipe_it_reads(tmp_path, what):
     d = tiny_bert(tmp_path) if what == "calib" else model_dir(tmp_path)

@@ -13,10 +13,10 @@ from ..errors import UsageError
 from ..pipeline.factorize import factorize
 from ..pipeline.workdir import work_path
 from ..recipe.gates import raise_if_failed
-from ..recipe.run import recipe_plan, run_recipe
+from ..recipe.run import run_recipe
 from .app import app
 from .progress import run_progress
-from .recipe_view import print_gates, print_plan
+from .recipe_view import print_gates
 from .settings import given_settings, option
 from .summary_view import print_summary
 
@@ -64,10 +64,8 @@ def factorize_cmd(
     try:
         if recipe is not None:
             overrides = {**given, "model": source, "output": None if out is None else str(out)}
-            r, plan, _ = recipe_plan(recipe, overrides)
-            print_plan(plan, r.path)
-            with run_progress() as progress:
-                summary = run_recipe(r, overrides, progress=progress)
+            with run_progress() as progress:  # the plan itself: `sinecompress recipe show`
+                summary = run_recipe(recipe, overrides, progress=progress)
         elif source is None or out is None:
             raise UsageError("give SOURCE and --out OUT (or --recipe FILE)")
         else:

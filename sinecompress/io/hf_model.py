@@ -9,6 +9,7 @@ store (BERT's position ids) are copied.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -112,12 +113,33 @@ def checkpoint_names(model: nn.Module, tensors) -> dict[str, str]:
     return out
 
 
+DEPTH_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+
+
+def check_depth(src) -> None:
+    """A config.json that claims more blocks than the checkpoint holds is refused before anything is built
+    (a model of 10⁶ layers would take hours to build only to fail on missing weights)."""
+    cfg = src.config() or {}
+    depth = next((cfg[k] for k in DEPTH_KEYS if isinstance(cfg.get(k), int)), None)
+    if depth is None:
+        return
+    stacks: dict[str, set[int]] = {}
+    for name in src.tensors:
+        for m in re.finditer(r"\.(\d+)\.", name):
+            stacks.setdefault(name[:m.start()], set()).add(int(m.group(1)))
+    found = max((len(s) for s in stacks.values()), default=0)
+    if found and depth > found:
+        raise InputError(f"{src.display}: config.json says {depth} layers, but the checkpoint holds weights for "
+                         f"{found}; the config does not belong to these weights")
+
+
 def dense_model(src) -> nn.Module:
     """The source's model in float32 with all its weights, in eval mode.
 
     A safetensors model directory goes through transformers' own ``from_pretrained`` (its rules for
     prefixes, tied weights and buffers, parameters created empty, then filled); other sources with side
     files (GGUF) build the model from their config and load their tensors by ``load_weights``' rules."""
+    check_depth(src)
     if src.kind in ("hf_dir", "sharded"):
         import transformers
 

@@ -60,6 +60,27 @@ def materialize(module: nn.Module, prefix: str, fetch: Callable[[str], torch.Ten
             sub._parameters[pname] = new
 
 
+def materialize_on_use(model: nn.Module, fetch: Callable[[str], torch.Tensor], skip: str, device: str = "cpu",
+                       dtype: torch.dtype = torch.float32) -> list:
+    """Give each module outside ``skip`` its parameters just before it first runs (a forward pre-hook),
+    so what a forward never reaches (an LM head after the blocks) is never read. Returns the hook
+    handles (remove them when done)."""
+    handles = []
+    for name, mod in model.named_modules():
+        if name.startswith(skip) or not any(p.device.type == "meta" for p in mod.parameters(recurse=False)):
+            continue
+
+        def fill(m, _args, name=name):
+            for pname, p in list(m._parameters.items()):
+                if p is not None and p.device.type == "meta":
+                    t = fetch(f"{name}.{pname}" if name else pname)
+                    m._parameters[pname] = nn.Parameter(
+                        t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype), requires_grad=False)
+
+        handles.append(mod.register_forward_pre_hook(fill))
+    return handles
+
+
 def move_real(module: nn.Module, device: str) -> None:
     """Move the parameters and buffers that have storage to ``device``; empty ones stay on meta."""
     moved: dict[int, nn.Parameter] = {}

@@ -27,9 +27,9 @@ from ..calib.blocks import block_inputs, block_output, run_block, to_device
 from ..calib.data import load_calibration
 from ..config import FactorizeConfig
 from ..errors import InputError
-from ..io.hf_model import build_model, checkpoint_names
+from ..io.hf_model import build_model, check_depth, checkpoint_names
 from ..io.sources import Source
-from ..nn.skeleton import empty_parameters, find_blocks, materialize, move_real, release
+from ..nn.skeleton import empty_parameters, find_blocks, materialize, materialize_on_use, move_real, release
 from ..nn.surgery import build_module, factors_of, swap_module
 from ..progress import QUIET, Progress
 from .calibrate import check_token_ids
@@ -40,6 +40,7 @@ from .plan import Plan
 
 def skeleton(src: Source) -> tuple[nn.Module, str, nn.ModuleList, dict[str, str]]:
     """The model with empty parameters, its block stack (name, list) and model → checkpoint names."""
+    check_depth(src)
     with empty_parameters():
         model = build_model(src.side_dir())
     stack, blocks = find_blocks(model)
@@ -86,15 +87,18 @@ def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str,
     """Fit every compressed layer of ``plan`` block by block; return (factors by layer, a record for the
     summary: data, tokens, per-block losses, peak memory)."""
     t0 = time.perf_counter()
+    cfg = config.calibration
+    # The calibration data first: a bad file fails before the model is built.
+    data = load_calibration(cfg.source, src.side_dir(), cfg.samples, cfg.seq_len)
     model, stack, blocks, names = skeleton(src)
     fetch = _fetcher(src, names)
-    materialize(model, "", fetch, skip=stack + ".")
-    move_real(model, device)
-    cfg = config.calibration
-    data = load_calibration(cfg.source, src.side_dir(), cfg.samples, cfg.seq_len)
+    move_real(model, device)  # the buffers (rotary frequencies, position ids); parameters come on use
+    hooks = materialize_on_use(model, fetch, stack + ".", device)
     check_token_ids(data, model, cfg.source or "the built-in text")
     masks = [b.get("attention_mask") for b in data.batches]
     inputs = block_inputs(model, blocks[0], data.batches, device)
+    for h in hooks:
+        h.remove()
     by_block: dict[int, list] = {}
     outside = []
     for lp in plan.compressed:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from torch import nn
 
 from ..config import FactorizeConfig, make_config, resolve_device
-from ..errors import InputError, UsageError
+from ..errors import InputError, OutputError, UsageError
 from ..io.atomic import claim_output, held_here
 from ..io.format import ALL_SUFFIXES, read_metadata
 from ..io.model_dir import not_a_model_output
@@ -34,7 +35,7 @@ from .write import summarize, write_compressed
 
 def factorize(source: str | Path, out: str | Path, config: FactorizeConfig | None = None, /, *,
               progress: Progress | None = None, model: nn.Module | None = None,
-              provenance: dict | None = None, **settings) -> dict | None:
+              provenance: dict | None = None, reads: Iterable[str | Path] = (), **settings) -> dict | None:
     """Compress ``source`` into ``out`` as ``config`` says; return the summary (what ``--json`` prints).
 
     ``progress`` hears each stage (``sinecompress.progress.Progress``; a plain callback
@@ -44,7 +45,8 @@ def factorize(source: str | Path, out: str | Path, config: FactorizeConfig | Non
     activation-aware; ``model`` supplies the network for sources without a config.json. Weight-only runs
     hold about one layer at a time: each fitted layer goes to the run's work directory (``workdir.py``),
     which also gives ``resume``, and the output is streamed from there. Under ``torchrun`` their layers
-    are split across ranks; ranks other than 0 return None. ``provenance``: extra metadata (a recipe).
+    are split across ranks; ranks other than 0 return None. ``provenance``: extra metadata (a recipe);
+    ``reads``: more files the run reads (a recipe), which the output must stay clear of too.
     """
     config = make_config(config, **settings)
     progress = as_progress(progress)
@@ -58,7 +60,10 @@ def factorize(source: str | Path, out: str | Path, config: FactorizeConfig | Non
         claim = contextlib.nullcontext()  # the launching process holds the output; rank 0 writes it
         held_here(out)
     else:
-        claim = claim_output(out, config.output.overwrite, src.paths(), output_kind(src, config), not_a_model_output)
+        inputs = [*src.paths(), *map(Path, reads)]
+        if config.calibration.source is not None:
+            inputs.append(Path(config.calibration.source))
+        claim = claim_output(out, config.output.overwrite, inputs, output_kind(src, config), not_a_model_output)
     # The claim (a lock, and the output checked) comes before minutes of fitting, not after.
     with claim:
         if config.workers > 1 and not in_worker():
@@ -82,7 +87,9 @@ def check_source(src: Source) -> None:
 def check_run(config: FactorizeConfig, calibrated: bool) -> None:
     """Settings that contradict how the run will go fail now, before anything is loaded or fitted."""
     if calibrated and (config.output.resume or config.workers > 1 or in_worker()):
-        raise UsageError("--resume and multi-process runs are for weight-only fits; add --no-calib")
+        what = "--resume" if config.output.resume else "--workers" if config.workers > 1 else "torchrun"
+        raise UsageError(f"{what}: resuming and several processes are for weight-only fits; calibrated runs "
+                         "hold their layers in memory; add --no-calib, or drop " + what)
     if not calibrated and config.finetune.steps not in ("auto", 0):
         raise UsageError(f"--steps {config.finetune.steps}: the fine-tune needs calibration, which this run "
                          "does not have; give a model directory (or --calib), or drop --steps")
@@ -138,8 +145,14 @@ def _run(src: Source, out: Path, config: FactorizeConfig, progress: Progress, mo
             factors, tune = finetune(src, plan, factors, cal, steps=ft_steps, lr=config.finetune.lr,
                                      seed=config.seed, device=device, progress=progress)
     card = compressed_card(src, plan, factors, config, out, provenance, tune)
-    write_compressed(src, plan, factors, out, config.output.overwrite, config.output.shard_bytes, dist,
-                     extra=provenance, progress=progress, card=card)
+    try:
+        write_compressed(src, plan, factors, out, config.output.overwrite, config.output.shard_bytes, dist,
+                         extra=provenance, progress=progress, card=card)
+    except OutputError as e:
+        if work is not None:  # the fit is not lost: say where it is and how to use it
+            raise OutputError(f"{e}; the fitted layers are kept in {work.path}: free the space, then rerun with "
+                              "--resume") from None
+        raise
     if dist.rank != 0:
         return None
     if work is not None:

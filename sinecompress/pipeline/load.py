@@ -8,7 +8,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..io.format import owned_tensors, read_layers
-from ..io.hf_model import build_model, load_weights
+from ..io.hf_model import build_model, check_depth, load_weights
 from ..io.open import open_source
 from ..nn.layers import SineLowRankLinear
 from ..nn.surgery import build_module, swap_module
@@ -31,6 +31,7 @@ def load(path: str | Path, model: nn.Module | None = None, cache_weights: bool =
     src = open_source(path)
     layers = read_layers(src)
     if model is None and src.config() is not None:
+        check_depth(src)
         model = build_model(src.side_dir())
     owned = owned_tensors(layers)
     modules = {}

@@ -109,7 +109,8 @@ def run_recipe(recipe: Recipe | str | Path, overrides: dict | None = None, *,
     provenance = {"recipe": {"name": Path(recipe.path).name, "sha256": recipe.sha256, "text": recipe.text,
                              "overrides": applied, "gates": recipe.gates}}
     try:
-        summary = factorize(model, output, config, progress=progress, provenance=provenance)
+        reads = [recipe.path] if Path(recipe.path).exists() else []
+        summary = factorize(model, output, config, progress=progress, provenance=provenance, reads=reads)
     except UsageError as e:
         raise UsageError(f"{_where(recipe, str(e))}: {e}") from None
     results = check_gates(recipe.gates, summary, src, Path(output))

@@ -1,0 +1,115 @@
+"""Perplexity of SmolLM2-135M-Instruct (the bundled GGUF, dequantized) compressed at a share of the
+parameters of all 210 linear layers removed (the SVD-LLM convention: 20 % removed = --param-ratio 0.8).
+
+Every row runs the tool itself, as a user would (`sinecompress factorize ...` in a subprocess, timed
+with /usr/bin/time for wall time and peak RSS), then `sinecompress.report.evaluate` on the built-in
+held-out text with its defaults (the same numbers `sinecompress eval` prints):
+
+* svd        plain truncated SVD of each weight (no calibration)
+* wsvd       whitened SVD (SVD-LLM) fitted block by block to what each layer sees, no tuning
+* wsvd+ft    the same, each block tuned against the original block's outputs (--finetune block)
+* sine+ft    the sine hybrid, same calibration and the same block tuning
+
+    PYTHONPATH=. python benchmarks/smollm_ppl.py                     # 20/40/60 %, writes BENCHMARKS.md
+    PYTHONPATH=. python benchmarks/smollm_ppl.py --removed 20 --methods wsvd+ft sine+ft --no-write
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _bench import machine_info, machine_line, write_section  # noqa: E402
+
+from sinecompress.report.evaluate import evaluate  # noqa: E402
+
+MODEL = "example:smollm2"
+METHODS = {
+    "svd": ["--method", "svd", "--no-calib"],
+    "wsvd": ["--method", "wsvd", "--finetune", "none"],
+    "wsvd+ft": ["--method", "wsvd", "--finetune", "block"],
+    "sine+ft": ["--method", "sine", "--finetune", "block"],
+}
+
+
+def timed_cli(args: list[str]) -> dict:
+    """Run the CLI under /usr/bin/time; wall seconds and peak RSS (MiB) of that process."""
+    with tempfile.NamedTemporaryFile(suffix=".time") as tf:
+        cmd = ["/usr/bin/time", "-f", "%e %M", "-o", tf.name, sys.executable, "-m", "sinecompress", *args]
+        r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        if r.returncode != 0:
+            raise SystemExit(f"{' '.join(args)} failed ({r.returncode}):\n{r.stderr[-3000:]}")
+        wall, rss_kib = Path(tf.name).read_text().split()[-2:]
+    return {"seconds": float(wall), "peak_rss_mib": int(rss_kib) // 1024}
+
+
+def run(args) -> list[dict]:
+    rows = []
+    dense = evaluate(MODEL)
+    rows.append({"method": "dense", "removed": 0, "perplexity": dense["model"]["perplexity"], "ratio": 1.0})
+    work = Path(tempfile.mkdtemp(prefix="smollm_ppl-"))
+    try:
+        for removed in args.removed:
+            for method in args.methods:
+                out = work / f"{method}-{removed}"
+                extra = [*METHODS[method], *args.extra]
+                t = timed_cli(["factorize", MODEL, "--param-ratio", f"{1 - removed / 100:g}", "--out", str(out),
+                               "--json", *extra])
+                r = evaluate(str(out))
+                ppl = r["model"]["perplexity"]
+                row = {"method": method, "removed": removed, "perplexity": ppl,
+                       "ratio": ppl / dense["model"]["perplexity"], **t, "flags": " ".join(extra)}
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+                shutil.rmtree(out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return rows, dense
+
+
+def table(rows: list[dict], dense: dict, info: dict) -> str:
+    lines = ["## smollm_ppl", "",
+             f"SmolLM2-135M-Instruct (bundled Q4_1 GGUF, dequantized to float32), all 210 linear layers; perplexity "
+             f"on {dense['model']['scored_tokens']:,} tokens of the built-in held-out text (`sinecompress eval` "
+             f"defaults: window {dense['settings']['window']}). Each row is `sinecompress factorize example:smollm2 "
+             "--param-ratio R` with the flags shown, then `sinecompress eval`; time and peak RSS of the factorize "
+             "process (`/usr/bin/time`).", "",
+             f"{machine_line(info)} Load average at the start: {info['load']}.", "",
+             "| removed | method | perplexity | × dense | time | peak RSS | flags |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["method"] == "dense":
+            lines.append(f"| 0 % | dense | {r['perplexity']:.2f} | 1.00 | | | |")
+            continue
+        lines.append(f"| {r['removed']} % | {r['method']} | {r['perplexity']:.4g} | {r['ratio']:.3g} | "
+                     f"{r['seconds'] / 60:.1f} min | {r['peak_rss_mib']:,} MiB | `{r['flags']}` |")
+    lines += ["", "Command: `PYTHONPATH=. python benchmarks/smollm_ppl.py`."]
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--removed", type=int, nargs="+", default=[20, 40, 60], help="share of parameters removed, %%")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more factorize flags for every row")
+    ap.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    args = ap.parse_args()
+    info = {**machine_info(), "load": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+    t0 = time.time()
+    rows, dense = run(args)
+    md = table(rows, dense, info) + f"\n\nWhole run: {(time.time() - t0) / 60:.0f} min."
+    print(md)
+    if not args.no_write:
+        write_section("smollm_ppl", md)
+
+
+if __name__ == "__main__":
+    main()
