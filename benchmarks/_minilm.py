@@ -18,6 +18,7 @@ from sinecompress.io.format import LayerRecord
 from sinecompress.io.hf_model import dense_model
 from sinecompress.io.open import open_source
 from sinecompress.nn.surgery import build_module
+from sinecompress.report.evaluate import agreement, embed  # noqa: F401  (embed: used by the benchmarks)
 
 MLP_TARGETS = r"encoder\.layer\.\d+\.(intermediate|output)\.dense"
 
@@ -82,27 +83,8 @@ def batches_for(d, split: str, count: int, seq_len: int = 128):
 
 
 @torch.no_grad()
-def embed(model, batches) -> torch.Tensor:
-    """Mean-pooled, L2-normalised sentence embeddings (the sentence-transformers recipe)."""
-    out = []
-    dev = next(model.parameters()).device
-    for b in batches:
-        b = {k: v.to(dev) for k, v in b.items()}
-        h = model(**b).last_hidden_state
-        m = b["attention_mask"].unsqueeze(-1).to(h.dtype)
-        e = (h * m).sum(1) / m.sum(1).clamp_min(1)
-        out.append(torch.nn.functional.normalize(e, dim=-1).cpu())
-    return torch.cat(out)
-
-
 def quality(ref: torch.Tensor, emb: torch.Tensor) -> dict:
-    """Mean cosine to the reference embeddings; top-1 nearest-neighbour agreement (self excluded)."""
-    cos = float((ref * emb).sum(-1).mean())
-
-    def nn1(e):
-        s = e @ e.T
-        s.fill_diagonal_(-2)
-        return s.argmax(1)
-
-    agree = float((nn1(ref) == nn1(emb)).float().mean())
-    return {"cosine": cos, "nn_agreement": agree}
+    """Mean cosine to the reference embeddings; top-1 nearest-neighbour agreement (self excluded): the
+    definition `sinecompress eval` uses (sinecompress.report.evaluate.agreement)."""
+    q = agreement(ref, emb)
+    return {"cosine": q["cosine"], "nn_agreement": q["nn_agreement"]}
