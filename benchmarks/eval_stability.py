@@ -23,8 +23,15 @@ import time
 
 import torch
 
+from sinecompress.report.evaluate import (
+    _embeddings,
+    _texts_within,
+    agreement,
+    eval_texts,
+    perplexity,
+    token_stream,
+)
 from sinecompress.report.models import ENCODER, load_for_eval
-from sinecompress.report.evaluate import _embeddings, _texts_within, agreement, eval_texts, perplexity, token_stream
 
 
 def main():

@@ -5,59 +5,27 @@ existing changed."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import os
-import re
-import signal
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from sinecompress.cli import main
+from .helpers import assert_one_line_error, subprocess_env
+from .helpers import cli as sc  # the CLI entry point run in this process: (exit code, stdout, stderr)
 
 ROOT = Path(__file__).resolve().parents[1]
 # Names a run may leave next to its output only while it runs.
 LEFTOVER_MARKS = (".sc.tmp-", ".sc.lock", ".sc.work", ".tmp-")
-# Progress in a log (stderr not a terminal): "[    0 s] loading". Not an error line; everything else is.
-PROGRESS = re.compile(r"^\[\s*[\d.]+ (s|min)\] ")
 FAST = ("--method", "svd", "--rank", "2")  # the quickest factorize there is: a truncated SVD per layer
 
 
-def sc(*args) -> tuple[int, str, str]:
-    """The CLI entry point run in this process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    show = warnings.showwarning
-    old_cols = os.environ.get("COLUMNS")
-    os.environ["COLUMNS"] = "300"  # rich wraps at 80 columns off a terminal: a wrapped error is not two errors
-    code = 0
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
-            warnings.simplefilter("always")
-            main([str(a) for a in args])
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    finally:
-        for s, h in saved.items():
-            signal.signal(s, h)
-        warnings.showwarning = show
-        if old_cols is None:
-            os.environ.pop("COLUMNS", None)
-        else:
-            os.environ["COLUMNS"] = old_cols
-    return code, out.getvalue(), err.getvalue()
-
-
 def env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-            "HF_HUB_OFFLINE": "1", "COLUMNS": "300"}
+    return subprocess_env()
 
 
 def sc_process(*args, timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -158,21 +126,11 @@ def leftovers(*dirs: Path) -> list[str]:
 
 
 def one_line(code: int, err: str, expected: int | tuple[int, ...], *fragments: str, after_plan: bool = False) -> str:
-    """The error contract: the documented exit code, exactly one non-empty stderr line (``error: ...``)
-    besides progress lines, no traceback, naming each fragment. Returns the line. ``after_plan``: a
-    recipe run shows its plan table first (open: that table should wait until the run can start)."""
-    expected = (expected,) if isinstance(expected, int) else expected
-    assert code in expected, f"exit {code}, expected {expected}: {err}"
-    assert "Traceback" not in err, err
-    lines = [ln for ln in err.splitlines() if ln.strip() and not PROGRESS.match(ln)]
-    if after_plan:
-        assert sum(ln.startswith("error: ") for ln in lines) == 1, err
-        lines = lines[-1:]
-    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}: {err}"
-    assert lines[0].startswith("error: "), lines[0]
-    for f in fragments:
-        assert str(f) in lines[0], f"{f!r} not in {lines[0]!r}"
-    return lines[0]
+    """``helpers.assert_one_line_error``, and the line is an ``error: ...`` line. ``after_plan``: a recipe run
+    shows its plan table first (open: that table should wait until the run can start)."""
+    line = assert_one_line_error(code, err, expected, *fragments, after_plan=after_plan)
+    assert line.startswith("error: "), line
+    return line
 
 
 def refused(result: tuple[int, str, str], expected: int | tuple[int, ...], *fragments, keep: dict | None = None,

@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 
 from sinecompress.cli import main
 from sinecompress.io.examples import example_dir
+from sinecompress.signals import SIGNALS
 
 ROOT = Path(__file__).resolve().parents[1]
 # The shape the crash-safety tests were written for: three blocks of 96x48 layers (break-even rank 32).
@@ -83,10 +84,10 @@ def tiny_bert(root: Path, seed: int = 0) -> Path:
 def cli(*args) -> tuple[int, str, str]:
     """Run the real CLI entry point in this process (no interpreter start-up): (exit code, stdout, stderr)."""
     out, err = io.StringIO(), io.StringIO()
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    saved = {s: signal.getsignal(s) for s in SIGNALS}  # main() installs its own handlers
     show = warnings.showwarning
     columns = os.environ.get("COLUMNS")
-    os.environ["COLUMNS"] = "200"  # rich wraps at 80 columns off a terminal; a real terminal is wider
+    os.environ["COLUMNS"] = "300"  # rich wraps at 80 columns off a terminal: a wrapped error is not two errors
     code = 0
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
@@ -108,7 +109,7 @@ def cli(*args) -> tuple[int, str, str]:
 def subprocess_env(**extra: str) -> dict[str, str]:
     """The environment of a real ``python -m sinecompress`` process: this checkout first, offline."""
     return {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-            "HF_HUB_OFFLINE": "1", "COLUMNS": "200", **extra}
+            "HF_HUB_OFFLINE": "1", "COLUMNS": "300", **extra}
 
 
 def run_cli(*args, env_extra: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -122,16 +123,23 @@ def run_cli(*args, env_extra: dict | None = None, timeout: float = 600) -> subpr
 PROGRESS_LINE = re.compile(r"\[\s*\d+(\.\d)? (s|min)\] \S.*")
 
 
-def assert_one_line_error(code: int, err: str, expected_code: int, *fragments: str) -> str:
-    """The error contract: the documented exit code, no traceback, and exactly one stderr line besides the
-    progress log of the stages that ran before the error, naming each fragment. Returns the line."""
-    assert code == expected_code, err
+def assert_one_line_error(code: int, err: str, expected_code: int | tuple[int, ...], *fragments,
+                           after_plan: bool = False) -> str:
+    """The error contract: the documented exit code (or one of them), no traceback, and exactly one stderr
+    line besides the progress log of the stages that ran before the error, naming each fragment. Returns
+    the line. ``after_plan``: a recipe run prints its effective plan first; then the error must be the one
+    ``error:`` line, and the last."""
+    expected = (expected_code,) if isinstance(expected_code, int) else tuple(expected_code)
+    assert code in expected, f"exit {code}, expected {expected}: {err}"
     assert "Traceback" not in err, err
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     rest = [ln for ln in lines if not PROGRESS_LINE.fullmatch(ln)]
-    assert len(rest) == 1 and rest[0] == lines[-1], err
+    if after_plan:
+        assert sum(ln.startswith("error: ") for ln in rest) == 1, err
+        rest = rest[-1:]
+    assert len(rest) == 1 and rest[0] == lines[-1], f"expected one line on stderr, got {len(rest)}: {err}"
     for f in fragments:
-        assert f in rest[0], rest[0]
+        assert str(f) in rest[0], f"{f!r} not in {rest[0]!r}"
     return rest[0]
 
 

@@ -262,7 +262,7 @@ def test_factorize_gguf_gives_a_model_directory_that_inflates_for_transformers(t
     out, dense = tmp_path / "sc", tmp_path / "dense"
     summary = factorize(path, out, method="svd", rank=4, calibration=False)
     assert out.is_dir() and (out / "tokenizer.json").exists()
-    assert json.loads((out / "config.json").read_text())["compression_config"]["layers"]
+    assert json.loads((out / "config.json").read_text())["quantization_config"]["layers"]
     inflate(out, dense)
     again = transformers.AutoModelForCausalLM.from_pretrained(str(dense))
     assert type(again) is type(model) and again.config.tie_word_embeddings

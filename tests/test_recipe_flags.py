@@ -19,7 +19,7 @@ from sinecompress.pipeline import factorize as factorize_module
 from sinecompress.recipe import run as recipe_run
 from sinecompress.recipe.schema import load_recipe
 
-from .helpers import cli
+from .helpers import assert_one_line_error, cli
 
 MLP = r"encoder\.layer\.\d+\.(intermediate|output)\.dense"
 
@@ -192,10 +192,8 @@ def test_recipe_device_is_read_even_without_a_fine_tune(tmp_path, tiny_bert_dir,
     p.write_text(p.read_text() + "\n".join(lines) + "\n")
     assert load_recipe(p).config.device == "cuda" and load_recipe(p).config.finetune.steps == 0
     code, _, err = cli("factorize", "--recipe", p)
-    # a recipe run prints its effective plan first; the error is then its one last line
-    assert code == 2 and "Traceback" not in err, err
-    last = err.strip().splitlines()[-1]
-    assert last.startswith(f"error: {p}: --device cuda: no CUDA device is available"), last
+    line = assert_one_line_error(code, err, 2, after_plan=True)  # a recipe run prints its effective plan first
+    assert line.startswith(f"error: {p}: --device cuda: no CUDA device is available"), line
     assert not (tmp_path / "o").exists()
     code, _, err = cli("factorize", "--recipe", p, "--device", "cpu", "--fit-steps", "2")  # the flag wins
     assert code == 0, err
