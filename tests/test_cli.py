@@ -100,3 +100,18 @@ def test_inflate_of_a_dense_file_is_refused(tiny_file, tmp_path):
     code, _, err = cli("inflate", tiny_file, "--out", tmp_path / "d.safetensors")
     assert_one_line_error(code, err, 3, "not a sinecompress checkpoint")
     assert no_output_left(tmp_path, "d.safetensors")
+
+
+COMMANDS = ["factorize", "inflate", "report", "spectrum", "eval", "convert", "adapter merge", "recipe init",
+            "recipe show", "recipe validate", "recipe list"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_names_what_each_option_takes(command):
+    """Every option's metavar says what it takes (PATH, REGEX, K, auto|cpu|cuda), not a Python type name."""
+    code, out, err = cli(*command.split(), "--help")
+    assert code == 0, err
+    options = [ln for ln in out.splitlines() if ln.lstrip().startswith("-")]
+    assert options
+    for generic in ("<str>", "<int>", "<float>", "<path>", " TEXT ", " INTEGER ", " FLOAT "):
+        assert not [ln for ln in options if generic in ln], (command, generic, out)

@@ -21,7 +21,7 @@ def merge(
     base: str = typer.Argument(..., help="Base checkpoint: a .safetensors file, a sharded or Hugging Face "
                                          "model directory, or example:minilm."),
     adapter: Path = typer.Argument(..., help="Adapter directory (adapter_config.json + adapter_model.safetensors)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output path: a .safetensors file for a file base, a directory "
+    out: Path = typer.Option(..., "--out", "-o", metavar="PATH", help="Output path: a .safetensors file for a file base, a directory "
                                                       "(model.safetensors + config/tokenizer files) for a directory base."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),

@@ -16,17 +16,17 @@ from .app import app
 def convert_cmd(
     model: str = typer.Argument(..., help="timm:NAME, e.g. timm:vit_small_patch16_224; built with "
                                 "pretrained=False (nothing is downloaded)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output .safetensors file (the initialised model)."),
-    rank: int = typer.Option(..., "--rank", "-k", help="Rank k of every converted layer."),
-    omega: float = typer.Option(None, "--omega", help="Fixed sine frequency ω (required for --method sine)."),
+    out: Path = typer.Option(..., "--out", "-o", metavar="PATH", help="Output .safetensors file (the initialised model)."),
+    rank: int = typer.Option(..., "--rank", "-k", metavar="K", help="Rank k of every converted layer."),
+    omega: float = typer.Option(None, "--omega", metavar="ω", help="Fixed sine frequency ω (required for --method sine)."),
     target: list[str] = typer.Option(..., "--target", metavar="REGEX", help="Regex matched in full against module names, "
                                      r"e.g. 'blocks\.\d+\.mlp\.fc[12]'; repeatable; each must match a "
                                      "linear layer (nn.Linear or 1×1 nn.Conv2d)."),
     exclude: list[str] = typer.Option([], "--exclude", metavar="REGEX", help="Regex (full match) of modules to leave dense; repeatable."),
-    method: str = typer.Option("sine", "--method", help="sine (sine low-rank) or lowrank (plain rank-k baseline)."),
-    num_classes: int = typer.Option(None, "--num-classes", help="Classifier size, e.g. 100 for CIFAR-100 "
+    method: str = typer.Option("sine", "--method", metavar="sine|lowrank", help="sine (sine low-rank) or lowrank (plain rank-k baseline)."),
+    num_classes: int = typer.Option(None, "--num-classes", metavar="N", help="Classifier size, e.g. 100 for CIFAR-100 "
                                     "(default: the architecture's)."),
-    seed: int = typer.Option(0, "--seed", help="Random seed of the initialisation."),
+    seed: int = typer.Option(0, "--seed", metavar="N", help="Random seed of the initialisation."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ):

@@ -24,22 +24,22 @@ from .app import app
 
 @app.command("eval")
 def eval_cmd(
-    model: str = typer.Argument(..., help="The model to evaluate: a compressed or dense Hugging Face model "
+    model: str = typer.Argument(..., metavar="MODEL", help="The model to evaluate: a compressed or dense Hugging Face model "
                                 "directory (config.json, weights, tokenizer), example:minilm, or a .gguf file."),
-    against: str = typer.Option(None, "--against", help="The reference (usually the original the model was "
+    against: str = typer.Option(None, "--against", metavar="ORIG", help="The reference (usually the original the model was "
                                 "compressed from), same forms as MODEL. Required for encoders."),
-    text: Path = typer.Option(None, "--text", help="Evaluation text: one text per line, or JSONL "
+    text: Path = typer.Option(None, "--text", metavar="FILE", help="Evaluation text: one text per line, or JSONL "
                               '{"text": ...} (.jsonl). Default: built-in held-out text (Python stdlib '
                               "docstrings, never used for calibration)."),
-    window: int = typer.Option(None, "--window", help=f"Tokens per window for perplexity; for encoders, the "
+    window: int = typer.Option(None, "--window", metavar="TOKENS", help=f"Tokens per window for perplexity; for encoders, the "
                                f"most tokens per text. Default: {DEFAULT_WINDOW}, or the model's context if shorter."),
-    stride: int = typer.Option(None, "--stride", help="Tokens between window starts (perplexity); each "
+    stride: int = typer.Option(None, "--stride", metavar="TOKENS", help="Tokens between window starts (perplexity); each "
                                "window scores only tokens no earlier window scored. Default: window/2."),
-    max_tokens: int = typer.Option(None, "--max-tokens", help="Evaluate on the first N tokens of the text "
+    max_tokens: int = typer.Option(None, "--max-tokens", metavar="N", help="Evaluate on the first N tokens of the text "
                                    f"(encoders: the first texts fitting in N tokens); 0 = all. Default: "
                                    f"{DEFAULT_MAX_TOKENS['causal_lm']} for causal LMs, "
                                    f"{DEFAULT_MAX_TOKENS['encoder']} for encoders."),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu or cuda."),
+    device: str = typer.Option("auto", "--device", metavar="auto|cpu|cuda", help="auto (CUDA when available), cpu or cuda."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
 ):
     """Measure a (compressed) model: perplexity for causal LMs (and the ratio to --against), or embedding

@@ -15,7 +15,7 @@ from .app import app
 @app.command("inflate")
 def inflate_cmd(
     compressed: str = typer.Argument(..., help="A compressed .safetensors file or model directory."),
-    out: Path = typer.Option(..., "--out", "-o", help="Where to write the dense checkpoint (file or directory)."),
+    out: Path = typer.Option(..., "--out", "-o", metavar="PATH", help="Where to write the dense checkpoint (file or directory)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
     max_shard_size: str = typer.Option(None, "--max-shard-size", metavar="SIZE", help="Shard the dense weights "
                                        "into files of at most this size (e.g. 2GB); default: like the input."),

@@ -33,7 +33,7 @@ def validate_cmd(file: Path = typer.Argument(..., help="Recipe YAML file to chec
 
 
 @recipe_app.command("init")
-def init_cmd(out: Path = typer.Option(None, "--out", "-o", help="Write the template here (default: stdout)."),
+def init_cmd(out: Path = typer.Option(None, "--out", "-o", metavar="PATH", help="Write the template here (default: stdout)."),
              source: str = typer.Option(None, "--from", metavar="NAME", help="Start from a shipped recipe "
                                         "(see `sinecompress recipe list`) instead of the generic template."),
              overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file.")):
@@ -64,7 +64,7 @@ def _not_yaml(path: Path) -> str | None:
 
 @recipe_app.command("show")
 def show_cmd(file: Path = typer.Argument(..., help="Recipe YAML file."),
-             model: str = typer.Option(None, "--model", "-m", help="Model to match against (default: the "
+             model: str = typer.Option(None, "--model", "-m", metavar="SOURCE", help="Model to match against (default: the "
                                        "recipe's `model`)."),
              as_json: bool = typer.Option(False, "--json", help="Print the rules and the plan as JSON on stdout.")):
     """List which layers each rule matches (first match wins) and their settings; compresses nothing."""

@@ -105,22 +105,22 @@ def print_report(rep: dict, console: Console) -> None:
 def report_cmd(
     source: str = typer.Argument(..., help="A dense or compressed .safetensors file, a sharded or Hugging Face "
                                  "model directory, example:minilm, or an adapter directory."),
-    against: str = typer.Option(None, "--against", help="The dense original of a compressed SOURCE: adds "
+    against: str = typer.Option(None, "--against", metavar="ORIG", help="The dense original of a compressed SOURCE: adds "
                                 "per-layer relative error and the original's spectrum."),
-    layers: str = typer.Option(None, "--layers", help="Regex matched in full against module names "
+    layers: str = typer.Option(None, "--layers", metavar="REGEX", help="Regex matched in full against module names "
                                "(tensor name minus '.weight'); only those layers are reported."),
-    rank: str = typer.Option(None, "--rank", "-k", help="Comma-separated ranks k at which to show the energy "
+    rank: str = typer.Option(None, "--rank", "-k", metavar="K,K,...", help="Comma-separated ranks k at which to show the energy "
                              "a truncated SVD of the original keeps (default 8,32 for dense input)."),
     exact: bool = typer.Option(False, "--exact", help="Full spectrum for every layer, however large "
                                "(default: randomized top singular values when both sides exceed 2048)."),
-    top: int = typer.Option(DEFAULT_TOP, "--top", help="How many singular values a large layer's partial "
+    top: int = typer.Option(DEFAULT_TOP, "--top", metavar="N", help="How many singular values a large layer's partial "
                             "spectrum computes."),
-    rtol: float = typer.Option(None, "--rtol", help="Numerical rank counts σ_i > rtol·σ_max instead of "
+    rtol: float = typer.Option(None, "--rtol", metavar="RTOL", help="Numerical rank counts σ_i > rtol·σ_max instead of "
                                "numpy's rule σ_i > max(m,n)·eps·σ_max."),
-    calib: str = typer.Option(None, "--calib", help="With --against: per-layer activation error ‖(Ŵ−W)L‖/‖WL‖ "
+    calib: str = typer.Option(None, "--calib", metavar="FILE", help="With --against: per-layer activation error ‖(Ŵ−W)L‖/‖WL‖ "
                               "(L = chol(XᵀX) of the original model's inputs). A text/JSONL/safetensors file, "
                               "or 'builtin' for the built-in text."),
-    plot: Path = typer.Option(None, "--plot", help="Write the normalised spectra as a PNG (needs matplotlib)."),
+    plot: Path = typer.Option(None, "--plot", metavar="FILE.png", help="Write the normalised spectra as a PNG (needs matplotlib)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout "
                                  "(schema: docs/report.md)."),
 ):
@@ -177,17 +177,17 @@ def print_sweep(sw: dict, console: Console) -> None:
 def spectrum_cmd(
     checkpoint: str = typer.Argument(None, help="Optional checkpoint (file or directory); with --layer, sweep "
                                      "ω on that layer's factors instead of random ones."),
-    layer: str = typer.Option(None, "--layer", help="Module name of the checkpoint layer to use."),
-    shape: str = typer.Option("256x256", "--shape", help="MxN of the random U Vᵀ (ignored with a checkpoint)."),
-    rank: int = typer.Option(5, "--rank", "-k", help="Rank k of the random U Vᵀ, or of the truncated SVD of a "
+    layer: str = typer.Option(None, "--layer", metavar="NAME", help="Module name of the checkpoint layer to use."),
+    shape: str = typer.Option("256x256", "--shape", metavar="MxN", help="MxN of the random U Vᵀ (ignored with a checkpoint)."),
+    rank: int = typer.Option(5, "--rank", "-k", metavar="K,K,...", help="Rank k of the random U Vᵀ, or of the truncated SVD of a "
                              "dense layer (a compressed layer uses its own factors)."),
-    omegas: str = typer.Option(",".join(f"{w:g}" for w in DEFAULT_OMEGAS), "--omegas",
+    omegas: str = typer.Option(",".join(f"{w:g}" for w in DEFAULT_OMEGAS), "--omegas", metavar="ω,ω,...",
                                help="Comma-separated frequencies ω to try."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the random factors."),
-    rtol: float = typer.Option(None, "--rtol", help="Numerical rank counts σ_i > rtol·σ_max instead of "
+    seed: int = typer.Option(0, "--seed", metavar="N", help="Seed of the random factors."),
+    rtol: float = typer.Option(None, "--rtol", metavar="RTOL", help="Numerical rank counts σ_i > rtol·σ_max instead of "
                                "numpy's rule σ_i > max(m,n)·eps·σ_max."),
     exact: bool = typer.Option(False, "--exact", help="Full spectrum even when both sides exceed 2048."),
-    plot: Path = typer.Option(None, "--plot", help="Write spectra and rank-against-ω as a PNG (needs matplotlib)."),
+    plot: Path = typer.Option(None, "--plot", metavar="FILE.png", help="Write spectra and rank-against-ω as a PNG (needs matplotlib)."),
     as_json: bool = typer.Option(False, "--json", help="Print the sweep as JSON on stdout (schema: docs/report.md)."),
 ):
     """Rank of sin(ω·U Vᵀ) against ω (Theorem 1): how high a frequency the sine needs to raise the rank."""
