@@ -62,7 +62,7 @@ def batch(batch_size: int, seq: int) -> dict:
 
 
 def weights_bytes(model) -> int:
-    from sinecompress.layers import SineLowRankLinear
+    from sinecompress.nn.layers import SineLowRankLinear
 
     n = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     for m in model.modules():
@@ -85,7 +85,7 @@ def rss_kib(field: str) -> int:
 
 
 def timing(compressed: Path, x: dict, repeats: int, warmup: int) -> dict:
-    from sinecompress.layers import SineLowRankLinear
+    from sinecompress.nn.layers import SineLowRankLinear
 
     models = {v: build(v, compressed) for v in VARIANTS}
     sine_layers = [m for m in models["sine"].modules() if isinstance(m, SineLowRankLinear)]
@@ -129,7 +129,7 @@ def memory(variant: str, compressed: Path, args) -> dict:
 
 
 def make_compressed(dest: Path, steps: int) -> Path:
-    from sinecompress.factorize import factorize
+    from sinecompress import factorize
 
     factorize("example:minilm", dest, rank=32, calibration=False, steps=steps, targets=[TARGETS])
     return dest

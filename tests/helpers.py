@@ -146,3 +146,28 @@ def assert_one_line_error(code: int, err: str, expected_code: int | tuple[int, .
 def leftovers(directory: Path) -> list[str]:
     """Temporary names a run could leave next to its output."""
     return sorted(p.name for p in directory.iterdir() if ".sc.tmp-" in p.name or ".tmp-" in p.name)
+
+
+LLAMA_WORDS = ("the of and to in is that it for on with as was by be this are from at or an which not have "
+               "one all were can their more has been other its when also time there some into only new first").split()
+
+
+def tiny_llama(root: Path, seed: int = 0, layers: int = 2) -> Path:
+    """A tiny random-weight Llama causal LM directory with a word-level tokenizer (the built-in calibration
+    text tokenizes to known words or <unk>)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    d = root / "tiny_llama"
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, ",": 3, ".": 4, **{w: i + 5 for i, w in enumerate(LLAMA_WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
+                            eos_token="</s>").save_pretrained(str(d))
+    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      initializer_range=0.3, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+                      architectures=["LlamaForCausalLM"])
+    torch.manual_seed(seed)
+    LlamaForCausalLM(cfg).save_pretrained(str(d))
+    return d

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import re
 import shutil
@@ -275,3 +276,19 @@ def test_factorize_gguf_gives_a_model_directory_that_inflates_for_transformers(t
     tok = transformers.AutoTokenizer.from_pretrained(str(dense))
     assert tok("the cat")["input_ids"] == transformers.AutoTokenizer.from_pretrained(
         str(path.parent), gguf_file=path.name)("the cat")["input_ids"]
+
+
+def test_calibrated_block_path_and_eval_on_a_gguf(tiny, tmp_path):
+    """The LLM path as a user runs it: a GGUF source, calibrated block by block (the default), then
+    `sinecompress eval` against the GGUF itself (its side directory must live as long as the evaluation)."""
+    from sinecompress.report.evaluate import evaluate
+
+    path, _, _ = tiny
+    out = tmp_path / "sc"
+    s = factorize(path, out, rank=8, steps=3, ft_steps=3, calib_samples=4, seq_len=16)
+    assert s["calibration"]["used"] and s["finetune"]["mode"] == "block"
+    assert [b["block"] for b in s["finetune"]["blocks"]] == [0, 1]
+    r = evaluate(str(out), against=str(path), max_tokens=128, window=64)
+    dense, compressed = r["against"]["perplexity"], r["model"]["perplexity"]
+    assert math.isfinite(dense) and math.isfinite(compressed)
+    assert r["perplexity_ratio"] == pytest.approx(compressed / dense, rel=1e-6)

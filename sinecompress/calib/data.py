@@ -32,6 +32,17 @@ class CalibData:
         return sum(next(iter(b.values())).shape[0] for b in self.batches)
 
 
+def with_padding(tok, where) -> None:
+    """Give a tokenizer without a pad token one (most causal LMs ship none): padded positions are masked
+    out of every statistic, so which token fills them does not matter."""
+    if tok.pad_token is None:
+        fill = tok.eos_token or tok.unk_token or tok.bos_token
+        if fill is None:
+            raise InputError(f"{where}: the tokenizer has no pad, eos, unk or bos token to pad batches with; "
+                             "pass a safetensors --calib file of input tensors")
+        tok.pad_token = fill
+
+
 def tokenize(texts: list[str], model_dir: Path, seq_len: int, batch_size: int = 32) -> list[dict]:
     from transformers import AutoTokenizer
 
@@ -40,6 +51,7 @@ def tokenize(texts: list[str], model_dir: Path, seq_len: int, batch_size: int = 
     except Exception as e:
         raise InputError(f"{model_dir}: cannot load the model's tokenizer for calibration ({e}); "
                          "pass --no-calib or a safetensors --calib file of input tensors") from None
+    with_padding(tok, model_dir)
     # Batch texts of similar length together: padding is wasted compute on a CPU.
     lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=seq_len)["input_ids"]]
     order = sorted(range(len(texts)), key=lambda i: (lengths[i], i))

@@ -135,8 +135,9 @@ def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str,
                 for lp, name in zip(layers, local):
                     before = factors[lp.name]
                     w = block.get_submodule(name).weight.detach().float().cpu()
-                    f = finish_factors(factors_of(comp.get_submodule(name)), lp, w, grams[name]["gram"].cpu())
-                    f["start_act_error"] = before.get("start_act_error")
+                    f = finish_factors(factors_of(comp.get_submodule(name)), lp, w, grams[name]["gram"].cpu(),
+                                       before.get("omega"))  # the fit's ω (the plan's is None under --omega auto)
+                    f.update({k: before[k] for k in ("start_act_error", "omega_trials") if k in before})
                     factors[lp.name] = f
             inputs = [(y, kw) for y, (_, kw) in zip(run_block(comp, inputs, device)[0], inputs)]
             del comp

@@ -144,6 +144,7 @@ def _run(src: Source, out: Path, config: FactorizeConfig, progress: Progress, mo
         if ft_steps > 0:
             factors, tune = finetune(src, plan, factors, cal, steps=ft_steps, lr=config.finetune.lr,
                                      seed=config.seed, device=device, progress=progress)
+            tune = {"mode": "global", **tune}
     card = compressed_card(src, plan, factors, config, out, provenance, tune)
     try:
         write_compressed(src, plan, factors, out, config.output.overwrite, config.output.shard_bytes, dist,

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from ..calib.data import with_padding
 from ..calib.text import builtin_texts, read_texts
 from ..errors import InputError, UsageError
 from ..io.format import read_metadata
@@ -185,8 +186,7 @@ def encoder_batches(tokenizer, texts: list[str], max_length: int, batch_size: in
 
 def _embeddings(loaded, texts, window, progress) -> torch.Tensor:
     tok = loaded.tokenizer
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token or tok.unk_token
+    with_padding(tok, "the model")
     batches, rows = encoder_batches(tok, texts, window)
     return embed(loaded.model, batches, progress)[rows]
 

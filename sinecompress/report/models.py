@@ -32,9 +32,10 @@ class Loaded:
     compressed: bool
 
 
-def model_dir(spec: str) -> Path:
-    """The directory of side files (config, tokenizer) of MODEL/ORIG, with one-line errors."""
-    src = open_source(spec)
+def model_dir(spec: str, src=None) -> Path:
+    """The directory of side files (config, tokenizer) of MODEL/ORIG, with one-line errors. The caller
+    keeps ``src`` alive while it uses the directory: a GGUF source removes its side directory with itself."""
+    src = src if src is not None else open_source(spec)
     side = src.side_dir()
     if side is None:
         raise InputError(f"{spec}: eval needs a model directory with config.json (a bare weights file has no "
@@ -48,7 +49,8 @@ def model_dir(spec: str) -> Path:
 def read_config(spec: str):
     """The transformers config of MODEL/ORIG (cheap for directories: no weights are read)."""
     try:
-        return model_class(model_dir(spec))[0]
+        src = open_source(spec)
+        return model_class(model_dir(spec, src))[0]
     except SineCompressError:
         raise
     except Exception as e:  # transformers raises many types for unreadable or unknown configs
@@ -64,7 +66,7 @@ def load_for_eval(spec: str, device: str = "cpu") -> Loaded:
     src = open_source(spec)
     side = src.side_dir()
     if side is None:
-        model_dir(spec)  # raises the one-line error
+        model_dir(spec, src)  # raises the one-line error
     kind = config_kind(spec)
     tokenizer = _tokenizer(side, spec)
     compressed = read_metadata(src.metadata, src.display) is not None

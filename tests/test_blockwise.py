@@ -1,0 +1,89 @@
+"""The block-by-block calibrated pipeline (``--finetune block``, the default) and its siblings
+``none`` and ``global``, on a tiny encoder and a tiny causal LM."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+import sinecompress
+from sinecompress.io.format import read_metadata
+
+from .helpers import cli, tiny_llama
+
+SMALL = {"rank": 4, "steps": 3, "calib_samples": 8, "seq_len": 16}
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    return tiny_llama(tmp_path_factory.mktemp("llama"))
+
+
+def token_batch(n: int = 4, length: int = 12, vocab: int = 40) -> torch.Tensor:
+    g = torch.Generator().manual_seed(7)
+    return torch.randint(5, vocab, (n, length), generator=g)
+
+
+def test_the_default_settings_choose_and_record_omega_per_layer(tiny_bert_dir, tmp_path):
+    """What the README command runs (ω auto, sine, block tuning), at a tiny size: each layer's ω is the
+    trial fits' choice, kept through the block tuning into the summary and the file."""
+    s = sinecompress.factorize(tiny_bert_dir, tmp_path / "out", ft_steps=2, **SMALL)
+    assert s["calibration"]["used"] and s["finetune"]["mode"] == "block"
+    done = [x for x in s["layers"] if not x["kept_dense"]]
+    assert done and all(x["omega"] in (30.0, 100.0, 300.0) and x["omega_trials"] for x in done)
+    with safe_open(str(tmp_path / "out" / "model.safetensors"), "pt") as f:
+        layers = read_metadata(f.metadata(), "out")["layers"]
+    assert {x["name"]: x["omega"] for x in done} == {n: r["omega"] for n, r in layers.items()}
+
+
+def test_block_tuning_lowers_every_blocks_loss(llama_dir, tmp_path):
+    s = sinecompress.factorize(llama_dir, tmp_path / "out", ft_steps=30, **SMALL)
+    blocks = s["finetune"]["blocks"]
+    assert [b["block"] for b in blocks] == [0, 1]
+    assert all(b["loss_end"] < b["loss_start"] for b in blocks), blocks
+    assert s["finetune"]["outside_stack"] == ["lm_head"]  # an untied head is a target, fitted to its weight
+
+
+@pytest.mark.parametrize("mode", ["none", "block", "global"])
+def test_every_mode_writes_a_model_that_loads_as_it_inflates(llama_dir, tmp_path, mode):
+    out, dense = tmp_path / "out", tmp_path / "dense"
+    code, stdout, err = cli("factorize", llama_dir, "--rank", "4", "--fit-steps", "3", "--steps", "4",
+                            "--calib-samples", "8", "--seq-len", "16", "--finetune", mode, "--out", out, "--json")
+    assert code == 0, err
+    s = json.loads(stdout)
+    assert s["calibration"]["used"]
+    assert s["finetune"]["mode"] == mode
+    sinecompress.inflate(out, dense)
+    from transformers import AutoModelForCausalLM
+
+    ids = token_batch()
+    with torch.inference_mode():
+        a = sinecompress.load(out).eval()(ids).logits
+        b = AutoModelForCausalLM.from_pretrained(str(dense)).eval()(ids).logits
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_block_tuning_brings_the_model_closer_to_the_original(llama_dir, tmp_path):
+    """The point of the tuning: on held-out text (never used for calibration) the tuned model's logits are
+    nearer the original's than those of the same fits untuned. (Measured 0.700 → 0.687 relative error.)"""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sinecompress.calib.text import builtin_texts
+
+    tok = AutoTokenizer.from_pretrained(str(llama_dir))
+    tok.pad_token = tok.eos_token
+    enc = tok(builtin_texts("heldout", limit=8), padding=True, truncation=True, max_length=24, return_tensors="pt")
+    real = enc["attention_mask"].bool()
+    with torch.inference_mode():
+        ref = AutoModelForCausalLM.from_pretrained(str(llama_dir)).eval()(**enc).logits[real]
+    errors = {}
+    for mode in ("none", "block"):
+        sinecompress.factorize(llama_dir, tmp_path / mode, finetune=mode, ft_steps=40, rank=8, steps=30,
+                               calib_samples=16, seq_len=24)
+        with torch.inference_mode():
+            y = sinecompress.load(tmp_path / mode).eval()(**enc).logits[real]
+        errors[mode] = ((y - ref).norm() / ref.norm()).item()
+    assert errors["block"] < errors["none"] < 0.9, errors

@@ -1,0 +1,34 @@
+"""Benchmarks and examples are read by people and rerun by them: every name they import from the package
+must exist (a refactor that moves a module must move their imports too)."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted([*ROOT.glob("benchmarks/*.py"), *ROOT.glob("examples/*.py")])
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_package_imports_resolve(script):
+    missing = []
+    for node in ast.walk(ast.parse(script.read_text(), str(script))):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("sinecompress"):
+            try:
+                mod = importlib.import_module(node.module)
+            except ImportError as e:
+                missing.append(f"line {node.lineno}: {node.module} ({e})")
+                continue
+            missing += [f"line {node.lineno}: {node.module}.{a.name}" for a in node.names
+                        if a.name != "*" and not hasattr(mod, a.name)
+                        and importlib.util.find_spec(f"{node.module}.{a.name}") is None]
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith("sinecompress.") and importlib.util.find_spec(a.name) is None:
+                    missing.append(f"line {node.lineno}: {a.name}")
+    assert not missing, f"{script.name}: " + "; ".join(missing)
