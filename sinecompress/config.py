@@ -72,8 +72,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("fit_steps", "fit.steps", 300, "defaults.fit_steps", "Optimisation steps of each layer's sine fit.",
             aliases=("steps",)),
     Setting("sequential", "fit.sequential", None, "defaults.sequential",
-            "With calibration: fit each layer to the outputs of the already compressed earlier layers. "
-            "Default: on without a fine-tune, off with one (where it measured worse).",
+            "With --finetune global: fit each layer to the outputs of the already compressed earlier layers "
+            "(block mode always does, block by block). Default: on without a fine-tune, off with one.",
             flag="--sequential/--no-sequential"),
     Setting("calibration", "calibration.enabled", None, "calibration.enabled",
             "Calibrate (fit what each layer sees, not its weights): default on for text model directories "
@@ -84,8 +84,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("calib_samples", "calibration.samples", 256, "calibration.samples", "Number of calibration samples."),
     Setting("seq_len", "calibration.seq_len", 128, "calibration.seq_len", "Maximum tokens per calibration text."),
     Setting("finetune_steps", "finetune.steps", "auto", "finetune.steps",
-            "End-to-end calibration fine-tune steps (distillation against the original model); "
-            f"auto: {FINETUNE_STEPS['cpu']} on CPU, {FINETUNE_STEPS['cuda']} on CUDA; 0: none.",
+            "Calibration fine-tune steps (distillation against the original): for each block with --finetune "
+            f"block, for the whole model with global; auto: {FINETUNE_STEPS['cpu']} on CPU, "
+            f"{FINETUNE_STEPS['cuda']} on CUDA; 0: none.",
             flag="--steps", aliases=("ft_steps",)),
     Setting("finetune", "finetune.mode", "block", "finetune.mode",
             "block: compress block by block, tuning each block against the original block's outputs "

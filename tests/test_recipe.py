@@ -376,3 +376,28 @@ def test_shipped_llama_recipe_on_tiny_llama(tmp_path):
     assert k["shape"] == [16, 32] and k["params_after"] <= 0.6 * 512 < (k["rank"] + 1) * 48 + 16
     assert [g["gate"] for g in s["gates"]] == ["max_param_ratio", "max_rel_error", "min_cosine"]
     assert (out / "config.json").exists() and (out / "model.safetensors").exists()
+
+
+def test_docs_schema_names_every_recipe_key():
+    """docs/recipes.md's schema block lists every setting a recipe can hold, and nothing else."""
+    import re
+
+    import yaml
+
+    from sinecompress.config import SETTINGS
+    from sinecompress.recipe.gates import GATES
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "recipes.md").read_text()
+    block = re.search(r"## Schema \(version 1\).*?```yaml\n(.*?)```", text, re.S).group(1)
+    doc = yaml.safe_load(re.sub(r"^(\s*)# (\w+:)", r"\1\2", block, flags=re.M))  # commented keys count too
+
+    def keys(d, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                yield from keys(v, f"{prefix}{k}.")
+            else:
+                yield prefix + k
+
+    documented = set(keys(doc)) - {"version", "model", "output"} - {f"gates.{g}" for g in GATES}
+    assert documented == {s.recipe for s in SETTINGS if s.recipe}
+    assert set(GATES) == set(re.findall(r"^\| `(\w+)` \|", text.split("## Gates")[1], re.M))

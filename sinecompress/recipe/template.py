@@ -5,22 +5,23 @@ TEMPLATE = """\
 #   sinecompress recipe validate THIS.yaml
 #   sinecompress recipe show THIS.yaml           # which layers each rule matches; compresses nothing
 #   sinecompress factorize --recipe THIS.yaml    # command-line flags override the values below
-# Exit codes: 0 ok, 1 a gate failed (output still written), 2 recipe/usage error, 3 unreadable input.
+# Exit codes: 0 ok, 1 a gate failed (output still written), 2 recipe/usage error, 3 unreadable input,
+# 4 internal error, 5 output not writable (README: Exit codes).
 version: 1
 
-# What to compress: a .safetensors file, a (sharded) Hugging Face model directory, or example:minilm.
+# What to compress: a .safetensors file, a (sharded) Hugging Face model directory, a .gguf file,
+# example:minilm or example:smollm2.
 model: example:minilm
-# Where to write: a .safetensors file for a file model, a directory for a directory model.
+# Where to write: a .safetensors file for a file model, a directory for a directory or GGUF model.
 output: out/minilm-sine
 
 # Settings for every targeted layer that no rule below overrides.
 defaults:
-  method: sine          # sine (a ⊙ sin(ω·UVᵀ) + low-rank linear part) or svd (truncated SVD baseline)
+  method: sine          # sine (a ⊙ sin(ω·UVᵀ) + low-rank linear part), svd (truncated SVD) or wsvd (whitened SVD)
   rank: 64              # total factor rank per layer; or param_ratio: 0.25 (fraction of the dense layer)
-  omega: 100            # sine frequency ω
+  omega: auto           # sine frequency ω, or auto: chosen per layer by trial fits at 30/100/300
   fit_steps: 300        # optimisation steps of each layer's sine fit
   # allocate: sensitivity  # with param_ratio: spread the same budget by measured sensitivity
-  # sequential: true       # fit each layer to the compressed earlier layers' outputs (default: only without fine-tune)
 
 # Ordered rules: a regex matched in full against module names (tensor name minus '.weight').
 # The FIRST rule that matches a layer sets its settings; unset fields come from `defaults`.
@@ -33,13 +34,26 @@ targets:
 # Regexes (full match) of layers to leave dense even if a rule matches them.
 exclude: []
 
-# Random seed: the same recipe and seed give byte-identical output on the same machine.
+# Calibration: fit what each layer sees on real inputs (default on for models with a tokenizer).
+calibration:
+  # source: calib.txt   # text lines, JSONL {"text": ...} or a .safetensors file of input tensors
+  samples: 256
+  seq_len: 128
+
+# Fine-tune against the original: block (each block against the original block's outputs; bounded
+# memory), global (all layers against the whole model; everything in memory) or none.
 finetune:
-  seed: 0
+  mode: block
+  steps: auto           # per block (block) or in all (global); auto: 200 on CPU, 1000 on CUDA
+
+seed: 0                 # the same recipe and seed give byte-identical output on the same machine
+device: auto            # auto (CUDA when available), cpu or cuda
 
 # Quality gates, checked after the output is written; a failing gate exits with code 1.
 gates:
   max_param_ratio: 0.5  # factor params / dense params, over the targeted layers
-  max_rel_error: 0.95   # worst per-layer relative weight error ‖Ŵ−W‖/‖W‖
-  min_cosine: 0.5       # mean cosine of mean-pooled last hidden states vs the original (HF models only)
+  min_cosine: 0.9       # encoders: mean cosine of mean-pooled last hidden states vs the original
+  # max_rel_error: 0.95        # worst per-layer relative weight error (weight-only fits; calibrated fits
+  #                            #   minimise the error on real inputs, and their weight error may exceed 1)
+  # max_perplexity_ratio: 1.5  # causal LMs: perplexity on built-in held-out text / the original's
 """
