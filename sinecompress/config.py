@@ -27,8 +27,10 @@ ALLOCATIONS = ("uniform", "sensitivity")  # how a --param-ratio budget is spread
 DEVICES = ("auto", "cpu", "cuda")
 # How calibrated runs tune: "block" fits and tunes block by block (the embeddings, one block and the
 # activations in memory), "global" fits every layer and tunes them together against the whole model's
-# outputs (everything in memory), "none" fits block by block without tuning. docs/fitting.md measures them.
-FINETUNE_MODES = ("block", "global", "none")
+# outputs (everything in memory), "none" fits block by block without tuning; "auto" is block for causal
+# LMs (memory grows with depth) and global otherwise (on MiniLM it measured better and faster).
+# docs/fitting.md and BENCHMARKS.md (readme_minilm) measure them.
+FINETUNE_MODES = ("auto", "block", "global", "none")
 # Fine-tune steps when none are given: what fits the time budget on each device (docs/fitting.md).
 FINETUNE_STEPS = {"cpu": 200, "cuda": 1000}
 MAX_SEED = 2**63 - 1
@@ -88,10 +90,11 @@ SETTINGS: tuple[Setting, ...] = (
             f"block, for the whole model with global; auto: {FINETUNE_STEPS['cpu']} on CPU, "
             f"{FINETUNE_STEPS['cuda']} on CUDA; 0: none.",
             flag="--steps", aliases=("ft_steps",)),
-    Setting("finetune", "finetune.mode", "block", "finetune.mode",
+    Setting("finetune", "finetune.mode", "auto", "finetune.mode",
             "block: compress block by block, tuning each block against the original block's outputs "
-            "(bounded memory; LLMs); global: tune all layers together against the whole model's outputs "
-            "(everything in memory); none: block by block, no tuning.", flag="--finetune"),
+            "(bounded memory); global: tune all layers together against the whole model's outputs "
+            "(everything in memory); none: block by block, no tuning; auto: block for causal LMs, global "
+            "otherwise.", flag="--finetune"),
     Setting("lr", "finetune.lr", 1e-2, "finetune.lr", "Fine-tune learning rate, relative to each factor's RMS."),
     Setting("overwrite", "output.overwrite", False, None, "Replace an existing output."),
     Setting("resume", "output.resume", False, None, "Continue an interrupted run from the layers it already "
@@ -233,7 +236,7 @@ class CalibrationConfig:
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    mode: str = "block"
+    mode: str = "auto"
     steps: int | str = "auto"  # "auto": FINETUNE_STEPS of the device
     lr: float = 1e-2
 

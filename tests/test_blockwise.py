@@ -30,7 +30,7 @@ def token_batch(n: int = 4, length: int = 12, vocab: int = 40) -> torch.Tensor:
 def test_the_default_settings_choose_and_record_omega_per_layer(tiny_bert_dir, tmp_path):
     """What the README command runs (ω auto, sine, block tuning), at a tiny size: each layer's ω is the
     trial fits' choice, kept through the block tuning into the summary and the file."""
-    s = sinecompress.factorize(tiny_bert_dir, tmp_path / "out", ft_steps=2, **SMALL)
+    s = sinecompress.factorize(tiny_bert_dir, tmp_path / "out", ft_steps=2, finetune="block", **SMALL)
     assert s["calibration"]["used"] and s["finetune"]["mode"] == "block"
     done = [x for x in s["layers"] if not x["kept_dense"]]
     assert done and all(x["omega"] in (30.0, 100.0, 300.0) and x["omega_trials"] for x in done)
@@ -45,6 +45,12 @@ def test_block_tuning_lowers_every_blocks_loss(llama_dir, tmp_path):
     assert [b["block"] for b in blocks] == [0, 1]
     assert all(b["loss_end"] < b["loss_start"] for b in blocks), blocks
     assert s["finetune"]["outside_stack"] == ["lm_head"]  # an untied head is a target, fitted to its weight
+
+
+def test_auto_tunes_causal_lms_block_by_block_and_encoders_whole(tiny_bert_dir, llama_dir, tmp_path):
+    small = {**SMALL, "ft_steps": 2, "steps": 2, "calib_samples": 4, "seq_len": 8}
+    assert sinecompress.factorize(llama_dir, tmp_path / "lm", **small)["finetune"]["mode"] == "block"
+    assert sinecompress.factorize(tiny_bert_dir, tmp_path / "enc", **small)["finetune"]["mode"] == "global"
 
 
 @pytest.mark.parametrize("mode", ["none", "block", "global"])

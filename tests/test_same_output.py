@@ -84,9 +84,8 @@ def test_calibrated_fine_tuned_runs_write_the_same_bytes(tiny_bert_dir, tmp_path
         d.parent.mkdir()
     s = factorize(tiny_bert_dir, api, method="sine", rank=4, omega=100.0, steps=3, ft_steps=2, seed=1,
                   calib_samples=8, seq_len=16, targets=[MLP])
-    # calibrated and tuned (the default: block by block)
-    assert s["calibration"]["used"] and s["finetune"]["mode"] == "block"
-    assert all("loss_end" in b for b in s["finetune"]["blocks"])
+    # calibrated and tuned (the default for an encoder: the whole model at once)
+    assert s["calibration"]["used"] and s["finetune"]["mode"] == "global" and "loss_end" in s["finetune"]
     code, _, err = cli("factorize", tiny_bert_dir, "--method", "sine", "--rank", "4", "--omega", "100",
                        "--fit-steps", "3", "--steps", "2", "--seed", "1", "--calib-samples", "8", "--seq-len", "16",
                        "--target", MLP, "--out", by_cli)

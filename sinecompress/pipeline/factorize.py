@@ -14,6 +14,7 @@ from ..config import FactorizeConfig, make_config, resolve_device
 from ..errors import InputError, OutputError, UsageError
 from ..io.atomic import claim_output, held_here
 from ..io.format import ALL_SUFFIXES, read_metadata
+from ..io.hf_model import is_causal_lm, model_class
 from ..io.model_dir import not_a_model_output
 from ..io.open import open_source
 from ..io.sources import Source
@@ -97,6 +98,16 @@ def check_run(config: FactorizeConfig, calibrated: bool) -> None:
         raise UsageError("--method wsvd needs calibration data; give a model directory with a tokenizer, or --calib")
 
 
+def finetune_mode(mode: str, src: Source, model=None) -> str:
+    """``auto``: block by block for a causal LM, whose depth would otherwise cost memory; the whole model
+    at once for the rest (encoders, vision models, a live module), where it measured better and faster."""
+    if mode != "auto":
+        return mode
+    if model is not None or src.side_dir() is None:
+        return "global"
+    return "block" if is_causal_lm(model_class(src.side_dir())[0]) else "global"
+
+
 def output_kind(src: Source, config: FactorizeConfig) -> str:
     """A file for a file source; a directory for a model directory, or when the output is sharded."""
     return "dir" if src.side_dir() is not None or config.output.max_shard_size is not None else "file"
@@ -111,7 +122,7 @@ def _run(src: Source, out: Path, config: FactorizeConfig, progress: Progress, mo
     plan = build_plan(src, config)
     if dist.rank == 0:
         warn_kept_dense(plan)
-    mode = config.finetune.mode if calibrated else None
+    mode = finetune_mode(config.finetune.mode, src, model) if calibrated else None
     if not calibrated and any(lp.method == "wsvd" for lp in plan.compressed):  # a recipe rule's wsvd
         raise UsageError(f"--method wsvd needs calibration data, and {decide(src, config.calibration)[1]}")
     cal, note = None, decide(src, config.calibration, model)[1]
