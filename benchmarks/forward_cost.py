@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._bench import ROOT, machine_info, machine_line  # noqa: E402
+from benchmarks._bench import ROOT, machine_info, machine_line, write_section  # noqa: E402
 
 VARIANTS = ("dense", "sine", "cached")
 TARGETS = r"encoder\.layer\.\d+\.(intermediate|output)\.dense"
@@ -149,11 +149,12 @@ def table(res: dict, args) -> str:
     return "\n".join([
         "## forward_cost",
         "",
-        f"Command: `python benchmarks/forward_cost.py {' '.join(sys.argv[1:])}`. {machine_line(res['machine'])}",
+        f"Command: `python benchmarks/forward_cost.py {' '.join(sys.argv[1:])}`. {machine_line(res['machine'])} "
+        f"Load average at the start: {res.get('load', 'not recorded')}.",
         f"all-MiniLM-L6-v2, batch {args.batch} × {args.seq} tokens, inference_mode; sine/cached: the 12 MLP "
         "matrices as rank-32 SineLowRankLinear (`sinecompress.load`, cached: `cache_weights=True`). "
         f"Median of {args.repeats} forwards per variant after {args.warmup} warm-up rounds, the variants "
-        "interleaved in each round; the machine is shared with other jobs, so absolute times vary between runs. "
+        "interleaved in each round, so load from other jobs hits all of them alike. "
         "Peak RSS: a separate process per variant (load + 3 forwards). "
         f"sine and cached outputs bit-identical: {res['timing']['sine_equals_cached']}.",
         "",
@@ -177,7 +178,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         compressed = args.compressed or make_compressed(Path(tmp) / "minilm-sine-r32", args.fit_steps)
-        res = {"machine": machine_info(), "batch": args.batch, "seq": args.seq, "repeats": args.repeats,
+        res = {"machine": machine_info(), "load": " ".join(f"{x:.2f}" for x in os.getloadavg()), "batch": args.batch, "seq": args.seq, "repeats": args.repeats,
                "timing": timing(compressed, x, args.repeats, args.warmup),
                "memory": {v: memory(v, compressed, args) for v in VARIANTS}}
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -186,6 +187,7 @@ def main() -> None:
         tmp = RESULTS / f".{name}.tmp{os.getpid()}"
         tmp.write_text(text)
         os.replace(tmp, RESULTS / name)
+    write_section("forward_cost", md)
     print(md)
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
+import yaml
 from torch import nn
 from torch.autograd import gradcheck
 
@@ -253,6 +255,13 @@ def test_save_load_round_trip(tmp_path, kind):
     assert cfg["peft_type"] == ("SINE_LORA" if kind.startswith("sine") else "LORA")
     assert cfg["use_dora"] == kind.endswith("dora")
     assert set(cfg["rank_pattern"].values()) == {2}
+    card = (tmp_path / "ad" / "README.md").read_text()  # an adapter card, as peft writes one
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["library_name"] == ("sinecompress" if kind.startswith("sine") else "peft")
+    assert kind.replace("_", "-") in front["tags"] and "| adapted modules | 10 |" in card
+    assert f"| trainable parameters | {trainable_parameters(model):,} |" in card
+    assert ("load_adapter" if kind.startswith("sine") else "PeftModel.from_pretrained") in card
+    assert oct((tmp_path / "ad" / "README.md").stat().st_mode & 0o777) == oct(0o644 & ~current_umask())
     fresh = _tiny_llama()
     assert len(load_adapter(fresh, tmp_path / "ad")) == 10
     torch.testing.assert_close(fresh(ids).logits, y)
@@ -334,3 +343,9 @@ def test_peft_interop_round_trip(tmp_path, use_dora):
     load_adapter(back, tmp_path / "peft")
     torch.testing.assert_close(back(ids).logits, y)
 
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -115,3 +115,22 @@ def test_help_names_what_each_option_takes(command):
     assert options
     for generic in ("<str>", "<int>", "<float>", "<path>", " TEXT ", " INTEGER ", " FLOAT "):
         assert not [ln for ln in options if generic in ln], (command, generic, out)
+
+
+def test_progress_in_a_log_is_plain_timestamped_lines(tiny_file, tmp_path):
+    """Off a terminal (CI logs), progress is one plain line per stage and per fitted layer, no bar codes."""
+    import re
+
+    code, _, err = cli("factorize", tiny_file, "--method", "svd", "--rank", "2", "--out", tmp_path / "o.safetensors")
+    assert code == 0, err
+    lines = [ln for ln in err.splitlines() if re.match(r"\[\s*\d+(\.\d)? (s|min)\] ", ln)]
+    stages = [re.sub(r"^\[[^]]*\] ", "", ln).split(" ")[0] for ln in lines]
+    assert stages[0] == "loading" and "fitting" in stages and "writing" in stages, err
+    assert any(re.search(r"fitting \d+/\d+ blocks\.0\.fc1", ln) for ln in lines), err
+    assert "\x1b[" not in err and "\r" not in err
+
+
+def test_shell_completion_script():
+    code, out, err = cli("--show-completion", "bash")
+    assert code == 0, err
+    assert "_SINECOMPRESS_COMPLETE" in out and "complete " in out

@@ -31,7 +31,7 @@ from ..io.paths import make_output_parent, regular_file
 from ..io.sources import Source, read_json
 from ..io.writer import Entry, save_tensors
 from ..matching import Pattern
-from ..pipeline.card import dense_card
+from ..pipeline.card import CARD, adapter_card, dense_card
 from ..version import __version__
 from .config import AdapterConfig
 from .functional import dense_delta
@@ -100,7 +100,7 @@ def save_adapter(model: nn.Module, out_dir: str | Path, overwrite: bool = True) 
     cfg = {
         "peft_type": "SINE_LORA" if kind.startswith("sine") else "LORA",
         "task_type": None,
-        "base_model_name_or_path": None,
+        "base_model_name_or_path": getattr(getattr(model, "config", None), "name_or_path", None) or None,
         "inference_mode": True,
         "r": r,
         "lora_alpha": alpha,
@@ -127,6 +127,7 @@ def save_adapter(model: nn.Module, out_dir: str | Path, overwrite: bool = True) 
         tmp.mkdir()
         save_tensors(tmp / WEIGHTS_NAME, tensors, metadata={"format": "pt"})
         (tmp / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
+        (tmp / CARD).write_text(adapter_card(cfg, len(mods), sum(t.numel() for t in tensors.values())))
     return out_dir
 
 

@@ -61,10 +61,22 @@ class _Stream:
         return getattr(self._stream, name)
 
 
+def _quiet_hf_bars() -> None:
+    """The environment variable above is read when huggingface_hub / transformers are imported; the
+    package may have imported them already (python -m sinecompress), so switch their bars off directly."""
+    if os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] != "1":
+        return
+    if "huggingface_hub" in sys.modules:
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
+    if "transformers.utils.logging" in sys.modules:
+        sys.modules["transformers.utils.logging"].disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; every way out is one of the documented exit codes (sinecompress.errors)."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # our own progress owns stderr
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    _quiet_hf_bars()
     streams = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = _Stream(sys.stdout), _Stream(sys.stderr)
     try:

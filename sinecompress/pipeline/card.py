@@ -127,3 +127,27 @@ def dense_card(src: Source, what: str, detail: str) -> str:
                                "tags": ["sinecompress", what]}.items() if v}
     body = f"# {what}\n\n{detail}\n\nMade by sinecompress {__version__} from `{src.display}`.\n"
     return _render(front, body)
+
+
+def adapter_card(config: dict, modules: int, params: int) -> str:
+    """The card of a saved adapter, as peft writes one: front matter, then what it is and how to load it.
+    Plain LoRA / DoRA adapters are peft's own format; the sine kinds load through sinecompress."""
+    sine = config.get("sinecompress") or {}
+    kind = sine.get("kind") or ("dora" if config.get("use_dora") else "lora")
+    base = config.get("base_model_name_or_path")
+    front = {k: v for k, v in {"base_model": base if isinstance(base, str) and HUB_ID.fullmatch(base) else None,
+                               "library_name": "sinecompress" if sine else "peft",
+                               "tags": ["sinecompress", kind.replace("_", "-"), "adapter"]}.items() if v}
+    update = sine.get("update") or ("W0 + (alpha / r) * B @ A" + (", then DoRA's row renormalisation"
+                                                                   if kind == "dora" else ""))
+    rows = [("kind", kind), ("rank r", config["r"]), ("lora_alpha", config["lora_alpha"])]
+    if sine:
+        rows.append(("ω", sine["omega"]))
+    rows += [("adapted modules", modules), ("trainable parameters", f"{params:,}"), ("update", f"`{update}`")]
+    load = ("from sinecompress.adapters import load_adapter\nload_adapter(model, \"ADAPTER_DIR\")" if sine else
+            "from peft import PeftModel\nmodel = PeftModel.from_pretrained(model, \"ADAPTER_DIR\")")
+    body = (f"# {kind} adapter\n\n| | |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
+            + f"\nLoad it onto its base model:\n\n```python\n{load}\n```\n\n"
+            f"Merge it into dense weights: `sinecompress adapter merge BASE ADAPTER_DIR --out MERGED`.\n\n"
+            f"Made by sinecompress {__version__}.\n")
+    return _render(front, body)
