@@ -290,12 +290,13 @@ def test_recipe_init_writes_a_valid_template(tmp_path):
 
 # --- every shipped recipe runs on a small random-weight model of its architecture -----------------
 
-def run_shipped(name: str, model: Path, out: Path) -> dict:
+def run_shipped(name: str, model: Path, out: Path, must_pass: bool = True) -> dict:
     s = run_recipe(SHIPPED / name, {"model": str(model), "output": str(out), "fit_steps": 3})
     assert out.exists()
     assert [g["gate"] for g in s["gates"]] == [g for g in ("max_param_ratio", "max_rel_error", "min_cosine")
                                                 if g in load_recipe(SHIPPED / name).gates]
     assert s["passed"] == all(g["passed"] for g in s["gates"])
+    assert s["passed"] or not must_pass, s["gates"]  # a shipped recipe passes its own gates
     return s
 
 
@@ -326,7 +327,8 @@ def test_shipped_minilm_recipe_on_tiny_bert(tmp_path):
     with safe_open(str(weights), "pt") as f:
         sd = {k: f.get_tensor(k) for k in f.keys()}
     save_file({**sd, "embeddings.position_ids": torch.arange(64)[None]}, str(weights), metadata={"format": "pt"})
-    s = run_shipped("minilm.yaml", tmp_path / "bert", tmp_path / "bert-sine")
+    # rank 32 is 63 % of these tiny layers, so the size gate is for the real model (the next test)
+    s = run_shipped("minilm.yaml", tmp_path / "bert", tmp_path / "bert-sine", must_pass=False)
     assert compressed(s) == [f"encoder.layer.{i}.{m}.dense" for i in range(2) for m in ("intermediate", "output")]
     cos = s["gates"][-1]
     assert cos["gate"] == "min_cosine" and -1 <= cos["value"] <= 1 and "random token ids" in cos["detail"]
@@ -401,3 +403,13 @@ def test_docs_schema_names_every_recipe_key():
     documented = set(keys(doc)) - {"version", "model", "output"} - {f"gates.{g}" for g in GATES}
     assert documented == {s.recipe for s in SETTINGS if s.recipe}
     assert set(GATES) == set(re.findall(r"^\| `(\w+)` \|", text.split("## Gates")[1], re.M))
+
+
+@pytest.mark.slow
+def test_shipped_minilm_recipe_passes_its_gates_on_the_real_model(tmp_path):
+    """As shipped, on the bundled all-MiniLM-L6-v2, with a tenth of the fit and fine-tune steps (CI time).
+    The full recipe's own run is recorded in its comment (mean cosine 0.643 against the 0.55 gate)."""
+    s = run_recipe(SHIPPED / "minilm.yaml", {"output": str(tmp_path / "out"), "fit_steps": 30,
+                                             "finetune_steps": 20})
+    assert s["passed"], s["gates"]
+    assert s["finetune"]["mode"] == "global" and len(compressed(s)) == 12
