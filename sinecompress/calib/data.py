@@ -52,15 +52,22 @@ def tokenize(texts: list[str], model_dir: Path, seq_len: int, batch_size: int = 
         raise InputError(f"{model_dir}: cannot load the model's tokenizer for calibration ({e}); "
                          "pass --no-calib or a safetensors --calib file of input tensors") from None
     with_padding(tok, model_dir)
-    # Batch texts of similar length together: padding is wasted compute on a CPU.
-    lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=seq_len)["input_ids"]]
+    return length_batches(tok, texts, seq_len, batch_size)[0]
+
+
+def length_batches(tok, texts: list[str], max_length: int, batch_size: int = 32) -> tuple[list[dict], torch.Tensor]:
+    """Padded batches of similar-length texts (padding is wasted compute on a CPU), and each text's row in
+    their concatenation, so that per-text results can be put back in text order."""
+    lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=max_length)["input_ids"]]
     order = sorted(range(len(texts)), key=lambda i: (lengths[i], i))
     batches = []
     for i in range(0, len(order), batch_size):
         chunk = [texts[j] for j in order[i:i + batch_size]]
-        enc = tok(chunk, padding=True, truncation=True, max_length=seq_len, return_tensors="pt")
+        enc = tok(chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
         batches.append(dict(enc))
-    return batches
+    rows = torch.empty(len(texts), dtype=torch.long)
+    rows[torch.tensor(order, dtype=torch.long)] = torch.arange(len(texts))
+    return batches, rows
 
 
 def read_tensor_inputs(path: Path, samples: int, batch_size: int = 32) -> list[dict]:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from ..calib.data import with_padding
+from ..calib.data import length_batches, with_padding
 from ..calib.text import builtin_texts, read_texts
 from ..errors import InputError, UsageError
 from ..io.format import read_metadata
@@ -169,25 +169,10 @@ def agreement(ref: torch.Tensor, emb: torch.Tensor) -> dict:
     return {"cosine": float(cos.mean()), "cosine_min": float(cos.min()), "nn_agreement": agree}
 
 
-def encoder_batches(tokenizer, texts: list[str], max_length: int, batch_size: int = 32):
-    """Padded batches of similar-length texts (less padding on a CPU), and each text's row in their
-    concatenation, so that embeddings can be put back in text order."""
-    lengths = [len(x) for x in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]
-    order = sorted(range(len(texts)), key=lambda i: (lengths[i], i))
-    batches = []
-    for i in range(0, len(order), batch_size):
-        chunk = [texts[j] for j in order[i:i + batch_size]]
-        enc = tokenizer(chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        batches.append(dict(enc))
-    rows = torch.empty(len(texts), dtype=torch.long)
-    rows[torch.tensor(order)] = torch.arange(len(texts))
-    return batches, rows
-
-
 def _embeddings(loaded, texts, window, progress) -> torch.Tensor:
     tok = loaded.tokenizer
     with_padding(tok, "the model")
-    batches, rows = encoder_batches(tok, texts, window)
+    batches, rows = length_batches(tok, texts, window)
     return embed(loaded.model, batches, progress)[rows]
 
 
