@@ -134,3 +134,15 @@ def test_shell_completion_script():
     code, out, err = cli("--show-completion", "bash")
     assert code == 0, err
     assert "_SINECOMPRESS_COMPLETE" in out and "complete " in out
+
+
+def test_summary_fits_80_columns_without_wrapping_names(tiny_bert_dir, tmp_path):
+    """In an 80-column log the summary table keeps each layer on one line (shape and params move to --json)."""
+    p = run_cli("factorize", tiny_bert_dir, "--no-calib", "--method", "svd", "--rank", "2",
+                "--out", tmp_path / "o", env_extra={"COLUMNS": "80"}, timeout=300)
+    assert p.returncode == 0, p.stderr
+    lines = p.stderr.splitlines()
+    assert max(len(ln) for ln in lines if not ln.startswith("[")) <= 80, p.stderr
+    names = ["encoder.layer.0.attention.self.query", "encoder.layer.1.intermediate.dense", "pooler.dense"]
+    for name in names:
+        assert any(name in ln for ln in lines), (name, p.stderr)
