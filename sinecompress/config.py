@@ -32,7 +32,10 @@ DEVICES = ("auto", "cpu", "cuda")
 # docs/fitting.md and BENCHMARKS.md (readme_minilm) measure them.
 FINETUNE_MODES = ("auto", "block", "global", "none")
 # Fine-tune steps when none are given: what fits the time budget on each device (docs/fitting.md).
-FINETUNE_STEPS = {"cpu": 200, "cuda": 1000}
+FINETUNE_STEPS = {"cpu": 200, "cuda": 1000}  # --finetune global: steps over the whole model
+# --finetune block: steps per block. A deep LM repeats them per block: at 200 per block on the CPU, SmolLM2's
+# 30 blocks had not finished after 25 minutes (benchmarks/smollm_ppl.py).
+BLOCK_STEPS = {"cpu": 32, "cuda": 200}
 MAX_SEED = 2**63 - 1
 # ω outside this range is a typo: the paper's values span 20-1400, and the fitted phase is a gauge (docs/fitting.md).
 OMEGA_RANGE = (1e-6, 1e6)  # torch.manual_seed takes a 64-bit integer
@@ -86,9 +89,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("calib_samples", "calibration.samples", 256, "calibration.samples", "Number of calibration samples."),
     Setting("seq_len", "calibration.seq_len", 128, "calibration.seq_len", "Maximum tokens per calibration text."),
     Setting("finetune_steps", "finetune.steps", "auto", "finetune.steps",
-            "Calibration fine-tune steps (distillation against the original): for each block with --finetune "
-            f"block, for the whole model with global; auto: {FINETUNE_STEPS['cpu']} on CPU, "
-            f"{FINETUNE_STEPS['cuda']} on CUDA; 0: none.",
+            "Calibration fine-tune steps (distillation against the original); auto: for the whole model "
+            f"(global) {FINETUNE_STEPS['cpu']} on CPU, {FINETUNE_STEPS['cuda']} on CUDA; for each block (block) "
+            f"{BLOCK_STEPS['cpu']} on CPU, {BLOCK_STEPS['cuda']} on CUDA; 0: none.",
             flag="--steps", aliases=("ft_steps",)),
     Setting("finetune", "finetune.mode", "auto", "finetune.mode",
             "block: compress block by block, tuning each block against the original block's outputs "
@@ -246,8 +249,11 @@ class FinetuneConfig:
             _positive_int("finetune.steps", self.steps, lo=0, hi=10**7)
         object.__setattr__(self, "lr", _finite("finetune.lr", self.lr, 0.0))
 
-    def steps_on(self, device: str) -> int:
-        return FINETUNE_STEPS["cuda" if device.startswith("cuda") else "cpu"] if self.steps == "auto" else self.steps
+    def steps_on(self, device: str, mode: str = "global") -> int:
+        """The steps this run takes: ``steps``, or under "auto" the default of the device and the mode."""
+        if self.steps != "auto":
+            return self.steps
+        return (BLOCK_STEPS if mode == "block" else FINETUNE_STEPS)["cuda" if device.startswith("cuda") else "cpu"]
 
 
 @dataclass(frozen=True)

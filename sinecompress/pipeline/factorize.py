@@ -133,7 +133,7 @@ def _run(src: Source, out: Path, config: FactorizeConfig, progress: Progress, mo
     allocation = {"mode": "uniform"}
     if plan.allocate == "sensitivity":
         plan, allocation = apply_sensitivity(plan, src, cal)
-    ft_steps = config.finetune.steps_on(device)
+    ft_steps = config.finetune.steps_on(device, mode)
     tune, work, sequential, record = None, None, False, {"used": False}
     if not calibrated:
         work = WorkDir(Path(dist.on_rank0(lambda: str(prepare(out, src, plan, config.output.resume).path))))

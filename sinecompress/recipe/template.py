@@ -44,7 +44,7 @@ calibration:
 # memory), global (all layers against the whole model; everything in memory) or none.
 finetune:
   mode: block
-  steps: auto           # per block (block) or in all (global); auto: 200 on CPU, 1000 on CUDA
+  steps: auto           # auto: global 200 on CPU, 1000 on CUDA; block 32, 200 per block
 
 seed: 0                 # the same recipe and seed give byte-identical output on the same machine
 device: auto            # auto (CUDA when available), cpu or cuda
