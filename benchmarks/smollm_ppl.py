@@ -93,7 +93,7 @@ def table(rows: list[dict], dense: dict, info: dict) -> str:
             continue
         lines.append(f"| {r['removed']} % | {r['method']} | {r['perplexity']:.4g} | {r['ratio']:.3g} | "
                      f"{r['seconds'] / 60:.1f} min | {r['peak_rss_mib']:,} MiB | `{r['flags']}` |")
-    lines += ["", "Command: `PYTHONPATH=. python benchmarks/smollm_ppl.py`."]
+    lines += ["", f"Command: `PYTHONPATH=. python benchmarks/smollm_ppl.py {' '.join(sys.argv[1:])}`.".replace(" `.", "`.")]
     return "\n".join(lines)
 
 
