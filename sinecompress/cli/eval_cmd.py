@@ -56,9 +56,6 @@ def eval_cmd(
             tasks[what] = bar.add_task(what, total=total)
         bar.update(tasks[what], completed=done, total=total)
 
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # transformers' own loading bars would break up ours
     with bar:
         result = evaluate(model, against=against, text=text, window=window, stride=stride,
                           max_tokens=max_tokens, device=resolve_device(device), progress=progress)

@@ -30,11 +30,11 @@ from ..errors import InputError
 from ..io.hf_model import build_model, check_depth, checkpoint_names
 from ..io.sources import Source
 from ..nn.skeleton import empty_parameters, find_blocks, materialize, materialize_on_use, move_real, release
-from ..nn.surgery import build_module, factors_of, swap_module
+from ..nn.surgery import build_module, swap_module
 from ..progress import QUIET, Progress
 from .calibrate import check_token_ids
 from .distill import adam_tune
-from .fitting import finish_factors, fit_layer
+from .fitting import fit_layer, retuned
 from .plan import Plan
 
 
@@ -133,12 +133,9 @@ def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str,
                                    seed=config.seed, device=device)
                 record.update(loss_start=round(tuned["loss_start"], 6), loss_end=round(tuned["loss_end"], 6))
                 for lp, name in zip(layers, local):
-                    before = factors[lp.name]
                     w = block.get_submodule(name).weight.detach().float().cpu()
-                    f = finish_factors(factors_of(comp.get_submodule(name)), lp, w, grams[name]["gram"].cpu(),
-                                       before.get("omega"))  # the fit's ω (the plan's is None under --omega auto)
-                    f.update({k: before[k] for k in ("start_act_error", "omega_trials") if k in before})
-                    factors[lp.name] = f
+                    factors[lp.name] = retuned(comp.get_submodule(name), lp, w, grams[name]["gram"].cpu(),
+                                               factors[lp.name])
             inputs = [(y, kw) for y, (_, kw) in zip(run_block(comp, inputs, device)[0], inputs)]
             del comp
         else:

@@ -8,11 +8,11 @@ import copy
 import torch
 
 from ..io.sources import Source
-from ..nn.surgery import build_module, factors_of, swap_module
+from ..nn.surgery import build_module, swap_module
 from ..progress import QUIET, Progress
 from .calibrate import Calibration
 from .distill import distill
-from .fitting import finish_factors
+from .fitting import retuned
 from .plan import Plan
 
 
@@ -34,11 +34,6 @@ def finetune(src: Source, plan: Plan, factors: dict[str, dict], cal: Calibration
     tuned = {}
     for lp in plan.compressed:
         w32 = src.get(lp.name + ".weight").float()
-        f = finish_factors(factors_of(student.get_submodule(lp.name)), lp, w32, cal.grams[lp.name]["gram"])
-        before = factors[lp.name]
-        if before.get("start_act_error") is not None:
-            f["start_act_error"] = before["start_act_error"]
-        if before.get("omega_trials"):
-            f["omega_trials"] = before["omega_trials"]
-        tuned[lp.name] = f
+        tuned[lp.name] = retuned(student.get_submodule(lp.name), lp, w32, cal.grams[lp.name]["gram"],
+                                 factors[lp.name])
     return tuned, {k: (round(v, 6) if isinstance(v, float) else v) for k, v in record.items()}

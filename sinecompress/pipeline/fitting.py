@@ -16,6 +16,7 @@ from ..fit.sine import fit_calibrated, fit_sine
 from ..fit.svd import rel_error, truncated_svd
 from ..fit.whiten import chol, whitened_error
 from ..io.sources import Source
+from ..nn.surgery import factors_of
 from ..progress import QUIET, Progress
 from ..weights import sine_weight
 from .calibrate import Calibration
@@ -79,6 +80,17 @@ def finish_factors(r: dict, lp: LayerPlan, w32: torch.Tensor, gram: torch.Tensor
         f["act_error"] = whitened_error(w_hat, w32, chol(gram))
         if "start_act_error" in r:
             f["start_act_error"] = r["start_act_error"]
+    return f
+
+
+def retuned(module, lp: LayerPlan, w32: torch.Tensor, gram: torch.Tensor | None, before: dict) -> dict:
+    """The factors of a tuned ``module``, measured like a fit's, keeping what the fit chose and recorded
+    (its ω: the plan's is still None under --omega auto; its starting error; its ω trials)."""
+    f = finish_factors(factors_of(module), lp, w32, gram, before.get("omega"))
+    if before.get("start_act_error") is not None:
+        f["start_act_error"] = before["start_act_error"]
+    if before.get("omega_trials"):
+        f["omega_trials"] = before["omega_trials"]
     return f
 
 

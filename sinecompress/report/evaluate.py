@@ -171,7 +171,7 @@ def agreement(ref: torch.Tensor, emb: torch.Tensor) -> dict:
 
 def _embeddings(loaded, texts, window, progress) -> torch.Tensor:
     tok = loaded.tokenizer
-    with_padding(tok, "the model")
+    with_padding(tok, loaded.display)
     batches, rows = length_batches(tok, texts, window)
     return embed(loaded.model, batches, progress)[rows]
 
