@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -230,6 +231,7 @@ def test_cli_eval_json(capsys, llama_dir, text_file):
     assert r["model"]["perplexity"] == pytest.approx(direct["model"]["perplexity"])
     assert r["perplexity_ratio"] == pytest.approx(1.0)
     assert "perplexity ratio" in err and "window 8, stride 4: " in err
+    assert re.search(r"^\[\s*\d+ s\] loading ", err, re.M)  # off a terminal: the plain log lines factorize prints
 
 
 def test_cli_eval_encoder(capsys, bert_pair, text_file):

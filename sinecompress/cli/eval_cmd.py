@@ -6,20 +6,13 @@ import json
 from pathlib import Path
 
 import typer
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
 from ..config import resolve_device
 from ..report.evaluate import DEFAULT_MAX_TOKENS, DEFAULT_WINDOW, evaluate
 from ._console import err_console
 from .app import app
+from .progress import run_progress
 
 
 @app.command("eval")
@@ -44,19 +37,17 @@ def eval_cmd(
 ):
     """Measure a (compressed) model: perplexity for causal LMs (and the ratio to --against), or embedding
     cosine and nearest-neighbour agreement with --against for encoders. Tables go to stderr."""
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err_console,
-                   transient=True)
-    tasks: dict[str, int] = {}
+    with run_progress() as bars:  # the factorize command's progress: bars on a terminal, lines in a log
+        stage = None
 
-    def progress(what: str, done: int, total: int | None):
-        if what not in tasks:
-            for t in tasks.values():  # one line at a time: the earlier stage is finished
-                bar.update(t, visible=False)
-            tasks[what] = bar.add_task(what, total=total)
-        bar.update(tasks[what], completed=done, total=total)
+        def progress(what: str, done: int, total: int | None):
+            nonlocal stage
+            if what != stage:
+                stage = what
+                bars.stage(what, total)
+            if done:
+                bars.advance(done)
 
-    with bar:
         result = evaluate(model, against=against, text=text, window=window, stride=stride,
                           max_tokens=max_tokens, device=resolve_device(device), progress=progress)
     print_result(result)
