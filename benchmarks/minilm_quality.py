@@ -25,7 +25,7 @@ from _bench import machine_info, machine_line, write_section  # noqa: E402
 from _minilm import embed, experiment, layer_module, quality  # noqa: E402
 from explore_fit import fit_variant  # noqa: E402
 
-from sinecompress.fit.omega import choose_omega  # noqa: E402
+from sinecompress.fit.omega import AUTO_OMEGA  # noqa: E402
 from sinecompress.fit.sine import fit_calibrated  # noqa: E402
 from sinecompress.nn.surgery import swap_module  # noqa: E402
 from sinecompress.pipeline.distill import distill  # noqa: E402
@@ -41,11 +41,11 @@ DEFAULT_METHODS = ["svd", "wsvd", "wsvd+ft", "sine"]
 
 
 def fit_sine_default(w, gram, k: int, steps: int):
-    """What ``sinecompress factorize --method sine`` does with calibration: ω by trial fits (--omega auto),
+    """What ``sinecompress factorize --method sine`` does with calibration: ω auto (a gauge, fit/omega.py),
     the hybrid at the default linear share, total rank k-1 so the amplitude stays within rank-k's budget."""
     total = k - 1
     k_l = split_rank(total)
-    omega, _ = choose_omega(w, total, k_l, steps, gram=gram)
+    omega = AUTO_OMEGA
     f = fit_calibrated(w, gram, "sine", total, k_l, omega, steps=steps)
     return "sine", {x: f[x] for x in ("u", "v", "amp", "lin_u", "lin_v")}, f["act_error"], omega
 

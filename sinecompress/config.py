@@ -63,7 +63,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("param_ratio", "param_ratio", None, "defaults.param_ratio",
             "Per-layer parameter budget as a fraction of the dense layer (amplitude included)."),
     Setting("omega", "omega", "auto", "defaults.omega",
-            "Sine frequency ω, or 'auto' to choose it per layer by short trial fits at 30, 100, 300."),
+            "Sine frequency ω, or 'auto': 100 when compressing, where ω is a gauge (docs/fitting.md)."),
     Setting("targets", "targets", (), None, "Regex matched in full against module names (tensor name minus "
             "'.weight'); repeatable. Default: every 2-D linear weight except embeddings, norms and tied heads.",
             flag="--target"),

@@ -11,7 +11,7 @@ import torch
 
 from ..dtypes import TO_TORCH
 from ..errors import SineCompressWarning
-from ..fit.omega import choose_omega
+from ..fit.omega import AUTO_OMEGA
 from ..fit.sine import fit_calibrated, fit_sine
 from ..fit.svd import rel_error, truncated_svd
 from ..fit.whiten import chol, whitened_error
@@ -34,16 +34,14 @@ def fit_layer(w: torch.Tensor, lp: LayerPlan, plan: Plan, gram: torch.Tensor | N
 
     With ``gram`` (the layer's calibration XᵀX) the fit is activation-aware and ``act_error`` is
     reported beside the weight-space ``rel_error``. A sine layer without ω (``--omega auto``) gets
-    one from ``choose_omega`` first; the result's ``omega`` is the one used. ``measure`` = (weight,
+    ``AUTO_OMEGA`` (ω is a gauge in these fits, ``fit/omega.py``); the result's ``omega`` is the one used. ``measure`` = (weight,
     gram): report the errors against these instead of the fitted target (the sequential fit's shifted
     target is not the layer's weight).
     """
     w32 = w.float()
-    trials = None
     omega = lp.omega
     if lp.method == "sine" and omega is None:
-        omega, trials = choose_omega(w32.to(device), lp.rank, lp.linear_rank, plan.steps, plan.seed,
-                                     gram=None if gram is None else gram.to(device))
+        omega = AUTO_OMEGA
     if gram is not None and lp.method != "svd":  # svd stays the plain baseline; its act_error is still measured
         r = fit_calibrated(w32.to(device), gram.to(device), lp.method, lp.rank, lp.linear_rank, omega,
                            steps=plan.steps, seed=plan.seed)
@@ -56,10 +54,7 @@ def fit_layer(w: torch.Tensor, lp: LayerPlan, plan: Plan, gram: torch.Tensor | N
     if measure is not None:
         r.pop("start_act_error", None)  # in the target's metric: not comparable with the reported errors
         w32, gram = measure[0].float(), measure[1]
-    f = finish_factors(r, lp, w32, gram, omega)
-    if trials:
-        f["omega_trials"] = {f"{k:g}": round(v, 6) for k, v in trials.items()}
-    return f
+    return finish_factors(r, lp, w32, gram, omega)
 
 
 def finish_factors(r: dict, lp: LayerPlan, w32: torch.Tensor, gram: torch.Tensor | None = None,
@@ -85,12 +80,10 @@ def finish_factors(r: dict, lp: LayerPlan, w32: torch.Tensor, gram: torch.Tensor
 
 def retuned(module, lp: LayerPlan, w32: torch.Tensor, gram: torch.Tensor | None, before: dict) -> dict:
     """The factors of a tuned ``module``, measured like a fit's, keeping what the fit chose and recorded
-    (its ω: the plan's is still None under --omega auto; its starting error; its ω trials)."""
+    (its ω: the plan's is still None under --omega auto; its starting error)."""
     f = finish_factors(factors_of(module), lp, w32, gram, before.get("omega"))
     if before.get("start_act_error") is not None:
         f["start_act_error"] = before["start_act_error"]
-    if before.get("omega_trials"):
-        f["omega_trials"] = before["omega_trials"]
     return f
 
 

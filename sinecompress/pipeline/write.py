@@ -109,8 +109,6 @@ def summarize(src: Source, plan: Plan, factors: dict[str, dict], out: Path, seco
             rec["rel_error"] = f["rel_error"]
             rec["act_error"] = f.get("act_error")
             rec["start_act_error"] = f.get("start_act_error")
-            if "omega_trials" in f:
-                rec["omega_trials"] = f["omega_trials"]
         layers.append(rec)
     out_bytes = sum(p.stat().st_size for p in ([out] if out.is_file() else out.rglob("*.safetensors")))
     return {
