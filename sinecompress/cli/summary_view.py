@@ -22,11 +22,15 @@ def finetune_line(ft: dict) -> str:
             start = sum(b["loss_start"] for b in tuned) / len(tuned)
             end = sum(b["loss_end"] for b in tuned) / len(tuned)
             line += f"; block-output error (mean over blocks) {start:.4f} → {end:.4f} after tuning"
+            undone = sum(1 for b in tuned if b.get("undone"))
+            if undone:
+                line += f" (undone in {undone} block(s) where it made the error worse)"
         if ft.get("outside_stack"):
             line += f"; {len(ft['outside_stack'])} layer(s) outside the block stack fitted to their weights"
         return line
+    undone = f"; undone: it ended at {ft['loss_tuned']:.4f}, worse than it started" if ft.get("undone") else ""
     return (f"fine-tune: {ft['steps']} steps on {ft['device']}, distillation loss "
-            f"{ft['loss_start']:.4f} → {ft['loss_end']:.4f} ({ft['seconds']:.1f} s)")
+            f"{ft['loss_start']:.4f} → {ft['loss_end']:.4f} ({ft['seconds']:.1f} s){undone}")
 
 
 def print_summary(s: dict) -> None:

@@ -103,7 +103,8 @@ def compressed_card(src: Source, plan: Plan, factors: dict, config: FactorizeCon
     tuned = [b for b in (finetune or {}).get("blocks", []) if "loss_end" in b]
     if tuned:
         lines.append(f"| block-local tuning | block-output error {sum(b['loss_start'] for b in tuned) / len(tuned):.4f}"
-                     f" → {sum(b['loss_end'] for b in tuned) / len(tuned):.4f} (mean over {len(tuned)} blocks) |")
+                     f" → {sum(b['loss_end'] for b in tuned) / len(tuned):.4f} (mean over {len(tuned)} blocks; "
+                     f"undone in {sum(1 for b in tuned if b.get('undone'))} where it made the error worse) |")
     elif finetune and "steps" in finetune:
         lines.append(f"| fine-tune | {finetune['steps']} steps, distillation loss {finetune['loss_start']:.4f} → "
                      f"{finetune['loss_end']:.4f} |")
