@@ -11,6 +11,7 @@ from safetensors import safe_open
 
 import sinecompress
 from sinecompress.fit.omega import AUTO_OMEGA
+from sinecompress.fit.svd import rel_error, truncated_svd
 from sinecompress.io.format import read_metadata
 
 from .helpers import cli, tiny_llama
@@ -46,6 +47,18 @@ def test_block_tuning_lowers_every_blocks_loss(llama_dir, tmp_path):
     assert [b["block"] for b in blocks] == [0, 1]
     assert all(b["loss_end"] < b["loss_start"] for b in blocks), blocks
     assert s["finetune"]["outside_stack"] == ["lm_head"]  # an untied head is a target, fitted to its weight
+
+
+def test_wsvd_fits_an_untied_head_outside_the_stack_by_its_weights_svd(llama_dir, tmp_path):
+    """The head sees no block's inputs, so it has no Gram: whitened SVD falls back to the weight's SVD
+    (this crashed before, at the very end of a run)."""
+    s = sinecompress.factorize(llama_dir, tmp_path / "out", method="wsvd", finetune="none", **SMALL)
+    head = next(x for x in s["layers"] if x["name"] == "lm_head")
+    assert s["finetune"]["outside_stack"] == ["lm_head"] and not head["kept_dense"]
+    with safe_open(str(llama_dir / "model.safetensors"), "pt") as f:
+        w = f.get_tensor("lm_head.weight").float()
+    u, v = truncated_svd(w, head["rank"])
+    assert head["rel_error"] == pytest.approx(rel_error(u @ v.T, w), rel=1e-4)
 
 
 def test_auto_tunes_causal_lms_block_by_block_and_encoders_whole(tiny_bert_dir, llama_dir, tmp_path):
@@ -137,3 +150,44 @@ def test_at_most_one_block_holds_real_weights(tmp_path, monkeypatch):
     monkeypatch.setattr(blockwise, "find_blocks", find)
     sinecompress.factorize(d, tmp_path / "out", finetune="block", ft_steps=2, **SMALL)
     assert seen == [1, 1, 1, 1]
+
+
+def test_each_blocks_factors_leave_memory_before_the_next_block(tmp_path, monkeypatch):
+    """The other half of the memory bound: fitted factors go to the work directory block by block (they
+    are the size of the compressed model), and the directory is gone once the run ends."""
+    from sinecompress.pipeline import blockwise
+    from sinecompress.pipeline.workdir import WorkDir
+
+    d = tiny_llama(tmp_path, layers=3)
+    events = []
+    real_spill, real_materialize = WorkDir.spill, blockwise.materialize
+    monkeypatch.setattr(WorkDir, "spill", lambda self, i, lp, f: events.append(lp.name) or real_spill(self, i, lp, f))
+    monkeypatch.setattr(blockwise, "materialize", lambda m, prefix, *a, **k: events.append(prefix)
+                        or real_materialize(m, prefix, *a, **k))
+    s = sinecompress.factorize(d, tmp_path / "out", finetune="block", ft_steps=2, **SMALL)
+    blocks = [i for i, e in enumerate(events) if e.startswith("model.layers.") and e.count(".") == 2]
+    assert len(blocks) == 3 and events[-1] == "lm_head"  # the untied head, fitted after the stack
+    for b, nxt in zip(blocks, blocks[1:] + [len(events) - 1]):
+        between = events[b + 1:nxt]  # before the next block is read: this block's 7 layers, all on disk
+        assert len(between) == 7 and all(e.startswith(events[b] + ".") for e in between), events
+    assert s["params_after"] < s["params_before"]
+    assert not any(p.name.endswith(".sc.work") for p in tmp_path.iterdir())
+
+
+def test_a_failed_block_run_leaves_no_work_directory(tmp_path, monkeypatch):
+    from sinecompress.pipeline import blockwise
+
+    d = tiny_llama(tmp_path, layers=3)
+    calls = []
+
+    def broken(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("boom in block 1")
+        return real(*a, **k)
+
+    real = blockwise.tune_block
+    monkeypatch.setattr(blockwise, "tune_block", broken)
+    with pytest.raises(RuntimeError, match="boom"):
+        sinecompress.factorize(d, tmp_path / "out", finetune="block", ft_steps=2, **SMALL)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [d.name]

@@ -9,7 +9,8 @@ then, for each block in turn:
 2. each target layer is fitted to what it sees (whitened SVD or the sine hybrid, as everywhere);
 3. with ``finetune.mode`` "block", the block's factors are tuned so that the compressed block, on the
    same inputs, reproduces the original block's outputs (block-local distillation);
-4. the compressed block produces the next block's inputs, and the block's weights are dropped.
+4. the compressed block produces the next block's inputs, and the block's weights are dropped; with a
+   work directory, the block's factors go to disk too (memory does not grow with the depth).
 
 Targets outside the stack (a pooler, an untied head) are fitted to their weights, and the summary says so.
 """
@@ -36,6 +37,7 @@ from .calibrate import check_token_ids
 from .distill import adam_tune
 from .fitting import fit_layer, retuned
 from .plan import Plan
+from .workdir import WorkDir
 
 
 def skeleton(src: Source) -> tuple[nn.Module, str, nn.ModuleList, dict[str, str]]:
@@ -83,9 +85,10 @@ def tune_block(block: nn.Module, modules: list[str], inputs: list[tuple[torch.Te
 
 
 def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str, tune_steps: int,
-                  progress: Progress = QUIET) -> tuple[dict[str, dict], dict]:
+                  progress: Progress = QUIET, work: WorkDir | None = None) -> tuple[dict[str, dict], dict]:
     """Fit every compressed layer of ``plan`` block by block; return (factors by layer, a record for the
-    summary: data, tokens, per-block losses, peak memory)."""
+    summary: data, tokens, per-block losses, peak memory). With ``work``, each block's factors are saved
+    there as soon as they are final and returned as lazy mappings."""
     t0 = time.perf_counter()
     cfg = config.calibration
     # The calibration data first: a bad file fails before the model is built.
@@ -108,6 +111,13 @@ def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str,
         else:
             outside.append(lp)
     factors, blocks_done = {}, []
+    index = {lp.name: i for i, lp in enumerate(plan.layers)}
+
+    def spill(lps):
+        for lp in lps:
+            if work is not None:
+                factors[lp.name] = work.spill(index[lp.name], lp, factors[lp.name])
+
     progress.stage("fitting", len(blocks))
     for i, block in enumerate(blocks):
         progress.advance(i, f"{stack}.{i}")
@@ -131,13 +141,15 @@ def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str,
             if tune_steps > 0:
                 tuned = tune_block(comp, local, inputs, targets, masks, steps=tune_steps, lr=config.finetune.lr,
                                    seed=config.seed, device=device)
-                record.update(loss_start=round(tuned["loss_start"], 6), loss_end=round(tuned["loss_end"], 6))
+                record.update(loss_start=round(tuned["loss_start"], 6), loss_end=round(tuned["loss_end"], 6),
+                              undone=tuned["undone"])
                 for lp, name in zip(layers, local):
                     w = block.get_submodule(name).weight.detach().float().cpu()
                     factors[lp.name] = retuned(comp.get_submodule(name), lp, w, grams[name]["gram"].cpu(),
                                                factors[lp.name])
             inputs = [(y, kw) for y, (_, kw) in zip(run_block(comp, inputs, device)[0], inputs)]
             del comp
+            spill(layers)
         else:
             inputs = [(y, kw) for y, (_, kw) in zip(targets, inputs)]
         del targets, grams
@@ -146,6 +158,7 @@ def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str,
     progress.advance(len(blocks))
     for lp in outside:  # not inside the block stack: fitted to its weights
         factors[lp.name] = fit_layer(src.get(lp.name + ".weight"), lp, plan, device=device)
+        spill([lp])
     return factors, {"mode": "block" if tune_steps > 0 else "none", "data": data.description,
                      "samples": data.samples, "blocks": blocks_done, "outside_stack": [lp.name for lp in outside],
                      "seconds": round(time.perf_counter() - t0, 3),

@@ -134,7 +134,7 @@ def _run(src: Source, out: Path, config: FactorizeConfig, progress: Progress, mo
     if plan.allocate == "sensitivity":
         plan, allocation = apply_sensitivity(plan, src, cal)
     ft_steps = config.finetune.steps_on(device, mode)
-    tune, work, sequential, record = None, None, False, {"used": False}
+    tune, work, spill, sequential, record = None, None, None, False, {"used": False}
     if not calibrated:
         work = WorkDir(Path(dist.on_rank0(lambda: str(prepare(out, src, plan, config.output.resume).path))))
         dist.all_ok(lambda: fit_into(work, src, plan, progress, dist))
@@ -142,7 +142,15 @@ def _run(src: Source, out: Path, config: FactorizeConfig, progress: Progress, mo
         plan = settle(plan, factors, dense)
     elif mode != "global":
         cal = None  # the whole-model calibration (for an allocation) is not needed any more
-        factors, tune = fit_blockwise(src, plan, config, device, ft_steps if mode == "block" else 0, progress)
+        # Each block's factors go to a work directory as they are made (memory does not grow with the
+        # depth); calibrated runs cannot --resume, so it goes when the run ends, whatever the outcome.
+        spill = prepare(out, src, plan, resume=False)
+        try:
+            factors, tune = fit_blockwise(src, plan, config, device, ft_steps if mode == "block" else 0, progress,
+                                          work=spill)
+        except BaseException:
+            spill.remove()
+            raise
         plan = settle(plan, factors)
         record = {"used": True, "data": tune["data"], "samples": tune["samples"]}
         note = f"calibrated block by block on {tune['data']}"
@@ -156,8 +164,8 @@ def _run(src: Source, out: Path, config: FactorizeConfig, progress: Progress, mo
             factors, tune = finetune(src, plan, factors, cal, steps=ft_steps, lr=config.finetune.lr,
                                      seed=config.seed, device=device, progress=progress)
             tune = {"mode": "global", **tune}
-    card = compressed_card(src, plan, factors, config, out, provenance, tune)
     try:
+        card = compressed_card(src, plan, factors, config, out, provenance, tune)
         write_compressed(src, plan, factors, out, config.output.overwrite, config.output.shard_bytes, dist,
                          extra=provenance, progress=progress, card=card)
     except OutputError as e:
@@ -165,6 +173,9 @@ def _run(src: Source, out: Path, config: FactorizeConfig, progress: Progress, mo
             raise OutputError(f"{e}; the fitted layers are kept in {work.path}: free the space, then rerun with "
                               "--resume") from None
         raise
+    finally:
+        if spill is not None:
+            spill.remove()
     if dist.rank != 0:
         return None
     if work is not None:

@@ -46,7 +46,7 @@ def fit_layer(w: torch.Tensor, lp: LayerPlan, plan: Plan, gram: torch.Tensor | N
         r = fit_calibrated(w32.to(device), gram.to(device), lp.method, lp.rank, lp.linear_rank, omega,
                            steps=plan.steps, seed=plan.seed)
         r = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in r.items()}
-    elif lp.method == "svd":
+    elif lp.method in ("svd", "wsvd"):  # wsvd with no Gram (a layer outside the block stack): its weight's SVD
         u, v = truncated_svd(w32, lp.rank, seed=plan.seed)
         r = {"u": u, "v": v}
     else:

@@ -86,6 +86,13 @@ class WorkDir:
             save_tensors(tmp, tensors, meta)
         self.dense_file(i).unlink(missing_ok=True)  # a refitted layer's earlier "dense" record no longer holds
 
+    def spill(self, i: int, lp: LayerPlan, factors: dict) -> StoredFactors:
+        """Save a calibrated fit's factors and return them as a lazy mapping: a block-by-block run holds
+        one block's factors in memory, not the whole compressed model's."""
+        self.save(i, lp, factors)
+        scalars = {k: v for k, v in factors.items() if not isinstance(v, torch.Tensor)}
+        return StoredFactors(self, i, scalars, [k for k, v in factors.items() if isinstance(v, torch.Tensor)])
+
     def save_dense(self, i: int, lp: LayerPlan, reason: str) -> None:
         with writing(self.path), atomic_file(self.dense_file(i)) as tmp:
             tmp.write_text(json.dumps({"layer": lp.name, "reason": reason}))
