@@ -8,10 +8,12 @@ held-out text with its defaults (the same numbers `sinecompress eval` prints):
 * svd        plain truncated SVD of each weight (no calibration)
 * wsvd       whitened SVD (SVD-LLM) fitted block by block to what each layer sees, no tuning
 * wsvd+ft    the same, each block tuned against the original block's outputs (--finetune block)
-* sine+ft    the sine hybrid, same calibration and the same block tuning
+* sine+ft    the sine hybrid, same calibration and the same block tuning (fewer fit steps, fixed ω)
+* sine       the tool's defaults: the sine hybrid (300 fit steps) and the same block tuning
 
     PYTHONPATH=. python benchmarks/smollm_ppl.py                     # 20/40/60 %, writes BENCHMARKS.md
     PYTHONPATH=. python benchmarks/smollm_ppl.py --removed 20 --methods wsvd+ft sine+ft --no-write
+    PYTHONPATH=. python benchmarks/smollm_ppl.py --removed 40 60 --methods svd wsvd wsvd+ft sine --section smollm_ppl_40_60
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ METHODS = {
     # 25 minutes. The sine row also fixes ω and shortens each layer's fit, for the same reason.
     "wsvd+ft": ["--method", "wsvd", "--finetune", "block", "--steps", "32"],
     "sine+ft": ["--method", "sine", "--finetune", "block", "--steps", "32", "--fit-steps", "100", "--omega", "100"],
+    "sine": ["--method", "sine"],  # every other setting at its default: what `factorize --param-ratio R` does
 }
 
 
@@ -103,6 +106,7 @@ def main():
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more factorize flags for every row")
     ap.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    ap.add_argument("--section", default="smollm_ppl", help="BENCHMARKS.md section to (re)write")
     args = ap.parse_args()
     info = {**machine_info(), "load": " ".join(f"{x:.2f}" for x in os.getloadavg())}
     t0 = time.time()
@@ -110,7 +114,7 @@ def main():
     md = table(rows, dense, info) + f"\n\nWhole run: {(time.time() - t0) / 60:.0f} min."
     print(md)
     if not args.no_write:
-        write_section("smollm_ppl", md)
+        write_section(args.section, md.replace("## smollm_ppl", f"## {args.section}", 1))
 
 
 if __name__ == "__main__":
