@@ -146,3 +146,14 @@ def test_summary_fits_80_columns_without_wrapping_names(tiny_bert_dir, tmp_path)
     names = ["encoder.layer.0.attention.self.query", "encoder.layer.1.intermediate.dense", "pooler.dense"]
     for name in names:
         assert any(name in ln for ln in lines), (name, p.stderr)
+
+
+def test_narrow_summaries_keep_the_block_index_and_list_blocks_in_order():
+    from sinecompress.cli.summary_view import natural_key, short_name
+
+    assert short_name("model.layers.12.self_attn.k_proj", 16) == "m.l.12.s.k_proj"
+    assert short_name("model.layers.12.self_attn.k_proj", 40) == "model.layers.12.self_attn.k_proj"
+    assert len(short_name("a_very_long_single_module_name", 16)) == 16
+    names = ["model.layers.10.mlp", "model.layers.2.mlp", "lm_head", "model.layers.1.mlp"]
+    assert sorted(names, key=natural_key) == ["lm_head", "model.layers.1.mlp", "model.layers.2.mlp",
+                                              "model.layers.10.mlp"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from rich.table import Table
 
 from ._console import err_console
@@ -10,8 +12,22 @@ WIDE = 120  # from this many columns on, every column is shown
 
 
 def short_name(name: str, width: int) -> str:
-    """``name`` cut from the left to ``width`` characters: the end of a module name is what tells layers apart."""
-    return name if len(name) <= width else "…" + name[-(width - 1):]
+    """``name`` in at most ``width`` characters. Leading words shrink to their first letter before anything
+    is cut, so the block index and the layer's own name, which tell layers apart, stay readable
+    ("model.layers.12.self_attn.k_proj" → "m.l.12.s.k_proj")."""
+    parts = name.split(".")
+    for i in range(len(parts) - 1):
+        if len(".".join(parts)) <= width:
+            break
+        if not parts[i].isdigit():
+            parts[i] = parts[i][:1]
+    short = ".".join(parts)
+    return short if len(short) <= width else "…" + short[-(width - 1):]
+
+
+def natural_key(name: str) -> list:
+    """Sort key that puts block 2 before block 10."""
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
 
 
 def finetune_line(ft: dict) -> str:
@@ -50,7 +66,7 @@ def print_summary(s: dict) -> None:
               caption_justify="left")
     for col, just in cols:
         t.add_column(col, justify=just, no_wrap=True, max_width=name_width if col == "layer" else None)
-    for layer in s["layers"]:
+    for layer in sorted(s["layers"], key=lambda x: natural_key(x["name"])):
         cells = {"layer": short_name(layer["name"], name_width), "shape": "×".join(map(str, layer["shape"]))}
         if layer["kept_dense"]:
             cells.update({"rank": "-", "ω": "-", "params": f"{layer['params_before']:,}", "ratio": "dense",
