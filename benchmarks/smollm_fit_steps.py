@@ -66,6 +66,7 @@ def main():
     ap.add_argument("--samples", type=int, default=256)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--section", default="smollm_fit_steps", help="BENCHMARKS.md section to (re)write")
     args = ap.parse_args()
     torch.manual_seed(0)
     load = os.getloadavg()[0]
@@ -94,7 +95,7 @@ def main():
         rows.append(row)
     if not args.no_write:
         info = machine_info()
-        lines = ["## smollm_fit_steps", "", f"SmolLM2-135M blocks {', '.join(map(str, args.blocks))} ({len(LAYERS)} layers each), ranks of "
+        lines = [f"## {args.section}", "", f"SmolLM2-135M blocks {', '.join(map(str, args.blocks))} ({len(LAYERS)} layers each), ranks of "
                  f"`--param-ratio {args.param_ratio:g}`, Grams of the original blocks' inputs ({data}). Mean "
                  "activation error ‖(Ŵ−W)L‖/‖WL‖ over the layers; fit time summed over them.", "",
                  "| method | fit steps | ω | mean act. error | fit time (s) |", "|---|---|---|---|---|"]
@@ -103,7 +104,7 @@ def main():
             lines.append(f"| {r['method']} | {r['steps']} | {om} | {r['mean_act_error']:.6f} | {r['seconds']:.1f} |")
         cmd = "PYTHONPATH=. python benchmarks/smollm_fit_steps.py " + " ".join(sys.argv[1:])
         lines += ["", f"Command: `{cmd.strip()}`. {machine_line(info)} Load average {load:.2f} at the start."]
-        write_section("smollm_fit_steps", "\n".join(lines))
+        write_section(args.section, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -101,3 +101,18 @@ def test_omega_is_a_gauge_of_the_compression_fits(calibrated):
     start, low, high = fit(100.0, 0), fit(30.0, 60), fit(300.0, 60)
     assert max(low, high) < start
     assert abs(low - high) < 0.01 * (start - max(low, high))
+
+
+def test_whitened_square_matches_autograd_of_the_whitened_norm():
+    """The fit's loss: one E·G product gives ‖E L‖² and its gradient, equal to autograd on ‖E L‖²."""
+    from sinecompress.fit.sine import WhitenedSquare
+
+    _, _, gram = _layer()
+    L = chol(gram)
+    e = torch.randn(6, gram.shape[0], dtype=torch.float64, requires_grad=True)
+    (g_ref,) = torch.autograd.grad(((e @ L) ** 2).sum(), e)
+    value = WhitenedSquare.apply(e, L @ L.T)
+    (g,) = torch.autograd.grad(value, e)
+    assert float(value) == pytest.approx(float(((e @ L) ** 2).sum()), rel=1e-10)
+    assert torch.allclose(g, g_ref, rtol=1e-9, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda x: WhitenedSquare.apply(x, L @ L.T), (e,))
