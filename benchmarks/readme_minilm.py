@@ -7,12 +7,14 @@ Each row runs, as a user would,
 
 in a subprocess under /usr/bin/time (wall time, peak RSS), then `sinecompress.report.evaluate(DIR,
 against="example:minilm")` on the built-in held-out text: mean / worst cosine between compressed and original
-sentence embeddings, and top-1 nearest-neighbour agreement. MODE "block" (the default) tunes each encoder
-block against the original block's outputs as the calibration walks the model; "global" tunes all factors at
-once against the whole original model's output; "none" stops after the calibrated fits.
+sentence embeddings, and top-1 nearest-neighbour agreement. MODE "block" tunes each encoder block against the
+original block's outputs as the calibration walks the model; "global" (what `--finetune auto`, the default,
+picks for an encoder) tunes all factors at once against the whole original model's output; "none" stops after
+the calibrated fits.
 
     PYTHONPATH=. python benchmarks/readme_minilm.py                        # all three modes, writes BENCHMARKS.md
     PYTHONPATH=. python benchmarks/readme_minilm.py --modes block --no-write
+    PYTHONPATH=. python benchmarks/readme_minilm.py --modes global --section readme_minilm_default
 """
 
 from __future__ import annotations
@@ -73,13 +75,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--modes", nargs="+", default=["block", "global", "none"], choices=["block", "global", "none"])
     ap.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    ap.add_argument("--section", default="readme_minilm", help="BENCHMARKS.md section to (re)write")
     args = ap.parse_args()
     info = {**machine_info(), "load": " ".join(f"{x:.2f}" for x in os.getloadavg())}
     t0 = time.time()
     md = table(run(args), info) + f"\n\nWhole run: {(time.time() - t0) / 60:.0f} min."
     print(md)
     if not args.no_write:
-        write_section("readme_minilm", md)
+        write_section(args.section, md.replace("## readme_minilm", f"## {args.section}", 1))
 
 
 if __name__ == "__main__":
