@@ -67,7 +67,7 @@ def table(rows: list[dict], info: dict) -> str:
     for r in rows:
         lines.append(f"| {r['finetune']} | {r['seconds'] / 60:.1f} min | {r['peak_rss_mib']:,} MiB | "
                      f"{r['cosine']:.4f} | {r['cosine_min']:.4f} | {r['nn_agreement']:.3f} |")
-    lines += ["", "Command: `PYTHONPATH=. python benchmarks/readme_minilm.py`."]
+    lines += ["", f"Command: `PYTHONPATH=. python benchmarks/readme_minilm.py {' '.join(sys.argv[1:])}`.".replace(" `.", "`.")]
     return "\n".join(lines)
 
 
