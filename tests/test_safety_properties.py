@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -38,14 +38,15 @@ VALUES = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=
                       max_leaves=6)
 
 
-def _outcome(result, ok_codes, error_codes, culprit: str, work: Path, keep: dict, out: Path):
+def _outcome(result, ok_codes, error_codes, culprit: str, work: Path, keep: dict, out: Path,
+             source: Path | None = None):
     """The one property: success with a readable output, or a one-line documented error naming ``culprit``,
     and either way inputs untouched and nothing left behind."""
     code = result[0]
     if code in ok_codes:
         assert "Traceback" not in result[2], result[2]
         if out is not None:
-            readable(out)
+            readable(out, source)
     else:
         refused(result, error_codes, culprit, keep=keep, clean=(work,), absent=(out,) if out else ())
     assert snapshot(*[Path(k) for k in keep]) == keep
@@ -154,6 +155,8 @@ def raw_safetensors(draw) -> bytes:
 
 @PROPS
 @given(raw=raw_safetensors())
+@example(raw=b'G\x00\x00\x00\x00\x00\x00\x00{"a.weight": {"dtype": "F16", "shape": [1, 1], "data_offsets": [0, 2]}}'
+             b'\x00|')  # an F16 +inf weight in the source: too small to compress, copied through as it was
 def test_generated_safetensors_headers(raw):
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
@@ -163,7 +166,7 @@ def test_generated_safetensors_headers(raw):
         out = d / "o.safetensors"
         # exit 2 is a fair answer for a valid file with nothing to compress (or a factor-like name)
         _outcome(sc("factorize", path, "--out", out, *FAST, "--no-calib"), (0,), (2, 3), "m.safetensors", d, keep,
-                 out if out.exists() else None)
+                 out if out.exists() else None, source=path)
         _outcome(sc("report", path), (0,), (2, 3), "m.safetensors", d, keep, None)
         _outcome(sc("inflate", path, "--out", out.with_name("i.safetensors")), (), 3, "m.safetensors", d, keep, None)
         try:
