@@ -6,6 +6,7 @@ import re
 
 from rich.table import Table
 
+from ..pipeline.blockwise import tuning_means
 from ._console import err_console
 
 WIDE = 120  # from this many columns on, every column is shown
@@ -32,13 +33,11 @@ def natural_key(name: str) -> list:
 
 def finetune_line(ft: dict) -> str:
     if ft.get("mode") in ("block", "none"):
-        tuned = [b for b in ft["blocks"] if "loss_end" in b]
+        means = tuning_means(ft)
         line = f"block by block: {len(ft['blocks'])} blocks, peak RSS {ft['peak_rss_mib']:,} MiB"
-        if tuned:
-            start = sum(b["loss_start"] for b in tuned) / len(tuned)
-            end = sum(b["loss_end"] for b in tuned) / len(tuned)
+        if means:
+            start, end, _, undone = means
             line += f"; block-output error (mean over blocks) {start:.4f} → {end:.4f} after tuning"
-            undone = sum(1 for b in tuned if b.get("undone"))
             if undone:
                 line += f" (undone in {undone} block(s) where it made the error worse)"
         if ft.get("outside_stack"):

@@ -171,7 +171,9 @@ def fit_hybrid(w: torch.Tensor, L: torch.Tensor, rank: int, linear_rank: int, om
         s = torch.sin(omega * (u @ v.T))
         amp = amp_scale * _row_amplitude(s @ L32, resid @ L32)
 
-    G32 = (L.to(dev, torch.float64) @ L.to(dev, torch.float64).T).float()
+    L64 = L.to(dev, torch.float64)
+    G32 = (L64 @ L64.T).float()
+    del L64
     del L32, target_w
 
     def loss_fn():

@@ -84,6 +84,15 @@ def tune_block(block: nn.Module, modules: list[str], inputs: list[tuple[torch.Te
     return adam_tune(params, loss_of, len(dev), steps=steps, lr=lr, seed=seed, stage=None)
 
 
+def tuning_means(finetune: dict | None) -> tuple[float, float, int, int] | None:
+    """(mean block-output error before, after, tuned blocks, blocks where the tune was undone), or None."""
+    tuned = [b for b in (finetune or {}).get("blocks", []) if "loss_end" in b]
+    if not tuned:
+        return None
+    return (sum(b["loss_start"] for b in tuned) / len(tuned), sum(b["loss_end"] for b in tuned) / len(tuned),
+            len(tuned), sum(1 for b in tuned if b.get("undone")))
+
+
 def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str, tune_steps: int,
                   progress: Progress = QUIET, work: WorkDir | None = None) -> tuple[dict[str, dict], dict]:
     """Fit every compressed layer of ``plan`` block by block; return (factors by layer, a record for the
@@ -114,8 +123,8 @@ def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str,
     index = {lp.name: i for i, lp in enumerate(plan.layers)}
 
     def spill(lps):
-        for lp in lps:
-            if work is not None:
+        if work is not None:
+            for lp in lps:
                 factors[lp.name] = work.spill(index[lp.name], lp, factors[lp.name])
 
     progress.stage("fitting", len(blocks))

@@ -16,6 +16,7 @@ from ..config import SETTINGS, FactorizeConfig
 from ..io.examples import HUB_IDS
 from ..io.sources import Source
 from ..version import __version__
+from .blockwise import tuning_means
 from .plan import Plan
 
 CARD = "README.md"
@@ -100,11 +101,12 @@ def compressed_card(src: Source, plan: Plan, factors: dict, config: FactorizeCon
         lines.append(f"| mean relative weight error ‖Ŵ−W‖/‖W‖ | {sum(rel) / len(rel):.4f} |")
     if act:
         lines.append(f"| mean activation error ‖(Ŵ−W)L‖/‖WL‖ on calibration inputs | {sum(act) / len(act):.4f} |")
-    tuned = [b for b in (finetune or {}).get("blocks", []) if "loss_end" in b]
-    if tuned:
-        lines.append(f"| block-local tuning | block-output error {sum(b['loss_start'] for b in tuned) / len(tuned):.4f}"
-                     f" → {sum(b['loss_end'] for b in tuned) / len(tuned):.4f} (mean over {len(tuned)} blocks; "
-                     f"undone in {sum(1 for b in tuned if b.get('undone'))} where it made the error worse) |")
+    means = tuning_means(finetune)
+    if means:
+        start, end, n, undone = means
+        undone_note = f"; undone in {undone} where it made the error worse" if undone else ""
+        lines.append(f"| block-local tuning | block-output error {start:.4f} → {end:.4f} (mean over {n} blocks"
+                     f"{undone_note}) |")
     elif finetune and "steps" in finetune:
         lines.append(f"| fine-tune | {finetune['steps']} steps, distillation loss {finetune['loss_start']:.4f} → "
                      f"{finetune['loss_end']:.4f} |")

@@ -135,45 +135,41 @@ def _run(src: Source, out: Path, config: FactorizeConfig, progress: Progress, mo
         plan, allocation = apply_sensitivity(plan, src, cal)
     ft_steps = config.finetune.steps_on(device, mode)
     tune, work, spill, sequential, record = None, None, None, False, {"used": False}
-    if not calibrated:
-        work = WorkDir(Path(dist.on_rank0(lambda: str(prepare(out, src, plan, config.output.resume).path))))
-        dist.all_ok(lambda: fit_into(work, src, plan, progress, dist))
-        factors, dense = stored_factors(work, plan)
-        plan = settle(plan, factors, dense)
-    elif mode != "global":
-        cal = None  # the whole-model calibration (for an allocation) is not needed any more
-        # Each block's factors go to a work directory as they are made (memory does not grow with the
-        # depth); calibrated runs cannot --resume, so it goes when the run ends, whatever the outcome.
-        spill = prepare(out, src, plan, resume=False)
-        try:
+    try:
+        if not calibrated:
+            work = WorkDir(Path(dist.on_rank0(lambda: str(prepare(out, src, plan, config.output.resume).path))))
+            dist.all_ok(lambda: fit_into(work, src, plan, progress, dist))
+            factors, dense = stored_factors(work, plan)
+            plan = settle(plan, factors, dense)
+        elif mode != "global":
+            cal = None  # the whole-model calibration (for an allocation) is not needed any more
+            # Each block's factors go to a work directory as they are made: memory does not grow with depth.
+            spill = prepare(out, src, plan, resume=False)
             factors, tune = fit_blockwise(src, plan, config, device, ft_steps if mode == "block" else 0, progress,
                                           work=spill)
-        except BaseException:
-            spill.remove()
-            raise
-        plan = settle(plan, factors)
-        record = {"used": True, "data": tune["data"], "samples": tune["samples"]}
-        note = f"calibrated block by block on {tune['data']}"
-    else:
-        record = cal.record()
-        # Calibrated fits need the model's activations and tune all layers together: one process, in memory.
-        sequential = config.fit.sequential if config.fit.sequential is not None else ft_steps <= 0
-        factors = (fit_sequential if sequential else fit_layers)(src, plan, progress, cal, device)
-        plan = settle(plan, factors)
-        if ft_steps > 0:
-            factors, tune = finetune(src, plan, factors, cal, steps=ft_steps, lr=config.finetune.lr,
-                                     seed=config.seed, device=device, progress=progress)
-            tune = {"mode": "global", **tune}
-    try:
+            plan = settle(plan, factors)
+            record = {"used": True, "data": tune["data"], "samples": tune["samples"]}
+            note = f"calibrated block by block on {tune['data']}"
+        else:
+            record = cal.record()
+            # Calibrated fits need the model's activations and tune all layers together: one process, in memory.
+            sequential = config.fit.sequential if config.fit.sequential is not None else ft_steps <= 0
+            factors = (fit_sequential if sequential else fit_layers)(src, plan, progress, cal, device)
+            plan = settle(plan, factors)
+            if ft_steps > 0:
+                factors, tune = finetune(src, plan, factors, cal, steps=ft_steps, lr=config.finetune.lr,
+                                         seed=config.seed, device=device, progress=progress)
+                tune = {"mode": "global", **tune}
         card = compressed_card(src, plan, factors, config, out, provenance, tune)
-        write_compressed(src, plan, factors, out, config.output.overwrite, config.output.shard_bytes, dist,
-                         extra=provenance, progress=progress, card=card)
-    except OutputError as e:
-        if work is not None:  # the fit is not lost: say where it is and how to use it
-            raise OutputError(f"{e}; the fitted layers are kept in {work.path}: free the space, then rerun with "
-                              "--resume") from None
-        raise
-    finally:
+        try:
+            write_compressed(src, plan, factors, out, config.output.overwrite, config.output.shard_bytes, dist,
+                             extra=provenance, progress=progress, card=card)
+        except OutputError as e:
+            if work is not None:  # the fit is not lost: say where it is and how to use it
+                raise OutputError(f"{e}; the fitted layers are kept in {work.path}: free the space, then rerun with "
+                                  "--resume") from None
+            raise
+    finally:  # the block path's factors on disk: not resumable, so gone whatever the outcome
         if spill is not None:
             spill.remove()
     if dist.rank != 0:

@@ -34,8 +34,8 @@ def fit_layer(w: torch.Tensor, lp: LayerPlan, plan: Plan, gram: torch.Tensor | N
 
     With ``gram`` (the layer's calibration XᵀX) the fit is activation-aware and ``act_error`` is
     reported beside the weight-space ``rel_error``. A sine layer without ω (``--omega auto``) gets
-    ``AUTO_OMEGA`` (ω is a gauge in these fits, ``fit/omega.py``); the result's ``omega`` is the one used. ``measure`` = (weight,
-    gram): report the errors against these instead of the fitted target (the sequential fit's shifted
+    ``AUTO_OMEGA`` (ω is a gauge in these fits, ``fit/omega.py``); the result's ``omega`` is the one used.
+    ``measure`` = (weight, gram): report the errors against these instead of the fitted target (the sequential fit's shifted
     target is not the layer's weight).
     """
     w32 = w.float()
