@@ -191,3 +191,50 @@ def test_a_failed_block_run_leaves_no_work_directory(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="boom"):
         sinecompress.factorize(d, tmp_path / "out", finetune="block", ft_steps=2, **SMALL)
     assert sorted(p.name for p in tmp_path.iterdir()) == [d.name]
+
+
+def test_a_killed_block_runs_leftovers_are_discarded_without_pointing_at_resume(tmp_path):
+    """A block run killed outright (SIGKILL: no finally) leaves its work directory; the next run removes
+    it, and its warning does not suggest --resume, which calibrated runs refuse."""
+    from sinecompress.errors import SineCompressWarning
+    from sinecompress.pipeline.workdir import work_path
+
+    d = tiny_llama(tmp_path, layers=2)
+    out = tmp_path / "out"
+    left = work_path(out)
+    left.mkdir()
+    (left / "layer-00000.safetensors").write_bytes(b"")
+    with pytest.warns(SineCompressWarning, match="discarding 1 fitted layers") as caught:
+        sinecompress.factorize(d, out, finetune="block", ft_steps=2, **SMALL)
+    assert not any("--resume" in str(w.message) for w in caught)
+    assert not left.exists() and (out / "model.safetensors").exists()
+
+
+def test_each_block_is_tuned_towards_the_original_models_output(llama_dir, tmp_path, monkeypatch):
+    """The tune's target at block i is what the original model's block i outputs on the original stream,
+    not the original block's output on the compressed stream: the tune also corrects the error that the
+    earlier compressed blocks passed on (SmolLM2 at 20 %, wsvd + block tuning: perplexity 117.3 → 102.9)."""
+    from transformers import AutoModelForCausalLM
+
+    from sinecompress.calib.blocks import block_output
+    from sinecompress.pipeline import blockwise
+
+    calls = []
+    real = blockwise.tune_block
+
+    def spy(block, modules, inputs, targets, *a, **k):
+        calls.append((inputs, targets))
+        return real(block, modules, inputs, targets, *a, **k)
+
+    monkeypatch.setattr(blockwise, "tune_block", spy)
+    sinecompress.factorize(llama_dir, tmp_path / "out", ft_steps=2, **SMALL)
+    assert len(calls) == 2
+    dense = AutoModelForCausalLM.from_pretrained(str(llama_dir)).eval()
+    (in0, out0), (in1, out1) = calls
+    with torch.inference_mode():
+        for (x, kw), t0, x1, t1 in zip(in0, out0, [x for x, _ in in1], out1):
+            y0 = block_output(dense.model.layers[0](x, **kw))
+            y1 = block_output(dense.model.layers[1](y0, **kw))
+            torch.testing.assert_close(t0, y0, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(t1, y1, rtol=1e-4, atol=1e-5)
+            assert not torch.allclose(x1, y0, atol=1e-3)  # block 1 itself runs on the compressed stream

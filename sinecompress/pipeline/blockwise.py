@@ -2,15 +2,19 @@
 
 The model is built from its config with empty parameters (``nn/skeleton.py``); everything outside the
 stack of blocks is read from the checkpoint, the calibration batches run up to the first block, and
-then, for each block in turn:
+two streams of hidden states go through the stack: the original model's, and the compressed one's (the
+outputs of the already compressed blocks). For each block in turn:
 
-1. the block's weights are read; it runs on the current inputs (the outputs of the already compressed
-   blocks before it), capturing the Gram XᵀX of each target layer and the block's own outputs;
+1. the block's weights are read; it runs on the compressed stream, capturing the Gram XᵀX of each
+   target layer (what the layer will really see), and on the original stream, giving the original
+   model's output of this block;
 2. each target layer is fitted to what it sees (whitened SVD or the sine hybrid, as everywhere);
 3. with ``finetune.mode`` "block", the block's factors are tuned so that the compressed block, on the
-   same inputs, reproduces the original block's outputs (block-local distillation);
-4. the compressed block produces the next block's inputs, and the block's weights are dropped; with a
-   work directory, the block's factors go to disk too (memory does not grow with the depth).
+   compressed stream, reproduces the original model's output of this block (block-local distillation
+   that also corrects what the earlier blocks got wrong: measured better than the original block's output
+   on the compressed stream, see docs/fitting.md);
+4. the compressed block produces the compressed stream's next inputs, and the block's weights are
+   dropped; with a work directory, the block's factors go to disk too (memory does not grow with depth).
 
 Targets outside the stack (a pooler, an untied head) are fitted to their weights, and the summary says so.
 """
@@ -109,6 +113,7 @@ def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str,
     check_token_ids(data, model, cfg.source or "the built-in text")
     masks = [b.get("attention_mask") for b in data.batches]
     inputs = block_inputs(model, blocks[0], data.batches, device)
+    original = inputs  # the original model's stream; the two part at the first compressed block
     for h in hooks:
         h.remove()
     by_block: dict[int, list] = {}
@@ -135,7 +140,11 @@ def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str,
         block.to(device)
         layers = by_block.get(i, [])
         local = [lp.name[len(prefix) + 1:] for lp in layers]
-        targets, grams = run_block(block, inputs, device, local, masks)
+        same = original is inputs  # nothing compressed yet: one stream
+        outs, grams = run_block(block, inputs, device, local, masks)
+        targets = outs if same else run_block(block, original, device)[0]  # the original model's, at this block
+        if layers:
+            outs = None  # the tune aims at the original model's output (``targets``), not at this
         record = {"block": i, "layers": len(layers)}
         if layers:
             for lp, name in zip(layers, local):
@@ -160,8 +169,9 @@ def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str,
             del comp
             spill(layers)
         else:
-            inputs = [(y, kw) for y, (_, kw) in zip(targets, inputs)]
-        del targets, grams
+            inputs = [(y, kw) for y, (_, kw) in zip(outs, inputs)]
+        original = inputs if same and not layers else [(y, kw) for y, (_, kw) in zip(targets, original)]
+        del targets, outs, grams
         release(block)
         blocks_done.append(record)
     progress.advance(len(blocks))

@@ -144,7 +144,7 @@ def _run(src: Source, out: Path, config: FactorizeConfig, progress: Progress, mo
         elif mode != "global":
             cal = None  # the whole-model calibration (for an allocation) is not needed any more
             # Each block's factors go to a work directory as they are made: memory does not grow with depth.
-            spill = prepare(out, src, plan, resume=False)
+            spill = prepare(out, src, plan, resume=False, resumable=False)
             factors, tune = fit_blockwise(src, plan, config, device, ft_steps if mode == "block" else 0, progress,
                                           work=spill)
             plan = settle(plan, factors)

@@ -145,8 +145,9 @@ class WorkDir:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
-def prepare(out: Path, src: Source, plan: Plan, resume: bool) -> WorkDir:
-    """Create the run's work directory, or check an existing one before ``--resume`` reuses it."""
+def prepare(out: Path, src: Source, plan: Plan, resume: bool, resumable: bool = True) -> WorkDir:
+    """Create the run's work directory, or check an existing one before ``--resume`` reuses it.
+    ``resumable``: whether this kind of run can reuse an interrupted one (a calibrated run cannot)."""
     path = work_path(out)
     fp = fingerprint(src, plan)
     run = path / "run.json"
@@ -165,7 +166,8 @@ def prepare(out: Path, src: Source, plan: Plan, resume: bool) -> WorkDir:
         return WorkDir(path)
     if path.exists():
         n = len(list(path.glob("layer-*")))
-        warnings.warn(f"discarding {n} fitted layers of an interrupted run in {path} (pass --resume to reuse them)",
+        hint = " (pass --resume to reuse them)" if resumable else ""
+        warnings.warn(f"discarding {n} fitted layers of an interrupted run in {path}{hint}",
                       SineCompressWarning, stacklevel=2)
         shutil.rmtree(path)
     elif resume:
