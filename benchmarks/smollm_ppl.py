@@ -56,7 +56,8 @@ def timed_cli(args: list[str]) -> dict:
     return {"seconds": float(wall), "peak_rss_mib": int(rss_kib) // 1024}
 
 
-def run(args) -> list[dict]:
+def run(args, on_row=lambda rows, dense: None) -> list[dict]:
+    """Every row; ``on_row(rows so far, dense)`` after each, so a long run that is stopped keeps its rows."""
     rows = []
     dense = evaluate(MODEL)
     rows.append({"method": "dense", "removed": 0, "perplexity": dense["model"]["perplexity"], "ratio": 1.0})
@@ -74,6 +75,7 @@ def run(args) -> list[dict]:
                        "ratio": ppl / dense["model"]["perplexity"], **t, "flags": " ".join(extra)}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
+                on_row(rows, dense)
                 shutil.rmtree(out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -110,11 +112,18 @@ def main():
     args = ap.parse_args()
     info = {**machine_info(), "load": " ".join(f"{x:.2f}" for x in os.getloadavg())}
     t0 = time.time()
-    rows, dense = run(args)
-    md = table(rows, dense, info) + f"\n\nWhole run: {(time.time() - t0) / 60:.0f} min."
-    print(md)
-    if not args.no_write:
-        write_section(args.section, md.replace("## smollm_ppl", f"## {args.section}", 1))
+    total = len(args.removed) * len(args.methods)
+
+    def save(rows, dense, done=False):
+        tail = (f"Whole run: {(time.time() - t0) / 60:.0f} min." if done else
+                f"Partial: {len(rows) - 1} of {total} rows after {(time.time() - t0) / 60:.0f} min (the run goes on).")
+        md = table(rows, dense, info) + "\n\n" + tail
+        if not args.no_write:
+            write_section(args.section, md.replace("## smollm_ppl", f"## {args.section}", 1))
+        return md
+
+    rows, dense = run(args, on_row=save)
+    print(save(rows, dense, done=True))
 
 
 if __name__ == "__main__":
