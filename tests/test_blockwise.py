@@ -238,3 +238,20 @@ def test_each_block_is_tuned_towards_the_original_models_output(llama_dir, tmp_p
             torch.testing.assert_close(t0, y0, rtol=1e-4, atol=1e-5)
             torch.testing.assert_close(t1, y1, rtol=1e-4, atol=1e-5)
             assert not torch.allclose(x1, y0, atol=1e-3)  # block 1 itself runs on the compressed stream
+
+
+def test_a_llama_blocks_q_k_v_and_gate_up_share_their_grams(llama_dir):
+    """What the Gram sharing is for: a decoder block holds four Grams for its seven layers, not seven."""
+    from transformers import AutoModelForCausalLM
+
+    from sinecompress.calib.blocks import run_block
+
+    model = AutoModelForCausalLM.from_pretrained(str(llama_dir)).eval()
+    names = [f"self_attn.{p}_proj" for p in "qkvo"] + [f"mlp.{p}_proj" for p in ("gate", "up", "down")]
+    x = torch.randn(2, 6, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    pos = torch.arange(6).expand(2, 6)
+    kw = {"position_embeddings": model.model.rotary_emb(x, pos), "attention_mask": None}
+    _, grams = run_block(model.model.layers[0], [(x, kw)], names=names)
+    assert len({id(g["gram"]) for g in grams.values()}) == 4
+    assert grams["self_attn.v_proj"]["gram"] is grams["self_attn.q_proj"]["gram"]
+    assert grams["mlp.up_proj"]["gram"] is grams["mlp.gate_proj"]["gram"]
