@@ -3,7 +3,7 @@
 The model is built from its config with empty parameters (``nn/skeleton.py``); everything outside the
 stack of blocks is read from the checkpoint, the calibration batches run up to the first block, and
 two streams of hidden states go through the stack: the original model's, and the compressed one's (the
-outputs of the already compressed blocks). For each block in turn:
+outputs of the already compressed blocks; without a tune only this one is carried). For each block in turn:
 
 1. the block's weights are read; it runs on the compressed stream, capturing the Gram XᵀX of each
    target layer (what the layer will really see), and on the original stream, giving the original
@@ -170,7 +170,9 @@ def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str,
             spill(layers)
         else:
             inputs = [(y, kw) for y, (_, kw) in zip(outs, inputs)]
-        original = inputs if same and not layers else [(y, kw) for y, (_, kw) in zip(targets, original)]
+        # Without a tune nothing aims at the original stream: it is not carried (one forward less per block).
+        one_stream = (same and not layers) or tune_steps <= 0
+        original = inputs if one_stream else [(y, kw) for y, (_, kw) in zip(targets, original)]
         del targets, outs, grams
         release(block)
         blocks_done.append(record)
