@@ -31,6 +31,7 @@ DEVICES = ("auto", "cpu", "cuda")
 # LMs (memory grows with depth) and global otherwise (on MiniLM it measured better and faster).
 # docs/fitting.md and BENCHMARKS.md (readme_minilm) measure them.
 FINETUNE_MODES = ("auto", "block", "global", "none")
+TUNE_TARGETS = ("auto", "block", "model")
 # Fine-tune steps when none are given: what fits the time budget on each device (docs/fitting.md).
 FINETUNE_STEPS = {"cpu": 200, "cuda": 1000}  # --finetune global: steps over the whole model
 # --finetune block: steps per block. A deep LM repeats them per block: at 200 per block on the CPU, SmolLM2's
@@ -98,6 +99,11 @@ SETTINGS: tuple[Setting, ...] = (
             "(bounded memory); global: tune all layers together against the whole model's outputs "
             "(everything in memory); none: block by block, no tuning; auto: block for causal LMs, global "
             "otherwise.", flag="--finetune"),
+    Setting("tune_target", "finetune.target", "auto", "finetune.target",
+            "What block tuning aims at: model (the original model's output of each block, so each block also "
+            "corrects the earlier blocks' error), block (the original block's output on the compressed inputs), "
+            "auto: block when any layer is sine, model otherwise (measured on SmolLM2, docs/fitting.md).",
+            flag="--tune-target"),
     Setting("lr", "finetune.lr", 1e-2, "finetune.lr", "Fine-tune learning rate, relative to each factor's RMS."),
     Setting("overwrite", "output.overwrite", False, None, "Replace an existing output."),
     Setting("resume", "output.resume", False, None, "Continue an interrupted run from the layers it already "
@@ -242,9 +248,11 @@ class FinetuneConfig:
     mode: str = "auto"
     steps: int | str = "auto"  # "auto": FINETUNE_STEPS of the device
     lr: float = 1e-2
+    target: str = "auto"  # block tuning's target: TUNE_TARGETS
 
     def __post_init__(self):
         _choice("finetune.mode", self.mode, FINETUNE_MODES)
+        _choice("finetune.target", self.target, TUNE_TARGETS)
         if self.steps != "auto":
             _positive_int("finetune.steps", self.steps, lo=0, hi=10**7)
         object.__setattr__(self, "lr", _finite("finetune.lr", self.lr, 0.0))

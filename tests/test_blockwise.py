@@ -210,10 +210,11 @@ def test_a_killed_block_runs_leftovers_are_discarded_without_pointing_at_resume(
     assert not left.exists() and (out / "model.safetensors").exists()
 
 
-def test_each_block_is_tuned_towards_the_original_models_output(llama_dir, tmp_path, monkeypatch):
-    """The tune's target at block i is what the original model's block i outputs on the original stream,
-    not the original block's output on the compressed stream: the tune also corrects the error that the
-    earlier compressed blocks passed on (SmolLM2 at 20 %, wsvd + block tuning: perplexity 117.3 → 102.9)."""
+def test_each_block_is_tuned_towards_the_chosen_target(llama_dir, tmp_path, monkeypatch):
+    """``--tune-target model``: block i aims at what the original model's block i outputs on the original
+    stream, so the tune also corrects the error the earlier compressed blocks passed on (SmolLM2 at 20 %,
+    wsvd + block tuning: perplexity 117.3 → 102.9). ``block``: at the original block's output on the
+    compressed stream (the sine defaults: 85.7, against 106.8 aiming at the model)."""
     from transformers import AutoModelForCausalLM
 
     from sinecompress.calib.blocks import block_output
@@ -227,14 +228,41 @@ def test_each_block_is_tuned_towards_the_original_models_output(llama_dir, tmp_p
         return real(block, modules, inputs, targets, *a, **k)
 
     monkeypatch.setattr(blockwise, "tune_block", spy)
-    sinecompress.factorize(llama_dir, tmp_path / "out", ft_steps=2, **SMALL)
-    assert len(calls) == 2
     dense = AutoModelForCausalLM.from_pretrained(str(llama_dir)).eval()
-    (in0, out0), (in1, out1) = calls
-    with torch.inference_mode():
-        for (x, kw), t0, x1, t1 in zip(in0, out0, [x for x, _ in in1], out1):
-            y0 = block_output(dense.model.layers[0](x, **kw))
-            y1 = block_output(dense.model.layers[1](y0, **kw))
-            torch.testing.assert_close(t0, y0, rtol=1e-4, atol=1e-5)
-            torch.testing.assert_close(t1, y1, rtol=1e-4, atol=1e-5)
-            assert not torch.allclose(x1, y0, atol=1e-3)  # block 1 itself runs on the compressed stream
+    # auto: the original model's output for linear fits, the original block's on the same inputs for sine
+    for method, target, aim in (("wsvd", "auto", "model"), ("sine", "model", "model"), ("sine", "auto", "block")):
+        calls.clear()
+        s = sinecompress.factorize(llama_dir, tmp_path / f"{method}-{target}", ft_steps=2, **{**SMALL, "method": method},
+                                   tune_target=target)
+        assert s["finetune"]["target"] == aim and len(calls) == 2
+        (in0, out0), (in1, out1) = calls
+        with torch.inference_mode():
+            for (x, kw), t0, (x1, _), t1 in zip(in0, out0, in1, out1):
+                y0 = block_output(dense.model.layers[0](x, **kw))
+                y1 = block_output(dense.model.layers[1](y0 if aim == "model" else x1, **kw))
+                torch.testing.assert_close(t0, y0, rtol=1e-4, atol=1e-5)
+                torch.testing.assert_close(t1, y1, rtol=1e-4, atol=1e-5)
+                assert not torch.allclose(x1, y0, atol=1e-3)  # block 1 itself runs on the compressed stream
+
+
+def test_a_llama_blocks_q_k_v_and_gate_up_share_their_grams(llama_dir):
+    """What the Gram sharing is for: a decoder block holds four Grams for its seven layers, not seven."""
+    from transformers import AutoModelForCausalLM
+
+    from sinecompress.calib.blocks import run_block
+
+    model = AutoModelForCausalLM.from_pretrained(str(llama_dir)).eval()
+    names = [f"self_attn.{p}_proj" for p in "qkvo"] + [f"mlp.{p}_proj" for p in ("gate", "up", "down")]
+    x = torch.randn(2, 6, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    pos = torch.arange(6).expand(2, 6)
+    kw = {"position_embeddings": model.model.rotary_emb(x, pos), "attention_mask": None}
+    _, grams = run_block(model.model.layers[0], [(x, kw)], names=names)
+    assert len({id(g["gram"]) for g in grams.values()}) == 4
+    assert grams["self_attn.v_proj"]["gram"] is grams["self_attn.q_proj"]["gram"]
+    assert grams["mlp.up_proj"]["gram"] is grams["mlp.gate_proj"]["gram"]
+
+
+def test_a_bad_tune_target_is_one_line_naming_the_flag(llama_dir, tmp_path):
+    code, _, err = cli("factorize", llama_dir, "--rank", "4", "--tune-target", "teacher", "--out", tmp_path / "o")
+    assert code == 2 and err.count("error:") == 1 and "--tune-target" in err and "teacher" in err, err
+    assert "Traceback" not in err and not (tmp_path / "o").exists()

@@ -62,6 +62,32 @@ def test_capture_grams_matches_xtx_on_real_tokens():
     assert torch.allclose(stats["b"]["gram"], (h.T @ h).double(), atol=1e-5)
 
 
+def test_layers_fed_the_same_tensor_share_one_gram():
+    """q/k/v (and gate/up) are called on one tensor: their Gram is computed and held once, and it is the
+    Gram each of them alone would get; a layer fed a different tensor keeps its own."""
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.k, self.v, self.o = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
+
+        def forward(self, input_ids, attention_mask):
+            return self.o(self.q(input_ids) + self.k(input_ids) * self.v(input_ids))
+
+    net = Net()
+    g = torch.Generator().manual_seed(1)
+    batches = [{"input_ids": torch.randn(2, 5, 4, generator=g), "attention_mask": torch.tensor([[1] * 5, [1, 1, 0, 0, 0]])}
+               for _ in range(3)]
+    both = capture_grams(net, ["q", "k", "v", "o"], batches)
+    assert both["k"]["gram"] is both["q"]["gram"] and both["v"]["gram"] is both["q"]["gram"]
+    assert both["o"]["gram"] is not both["q"]["gram"]
+    for name in ("k", "v", "o"):
+        alone = capture_grams(net, [name], batches)[name]
+        assert both[name]["tokens"] == alone["tokens"] == 21
+        assert torch.equal(both[name]["gram"], alone["gram"])
+
+
 def test_safetensors_calibration_inputs(tmp_path):
     from safetensors.torch import save_file
 

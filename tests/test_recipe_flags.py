@@ -84,6 +84,7 @@ CALIBRATED_FLAGS = {
     "finetune_steps": (["--steps", "2"], 2),
     "lr": (["--lr", "0.05"], 0.05),
     "finetune": (["--finetune", "global"], "global"),  # the whole-model fine-tune, where --sequential applies
+    "tune_target": (["--tune-target", "model"], "model"),
     "sequential": (["--sequential"], True),
     "device": (["--device", "cpu"], "cpu"),
 }

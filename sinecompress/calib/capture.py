@@ -24,10 +24,22 @@ def real_tokens(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 def gram_hook(stats: dict, name: str, current: dict, partner: dict | None = None):
     """A forward pre-hook adding this call's XᵀX to ``stats[name]``; with ``partner`` (the other model's
-    inputs at the same module, stashed by ``_stash_hook``) also XᵀX_partner."""
+    inputs at the same module, stashed by ``_stash_hook``) also XᵀX_partner.
+
+    Modules called one after another on the same tensor (q/k/v, gate/up) share one Gram: the later ones'
+    ``gram`` is the first one's tensor (``shared``: its name), computed and held once. Consumers must
+    therefore not change a Gram in place."""
     def fn(_mod, inputs):
-        x = real_tokens(inputs[0].detach(), current["mask"]).double()
+        raw = inputs[0]
         s = stats[name]
+        first = current.get("last")
+        if s["gram"] is None and partner is None and first is not None and first[0] is raw:
+            s["shared"] = first[1]  # decided on the first batch: the forward calls the same way every time
+        if s.get("shared") is not None:
+            s["gram"], s["tokens"] = stats[s["shared"]]["gram"], stats[s["shared"]]["tokens"]
+            return
+        current["last"] = (raw, name)
+        x = real_tokens(raw.detach(), current["mask"]).double()
         s["gram"] = x.T @ x if s["gram"] is None else s["gram"].add_(x.T @ x)
         if partner is not None:
             other = partner.pop(name)

@@ -44,6 +44,7 @@ def factorize_cmd(
                             help="Skip calibration: fit weights only (faster, worse)."),
     finetune_steps: str = option("finetune_steps", "--steps", "--finetune-steps"),
     finetune: str = option("finetune"),
+    tune_target: str = option("tune_target"),
     fit_steps: int = option("fit_steps"),
     lr: float = option("lr"),
     device: str = option("device"),
