@@ -37,7 +37,7 @@ def finetune_line(ft: dict) -> str:
         line = f"block by block: {len(ft['blocks'])} blocks, peak RSS {ft['peak_rss_mib']:,} MiB"
         if means:
             start, end, _, undone = means
-            line += f"; error against the original model's block outputs (mean) {start:.4f} → {end:.4f} after tuning"
+            line += f"; block-output error (mean over blocks) {start:.4f} → {end:.4f} after tuning"
             if undone:
                 line += f" (undone in {undone} block(s) where it made the error worse)"
         if ft.get("outside_stack"):

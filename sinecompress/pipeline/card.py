@@ -105,7 +105,7 @@ def compressed_card(src: Source, plan: Plan, factors: dict, config: FactorizeCon
     if means:
         start, end, n, undone = means
         undone_note = f"; undone in {undone} where it made the error worse" if undone else ""
-        lines.append(f"| block-local tuning | error against the original model's block outputs {start:.4f} → {end:.4f} (mean over {n} blocks"
+        lines.append(f"| block-local tuning | block-output error {start:.4f} → {end:.4f} (mean over {n} blocks"
                      f"{undone_note}) |")
     elif finetune and "steps" in finetune:
         lines.append(f"| fine-tune | {finetune['steps']} steps, distillation loss {finetune['loss_start']:.4f} → "
