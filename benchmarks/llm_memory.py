@@ -113,8 +113,7 @@ def main():
             summary = json.loads(r["stdout"])
             h = SHAPES[args.shape]["hidden_size"]
             tokens = summary["calibration"]["samples"] * args.seq_len
-            # both streams' block inputs, the original model's outputs, the compressed stream's next inputs
-            acts = 4 * tokens * h * 4 / MIB
+            acts = 3 * tokens * h * 4 / MIB  # block inputs, the original block's outputs, the next inputs
             bound = base + 2 * block_params * 4 / MIB + acts + 300
             rows.append({"blocks": blocks, "disk_gib": disk / 2**30, "write_s": written, **r, "bound_mib": bound,
                          "import_mib": base, "block_fp32_mib": block_params * 4 / MIB, "acts_mib": acts,
@@ -129,7 +128,7 @@ def main():
              f"Random-weight Llama of {args.shape} shape (bf16 on disk), `sinecompress factorize DIR --method "
              f"{args.method} --param-ratio 0.8 --finetune {args.finetune} --fit-steps {args.fit_steps} "
              f"--calib-samples {args.samples} --seq-len {args.seq_len}`; peak RSS of that process against the "
-             "bound import + 2 × one block in float32 + calibration activations (4 copies: two streams in, two out) + 300 MiB.", "",
+             "bound import + 2 × one block in float32 + calibration activations (3 copies) + 300 MiB.", "",
              f"{machine_line(info)} Load average at the start: {info['load']}.", "",
              "| blocks | parameters | on disk | time | peak RSS | bound | import | one block fp32 | activations |",
              "|---|---|---|---|---|---|---|---|---|"]

@@ -40,6 +40,7 @@ VALUES = {
     "seq_len": (13, {}),
     "finetune_steps": (0, {}),
     "finetune": ("global", {}),
+    "tune_target": ("model", {}),
     "lr": (0.5, {}),
     "overwrite": (True, {}),
     "resume": (True, {}),
@@ -52,7 +53,8 @@ VALUES = {
 BAD = {
     "method": "lowrank", "rank": 0, "param_ratio": 1.0, "omega": -5, "targets": [""], "exclude": [""],
     "allocate": "best", "seed": -1, "device": "tpu", "fit_steps": 0, "sequential": "maybe",
-    "calibration": "maybe", "calib": "", "calib_samples": 0, "seq_len": 0, "finetune_steps": -1, "finetune": "blockwise", "lr": 0,
+    "calibration": "maybe", "calib": "", "calib_samples": 0, "seq_len": 0, "finetune_steps": -1, "finetune": "blockwise", "tune_target": "teacher",
+    "lr": 0,
     "overwrite": "yes", "resume": 1, "max_shard_size": "lots", "workers": 0, "allow_pickle": "no",
 }
 
