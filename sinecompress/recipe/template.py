@@ -40,8 +40,9 @@ calibration:
   samples: 256
   seq_len: 128
 
-# Fine-tune against the original: block (each block against the original block's outputs; bounded
-# memory), global (all layers against the whole model; everything in memory) or none.
+# Fine-tune against the original: block (each block against the original block's outputs, or with
+# target: model the original model's; bounded memory), global (all layers against the whole model;
+# everything in memory) or none.
 finetune:
   mode: block
   steps: auto           # auto: global 200 on CPU, 1000 on CUDA; block 32, 200 per block
