@@ -95,12 +95,12 @@ SETTINGS: tuple[Setting, ...] = (
             f"{BLOCK_STEPS['cpu']} on CPU, {BLOCK_STEPS['cuda']} on CUDA; 0: none.",
             flag="--steps", aliases=("ft_steps",)),
     Setting("finetune", "finetune.mode", "auto", "finetune.mode",
-            "block: compress block by block, tuning each block against the original block's outputs "
+            "block: compress block by block, tuning each block towards --tune-target "
             "(bounded memory); global: tune all layers together against the whole model's outputs "
             "(everything in memory); none: block by block, no tuning; auto: block for causal LMs, global "
             "otherwise.", flag="--finetune"),
     Setting("tune_target", "finetune.target", "auto", "finetune.target",
-            "What block tuning aims at: model (the original model's output of each block, so each block also "
+            "What --finetune block tunes each block towards: model (the original model's output of each block, so each block also "
             "corrects the earlier blocks' error), block (the original block's output on the compressed inputs), "
             "auto: block when any layer is sine, model otherwise (measured on SmolLM2, docs/fitting.md).",
             flag="--tune-target"),
