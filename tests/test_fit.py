@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from sinecompress.fit.sine import fit_calibrated, fit_hybrid, fit_sine, phase_factors
-from sinecompress.fit.svd import rel_error, truncated_svd
-from sinecompress.fit.whiten import chol, shifted_target, whitened_error, whitened_svd
+from sinecompress.fit.svd import _truncated_by_gram, rel_error, truncated_svd
+from sinecompress.fit.whiten import (activation_error, chol, gram_whitened_svd, shifted_target, whitened_error,
+                                     whitened_svd)
 
 
 def _layer(m=48, n=32, tokens=400, seed=0):
@@ -27,6 +28,38 @@ def test_wsvd_equals_closed_form():
     expected = float((s[6:] ** 2).sum().sqrt() / (s**2).sum().sqrt())
     assert abs(whitened_error(u @ v.T, w, L) - expected) < 1e-4
     assert torch.linalg.matrix_rank(u @ v.T) == 6
+
+
+@pytest.mark.parametrize("shape", [(48, 32), (32, 48)])
+def test_the_gram_route_gives_the_whitened_svds_factors_and_error(shape):
+    w, _, gram = _layer(*shape)
+    L = chol(gram)
+    u, v = whitened_svd(w, L, 6)
+    gu, gv = gram_whitened_svd(w, gram, 6)
+    assert torch.allclose(gu @ gv.T, u @ v.T, atol=1e-5)
+    assert torch.allclose(gu.norm(dim=0), u.norm(dim=0), rtol=1e-4)  # the same balanced split
+    assert activation_error(u @ v.T, w, gram) == pytest.approx(whitened_error(u @ v.T, w, L), rel=1e-5)
+
+
+def test_the_gram_routes_leave_directions_a_weight_lacks_empty():
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(40, 3, generator=g) @ torch.randn(3, 60, generator=g)  # rank 3, asked for 6
+    _, _, gram = _layer(60, 60)
+    for u, v in (gram_whitened_svd(w, gram, 6), gram_whitened_svd(w.T.contiguous(), gram[:40, :40], 6),
+                 _truncated_by_gram(w, 6), _truncated_by_gram(w.T, 6)):
+        assert torch.count_nonzero(u[:, 3:]) == 0 and torch.count_nonzero(v[:, 3:]) == 0
+    u, v = _truncated_by_gram(w, 6)
+    assert rel_error(u @ v.T, w) < 1e-5
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_the_large_exact_svd_matches_lapacks(transpose):
+    w, _, _ = _layer(300, 40)
+    w = w.T if transpose else w
+    uu, s, vh = torch.linalg.svd(w.double(), full_matrices=False)
+    u, v = _truncated_by_gram(w, 10, rows=64)  # several row blocks
+    assert torch.allclose((u @ v.T).double(), (uu[:, :10] * s[:10]) @ vh[:10], atol=1e-5)
+    assert torch.allclose(u.norm(dim=0).double() ** 2, s[:10], rtol=1e-4)
 
 
 def test_wsvd_beats_svd_on_activations_and_svd_beats_wsvd_on_weights():

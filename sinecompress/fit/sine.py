@@ -21,7 +21,7 @@ import torch
 
 from ..weights import sine_weight
 from .svd import truncated_svd
-from .whiten import chol, whitened_error, whitened_svd
+from .whiten import activation_error, chol, gram_whitened_svd, whitened_svd
 
 # Relative Adam step of the hybrid fit: 0.1 reached 4-11 % lower activation error than 0.01 in 300 steps
 # on MiniLM layers (docs/fitting.md); at 0.01 the random phase barely moves and the sine part is wasted.
@@ -195,10 +195,9 @@ def fit_calibrated(w: torch.Tensor, gram: torch.Tensor, method: str, rank: int, 
     Returns float32 factors (u, v[, amp, lin_u, lin_v]), ``act_error`` (‖(Ŵ−W)L‖/‖WL‖) and
     ``start_act_error``.
     """
-    L = chol(gram)
     w = w.float()
     if method in ("wsvd", "svd"):
-        u, v = whitened_svd(w, L, rank)
-        err = whitened_error(u @ v.T, w, L)
+        u, v = gram_whitened_svd(w, gram, rank)
+        err = activation_error(u @ v.T, w, gram)
         return {"u": u, "v": v, "act_error": err, "start_act_error": err}
-    return fit_hybrid(w, L, rank, linear_rank, omega, steps=steps, lr=lr, seed=seed)
+    return fit_hybrid(w, chol(gram), rank, linear_rank, omega, steps=steps, lr=lr, seed=seed)

@@ -5,6 +5,11 @@ calibration Gram matrix turns "error on what the layer sees" into a Frobenius er
 
 * ``whitened_svd``: the closed-form optimum among rank-k linear maps (SVD-LLM):
   SVD of W L, truncate, map back with L⁻¹.
+* ``gram_whitened_svd``: the same optimum from the eigenvectors of the smaller of (W L)(W L)ᵀ = W G Wᵀ
+  and (W L)ᵀ(W L), never forming the Cholesky factor of a wide layer's Gram nor an SVD's workspace:
+  for a 2048×5632 layer it needs about a third of the memory (fitting a whole LLM block by block, the
+  widest layer's whitening was the peak).
+* ``activation_error``: ‖(Ŵ − W) L‖ / ‖W L‖ from the Gram itself, tr(E G Eᵀ), no Cholesky factor.
 * the sine hybrid (``fit/sine.py``) minimises the same whitened error.
 * ``shifted_target``: when earlier layers are already compressed, the layer sees X̃ instead of X;
   fitting ‖X̃ Ŵᵀ − X Wᵀ‖ equals fitting ‖(Ŵ − W*) L̃‖ (+ a constant) with W* = W Cᵀ G̃⁻¹,
@@ -12,6 +17,8 @@ calibration Gram matrix turns "error on what the layer sees" into a Frobenius er
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -41,6 +48,60 @@ def whitened_error(w_hat: torch.Tensor, w: torch.Tensor, L: torch.Tensor) -> flo
     L = L.to(torch.float32)
     w = w.float()
     return float(torch.linalg.norm((w_hat.float() - w) @ L) / torch.linalg.norm(w @ L).clamp_min(1e-30))
+
+
+def _gram_trace(a: torch.Tensor, gram: torch.Tensor, lam: float, b: torch.Tensor | None = None,
+                rows: int = 256) -> float:
+    """tr(E (G + λI) Eᵀ), E = A − B, in float64, a block of rows at a time (no m×n copies)."""
+    g = gram.double()
+    total = 0.0
+    for i in range(0, a.shape[0], rows):
+        c = a[i:i + rows].double() if b is None else a[i:i + rows].double() - b[i:i + rows].double()
+        total += float(((c @ g) * c).sum() + lam * (c * c).sum())
+    return total
+
+
+def _damping(gram: torch.Tensor, damp: float) -> float:
+    return damp * float(gram.diagonal().double().mean().clamp_min(1e-12))
+
+
+def activation_error(w_hat: torch.Tensor, w: torch.Tensor, gram: torch.Tensor, damp: float = DEFAULT_DAMP) -> float:
+    """Relative activation error ‖(Ŵ − W) L‖ / ‖W L‖, L Lᵀ = XᵀX + λI, computed from the Gram."""
+    lam = _damping(gram, damp)
+    num = _gram_trace(w_hat, gram, lam, w)
+    return math.sqrt(max(num, 0.0) / max(_gram_trace(w, gram, lam), 1e-60))
+
+
+def gram_whitened_svd(w: torch.Tensor, gram: torch.Tensor, rank: int, damp: float = DEFAULT_DAMP):
+    """``whitened_svd(w, chol(gram), rank)`` through an eigendecomposition of the smaller side.
+
+    With σᵢ², Uᵢ the eigenpairs of W G Wᵀ (G damped), the optimum is Uₖ Uₖᵀ W: u = U σ^½, v = Wᵀ U σ^-½,
+    the same balanced factors as the SVD's. When W is taller than wide, (W L)ᵀ(W L) is the smaller matrix
+    and L (n×n, the small side) is formed. Directions with σ below 1e-7 σ₁ carry nothing and are zeroed
+    (σ^-½ would magnify rounding)."""
+    m, n = w.shape
+    w64 = w.double()
+    if m <= n:
+        lam, g = _damping(gram, damp), gram.double()
+        k_mat = torch.cat([(w64[i:i + 256] @ g) @ w64.T for i in range(0, m, 256)])  # W G Wᵀ, by rows
+        k_mat.add_(w64 @ w64.T, alpha=lam)
+    else:
+        L64 = chol(gram, damp)
+        wl = w64 @ L64
+        k_mat = wl.T @ wl
+    evals, evecs = torch.linalg.eigh(k_mat)
+    del k_mat
+    evals, evecs = evals.flip(0)[:rank], evecs.flip(1)[:, :rank]
+    sigma = evals.clamp_min(0).sqrt()
+    keep = sigma > 1e-7 * sigma[:1].clamp_min(1e-300)
+    root = torch.where(keep, sigma.sqrt(), torch.zeros_like(sigma))
+    inv_root = torch.where(keep, 1 / sigma.clamp_min(1e-300).sqrt(), torch.zeros_like(sigma))
+    if m <= n:
+        u, v = evecs * root, w64.T @ (evecs * inv_root)
+    else:
+        u = wl @ (evecs * inv_root)
+        v = torch.linalg.solve_triangular(L64.T, evecs * root, upper=True)
+    return u.float(), v.float()
 
 
 def whitened_svd(w: torch.Tensor, L: torch.Tensor, rank: int):

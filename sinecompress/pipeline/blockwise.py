@@ -71,6 +71,10 @@ def relative_error(y: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | N
     return d.sum() / e.sum().clamp_min(1e-12)
 
 
+def _placeholder(p: nn.Parameter) -> nn.Parameter:
+    return nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device="meta"), requires_grad=False)
+
+
 def tune_block(block: nn.Module, modules: list[str], inputs: list[tuple[torch.Tensor, dict]],
                targets: list[torch.Tensor], masks: list, *, steps: int, lr: float, seed: int,
                device: str) -> dict:
@@ -126,6 +130,7 @@ def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str,
     aim = tune_target(config.finetune.target, plan)
     for h in hooks:
         h.remove()
+    release(model)  # the embeddings (and whatever else ran) are not needed again: the blocks are still empty
     by_block: dict[int, list] = {}
     outside = []
     for lp in plan.compressed:
@@ -160,7 +165,11 @@ def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str,
             for lp, name in zip(layers, local):
                 w = block.get_submodule(name).weight.detach()
                 factors[lp.name] = fit_layer(w, lp, plan, grams[name]["gram"], device)
-            comp = copy.deepcopy(block)
+                if tune_steps <= 0:  # only a tune measures again; a shared Gram goes with its last layer
+                    grams[name]["gram"] = None
+            # The copy shares nothing with the block, and the weights about to be swapped out are not copied.
+            comp = copy.deepcopy(block, {id(block.get_submodule(n).weight): _placeholder(block.get_submodule(n).weight)
+                                         for n in local})
             for lp, name in zip(layers, local):
                 old = block.get_submodule(name)
                 bias = None if getattr(old, "bias", None) is None else old.bias.detach()

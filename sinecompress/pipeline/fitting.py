@@ -13,8 +13,8 @@ from ..dtypes import TO_TORCH
 from ..errors import SineCompressWarning
 from ..fit.omega import AUTO_OMEGA
 from ..fit.sine import fit_calibrated, fit_sine
-from ..fit.svd import rel_error, truncated_svd
-from ..fit.whiten import chol, whitened_error
+from ..fit.svd import LowRankRows, rel_error, truncated_svd
+from ..fit.whiten import activation_error
 from ..io.sources import Source
 from ..nn.surgery import factors_of
 from ..progress import QUIET, Progress
@@ -69,10 +69,10 @@ def finish_factors(r: dict, lp: LayerPlan, w32: torch.Tensor, gram: torch.Tensor
         f["omega"] = omega if omega is not None else lp.omega
         w_hat = sine_weight(f["u"], f["v"], f["omega"], f["amp"], f["lin_u"], f["lin_v"], dtype=torch.float32)
     else:
-        w_hat = f["u"].float() @ f["v"].float().T
+        w_hat = LowRankRows(f["u"], f["v"])
     f["rel_error"] = rel_error(w_hat, w32)
     if gram is not None:
-        f["act_error"] = whitened_error(w_hat, w32, chol(gram))
+        f["act_error"] = activation_error(w_hat, w32, gram)
         if "start_act_error" in r:
             f["start_act_error"] = r["start_act_error"]
     return f

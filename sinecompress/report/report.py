@@ -17,7 +17,7 @@ from ..adapters.io import adapter_delta_weights
 from ..config import CalibrationConfig
 from ..errors import InputError, UsageError
 from ..fit.svd import rel_error
-from ..fit.whiten import chol, whitened_error
+from ..fit.whiten import activation_error
 from ..io.format import LayerRecord, dense_from_factors, read_layers, read_metadata
 from ..io.open import open_source
 from ..io.sources import Source, tied_heads
@@ -166,7 +166,7 @@ def _layer(src: Source, rec: dict, orig: Source | None, ctx: dict) -> dict:
             spectra["original"] = _spectrum(wo, ctx)
             err = rel_error(w, wo)
             if ctx["grams"] is not None:
-                act_err = whitened_error(w, wo, chol(ctx["grams"][name]["gram"]))
+                act_err = activation_error(w, wo, ctx["grams"][name]["gram"])
             del wo
         del w
     except InputError as e:
