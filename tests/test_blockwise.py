@@ -266,3 +266,10 @@ def test_a_bad_tune_target_is_one_line_naming_the_flag(llama_dir, tmp_path):
     code, _, err = cli("factorize", llama_dir, "--rank", "4", "--tune-target", "teacher", "--out", tmp_path / "o")
     assert code == 2 and err.count("error:") == 1 and "--tune-target" in err and "teacher" in err, err
     assert "Traceback" not in err and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("extra", [["--finetune", "global"], ["--finetune", "none"], ["--no-calib"]])
+def test_a_tune_target_where_no_block_is_tuned_is_refused(llama_dir, tmp_path, extra):
+    code, _, err = cli("factorize", llama_dir, "--rank", "4", "--tune-target", "model", *extra, "--out", tmp_path / "o")
+    assert code == 2 and err.count("error:") == 1 and "--tune-target" in err and "--finetune block" in err, err
+    assert "Traceback" not in err and not (tmp_path / "o").exists()

@@ -19,7 +19,7 @@ from sinecompress.pipeline import factorize as factorize_module
 from sinecompress.recipe import run as recipe_run
 from sinecompress.recipe.schema import load_recipe
 
-from .helpers import assert_one_line_error, cli
+from .helpers import assert_one_line_error, cli, tiny_llama
 
 MLP = r"encoder\.layer\.\d+\.(intermediate|output)\.dense"
 
@@ -84,9 +84,11 @@ CALIBRATED_FLAGS = {
     "finetune_steps": (["--steps", "2"], 2),
     "lr": (["--lr", "0.05"], 0.05),
     "finetune": (["--finetune", "global"], "global"),  # the whole-model fine-tune, where --sequential applies
-    "tune_target": (["--tune-target", "model"], "model"),
     "sequential": (["--sequential"], True),
     "device": (["--device", "cpu"], "cpu"),
+}
+BLOCK_TUNE_FLAGS = {  # apply to block tuning only (refused with --finetune global): a causal LM's run
+    "tune_target": (["--tune-target", "model"], "model"),
 }
 BUDGET_FLAGS = {
     "param_ratio": (["--param-ratio", "0.3"], 0.3),
@@ -95,7 +97,7 @@ BUDGET_FLAGS = {
 
 
 def test_the_flag_tables_cover_every_setting():
-    covered = set(WEIGHT_ONLY_FLAGS) | set(CALIBRATED_FLAGS) | set(BUDGET_FLAGS)
+    covered = set(WEIGHT_ONLY_FLAGS) | set(CALIBRATED_FLAGS) | set(BLOCK_TUNE_FLAGS) | set(BUDGET_FLAGS)
     # with --recipe, --target replaces the recipe's rules (override()): it is checked as "rules"
     assert covered | {"targets"} == set(BY_KEY)
 
@@ -161,6 +163,25 @@ def test_every_calibration_flag_reaches_the_run(tmp_path, tiny_bert_dir, seen):
     assert s["calibration"]["data"].startswith("calib.txt (8 texts)")
     assert s["finetune"]["steps"] == 2 and s["finetune"]["device"] == "cpu"
     assert s["sequential"] is True  # asked for, although a fine-tune runs (where it is off by default)
+
+
+def test_block_tuning_flags_reach_the_run(tmp_path, seen):
+    p = write(tmp_path / "b.yaml", f"""
+        version: 1
+        model: {tiny_llama(tmp_path / 'llama')}
+        output: {tmp_path / 'o'}
+        defaults: {{method: wsvd, rank: 4}}
+        calibration: {{samples: 4, seq_len: 16}}
+        finetune: {{mode: block, steps: 1}}
+        """)
+    before = load_recipe(p).config.to_flat()
+    args, want = _flags(BLOCK_TUNE_FLAGS)
+    code, out, err = cli("factorize", "--recipe", p, *args, "--json")
+    assert code == 0, err
+    after = seen[0].to_flat()
+    for key, value in want.items():
+        assert after[key] == value and before[key] != value, key
+    assert json.loads(out)["finetune"]["target"] == "model"
 
 
 def test_budget_flags_reach_the_run(tmp_path, tiny_file, seen):

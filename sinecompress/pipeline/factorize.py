@@ -123,6 +123,10 @@ def _run(src: Source, out: Path, config: FactorizeConfig, progress: Progress, mo
     if dist.rank == 0:
         warn_kept_dense(plan)
     mode = finetune_mode(config.finetune.mode, src, model) if calibrated else None
+    if config.finetune.target != "auto" and mode != "block":
+        doing = {"global": "tunes the whole model at once", "none": "tunes nothing"}.get(mode, "is not calibrated")
+        raise UsageError(f"--tune-target (recipe finetune.target) {config.finetune.target} applies to block "
+                         f"tuning, and this run {doing}; add --finetune block, or leave --tune-target out")
     if not calibrated and any(lp.method == "wsvd" for lp in plan.compressed):  # a recipe rule's wsvd
         raise UsageError(f"--method wsvd needs calibration data, and {decide(src, config.calibration)[1]}")
     cal, note = None, decide(src, config.calibration, model)[1]
