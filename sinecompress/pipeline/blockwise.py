@@ -32,6 +32,7 @@ from ..calib.blocks import block_inputs, block_output, run_block, to_device
 from ..calib.data import load_calibration
 from ..config import FactorizeConfig
 from ..errors import InputError
+from ..heap import trim_heap
 from ..io.hf_model import build_model, check_depth, checkpoint_names
 from ..io.sources import Source
 from ..nn.skeleton import empty_parameters, find_blocks, materialize, materialize_on_use, move_real, release
@@ -194,6 +195,7 @@ def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str,
         original = inputs if one_stream else [(y, kw) for y, (_, kw) in zip(targets, original)]
         del targets, outs, grams
         release(block)
+        trim_heap()
         blocks_done.append(record)
     progress.advance(len(blocks))
     for lp in outside:  # not inside the block stack: fitted to its weights

@@ -1,0 +1,28 @@
+"""Hand freed heap memory back to the operating system between blocks.
+
+glibc keeps freed chunks below its mmap threshold in its arenas; over a block-by-block run the holes
+add up (the peak RSS of a 22-block 1.1B-shaped run crept up by about 30 MiB a block, and trimming at a
+block boundary gave back 400 MiB). Elsewhere (another C library, macOS, Windows) this does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+from functools import cache
+
+
+@cache
+def _malloc_trim():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def trim_heap() -> None:
+    """``malloc_trim(0)``: release the free pages of every arena, where the C library has it."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
