@@ -39,22 +39,29 @@ def rel_error(w_hat: torch.Tensor, w: torch.Tensor, rows: int = 1024) -> float:
     return math.sqrt(num) / max(math.sqrt(den), 1e-30)
 
 
-def _truncated_by_gram(w: torch.Tensor, rank: int, rows: int = 4096):
-    """The exact truncated SVD of a large ``w`` from the eigenvectors of its small-side Gram (float64,
-    accumulated a block of rows at a time): a third of the memory of ``torch.linalg.svd``, which copies
-    the matrix and adds a full-size U (an untied 32000×2048 LM head: about 0.7 GiB less at the peak).
-    Directions with σ below 1e-7 σ₁ are zeroed (float32 weights carry nothing there)."""
-    a = w if w.shape[0] >= w.shape[1] else w.T  # tall: a = U S Vᵀ with V from aᵀa
-    g = torch.zeros(a.shape[1], a.shape[1], dtype=torch.float64, device=a.device)
-    for i in range(0, a.shape[0], rows):
-        c = a[i:i + rows].double()
-        g.addmm_(c.T, c)
-    evals, evecs = torch.linalg.eigh(g)
+def top_eigen(k_mat: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The top ``rank`` eigenvectors of the symmetric PSD ``k_mat`` = A Aᵀ (or AᵀA) with σ^½ and σ^-½ of
+    A's singular values σ. Directions with σ below 1e-7 σ₁ carry nothing (float32 weights cannot
+    resolve them) and get zeros in both, where σ^-½ would magnify rounding."""
+    evals, evecs = torch.linalg.eigh(k_mat)
     evals, evecs = evals.flip(0)[:rank], evecs.flip(1)[:, :rank]
     s = evals.clamp_min(0).sqrt()
     keep = s > 1e-7 * s[:1].clamp_min(1e-300)
     root = torch.where(keep, s.sqrt(), torch.zeros_like(s))
     inv_root = torch.where(keep, 1 / s.clamp_min(1e-300).sqrt(), torch.zeros_like(s))
+    return evecs, root, inv_root
+
+
+def _truncated_by_gram(w: torch.Tensor, rank: int, rows: int = 4096):
+    """The exact truncated SVD of a large ``w`` from the eigenvectors of its small-side Gram (float64,
+    accumulated a block of rows at a time): a third of the memory of ``torch.linalg.svd``, which copies
+    the matrix and adds a full-size U (an untied LM head is the largest matrix of a block-by-block run)."""
+    a = w if w.shape[0] >= w.shape[1] else w.T  # tall: a = U S Vᵀ with V from aᵀa
+    g = torch.zeros(a.shape[1], a.shape[1], dtype=torch.float64, device=a.device)
+    for i in range(0, a.shape[0], rows):
+        c = a[i:i + rows].double()
+        g.addmm_(c.T, c)
+    evecs, root, inv_root = top_eigen(g, rank)
     right = evecs * inv_root
     tall = torch.empty(a.shape[0], right.shape[1], dtype=torch.float32, device=a.device)  # a V S^-½
     for i in range(0, a.shape[0], rows):

@@ -22,6 +22,8 @@ import math
 
 import torch
 
+from .svd import top_eigen
+
 DEFAULT_DAMP = 1e-2  # relative to the mean diagonal of XᵀX
 
 
@@ -77,8 +79,7 @@ def gram_whitened_svd(w: torch.Tensor, gram: torch.Tensor, rank: int, damp: floa
 
     With σᵢ², Uᵢ the eigenpairs of W G Wᵀ (G damped), the optimum is Uₖ Uₖᵀ W: u = U σ^½, v = Wᵀ U σ^-½,
     the same balanced factors as the SVD's. When W is taller than wide, (W L)ᵀ(W L) is the smaller matrix
-    and L (n×n, the small side) is formed. Directions with σ below 1e-7 σ₁ carry nothing and are zeroed
-    (σ^-½ would magnify rounding)."""
+    and L (n×n, the small side) is formed."""
     m, n = w.shape
     w64 = w.double()
     if m <= n:
@@ -89,13 +90,8 @@ def gram_whitened_svd(w: torch.Tensor, gram: torch.Tensor, rank: int, damp: floa
         L64 = chol(gram, damp)
         wl = w64 @ L64
         k_mat = wl.T @ wl
-    evals, evecs = torch.linalg.eigh(k_mat)
+    evecs, root, inv_root = top_eigen(k_mat, rank)
     del k_mat
-    evals, evecs = evals.flip(0)[:rank], evecs.flip(1)[:, :rank]
-    sigma = evals.clamp_min(0).sqrt()
-    keep = sigma > 1e-7 * sigma[:1].clamp_min(1e-300)
-    root = torch.where(keep, sigma.sqrt(), torch.zeros_like(sigma))
-    inv_root = torch.where(keep, 1 / sigma.clamp_min(1e-300).sqrt(), torch.zeros_like(sigma))
     if m <= n:
         u, v = evecs * root, w64.T @ (evecs * inv_root)
     else:
