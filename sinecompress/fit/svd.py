@@ -54,7 +54,7 @@ def top_eigen(k_mat: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tenso
 
 def _truncated_by_gram(w: torch.Tensor, rank: int, rows: int = 4096):
     """The exact truncated SVD of a large ``w`` from the eigenvectors of its small-side Gram (float64,
-    accumulated a block of rows at a time): a third of the memory of ``torch.linalg.svd``, which copies
+    accumulated a block of rows at a time): less memory than ``torch.linalg.svd``, which copies
     the matrix and adds a full-size U (an untied LM head is the largest matrix of a block-by-block run)."""
     a = w if w.shape[0] >= w.shape[1] else w.T  # tall: a = U S Vᵀ with V from aᵀa
     g = torch.zeros(a.shape[1], a.shape[1], dtype=torch.float64, device=a.device)
