@@ -12,7 +12,7 @@ PKG = Path(__file__).resolve().parents[1] / "sinecompress"
 
 # Layers, lowest first: a module may import from its own layer or lower ones, never from higher ones.
 LAYERS = [
-    {"errors", "version", "dtypes", "weights", "signals", "config", "matching", "progress"},
+    {"errors", "version", "dtypes", "weights", "signals", "config", "matching", "progress", "heap"},
     {"fit", "io"},
     {"nn", "calib"},
     {"pipeline", "scratch", "adapters", "integrations"},
