@@ -38,7 +38,13 @@ def one(route: str, m: int, n: int, rank: int) -> dict:
     """In this process: build the layer and Gram, then fit once by ``route``."""
     import torch
 
-    from sinecompress.fit.whiten import activation_error, chol, gram_whitened_svd, whitened_error, whitened_svd
+    from sinecompress.fit.whiten import (
+        activation_error,
+        chol,
+        gram_whitened_svd,
+        whitened_error,
+        whitened_svd,
+    )
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4096, n, generator=g, dtype=torch.float64) * torch.logspace(0, -2, n, dtype=torch.float64)

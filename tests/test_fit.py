@@ -6,9 +6,15 @@ import pytest
 import torch
 
 from sinecompress.fit.sine import fit_calibrated, fit_hybrid, fit_sine, phase_factors
-from sinecompress.fit.svd import _truncated_by_gram, rel_error, truncated_svd
-from sinecompress.fit.whiten import (activation_error, chol, gram_whitened_svd, shifted_target, whitened_error,
-                                     whitened_svd)
+from sinecompress.fit.svd import rel_error, truncated_svd, truncated_svd_by_gram
+from sinecompress.fit.whiten import (
+    activation_error,
+    chol,
+    gram_whitened_svd,
+    shifted_target,
+    whitened_error,
+    whitened_svd,
+)
 
 
 def _layer(m=48, n=32, tokens=400, seed=0):
@@ -46,9 +52,9 @@ def test_the_gram_routes_leave_directions_a_weight_lacks_empty():
     w = torch.randn(40, 3, generator=g) @ torch.randn(3, 60, generator=g)  # rank 3, asked for 6
     _, _, gram = _layer(60, 60)
     for u, v in (gram_whitened_svd(w, gram, 6), gram_whitened_svd(w.T.contiguous(), gram[:40, :40], 6),
-                 _truncated_by_gram(w, 6), _truncated_by_gram(w.T, 6)):
+                 truncated_svd_by_gram(w, 6), truncated_svd_by_gram(w.T, 6)):
         assert torch.count_nonzero(u[:, 3:]) == 0 and torch.count_nonzero(v[:, 3:]) == 0
-    u, v = _truncated_by_gram(w, 6)
+    u, v = truncated_svd_by_gram(w, 6)
     assert rel_error(u @ v.T, w) < 1e-5
 
 
@@ -57,7 +63,7 @@ def test_the_large_exact_svd_matches_lapacks(transpose):
     w, _, _ = _layer(300, 40)
     w = w.T if transpose else w
     uu, s, vh = torch.linalg.svd(w.double(), full_matrices=False)
-    u, v = _truncated_by_gram(w, 10, rows=64)  # several row blocks
+    u, v = truncated_svd_by_gram(w, 10, rows=64)  # several row blocks
     assert torch.allclose((u @ v.T).double(), (uu[:, :10] * s[:10]) @ vh[:10], atol=1e-5)
     assert torch.allclose(u.norm(dim=0).double() ** 2, s[:10], rtol=1e-4)
 

@@ -16,7 +16,7 @@ def truncated_svd(w: torch.Tensor, rank: int, exact: bool | None = None, seed: i
     if exact is None:
         exact = min(w.shape) < RANDOMIZED_SVD_MIN_DIM or rank > min(w.shape) // 4
     if exact and min(w.shape) >= RANDOMIZED_SVD_MIN_DIM:
-        return _truncated_by_gram(w, rank)
+        return truncated_svd_by_gram(w, rank)
     if exact:
         u, s, vh = torch.linalg.svd(w, full_matrices=False)
         u, s, v = u[:, :rank], s[:rank], vh[:rank].T
@@ -52,7 +52,7 @@ def top_eigen(k_mat: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tenso
     return evecs, root, inv_root
 
 
-def _truncated_by_gram(w: torch.Tensor, rank: int, rows: int = 4096):
+def truncated_svd_by_gram(w: torch.Tensor, rank: int, rows: int = 4096):
     """The exact truncated SVD of a large ``w`` from the eigenvectors of its small-side Gram (float64,
     accumulated a block of rows at a time): less memory than ``torch.linalg.svd``, which copies
     the matrix and adds a full-size U (an untied LM head is the largest matrix of a block-by-block run)."""
