@@ -53,3 +53,12 @@ def write_section(name: str, markdown: str, path: Path | None = None) -> Path:
     tmp.write_text(text)
     os.replace(tmp, path)
     return path
+
+
+def publish(name: str, lines: list[str], write: bool = True) -> str:
+    """Print a benchmark's markdown and, unless told not to, (re)write its BENCHMARKS.md section."""
+    md = "\n".join(lines)
+    print(md)
+    if write:
+        write_section(name, md)
+    return md

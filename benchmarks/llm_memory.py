@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _bench import machine_info, machine_line, write_section  # noqa: E402
+from _bench import machine_info, machine_line, publish  # noqa: E402
 
 from sinecompress.io.examples import example_dir  # noqa: E402
 from sinecompress.io.shards import write_weights  # noqa: E402
@@ -138,10 +138,7 @@ def main():
                      f"{r['import_mib']:,.0f} MiB | {r['block_fp32_mib']:,.0f} MiB | {r['acts_mib']:,.0f} MiB |")
     lines += ["", f"Command: `PYTHONPATH=. python benchmarks/llm_memory.py --shape {args.shape} --blocks "
               f"{' '.join(map(str, args.blocks))}`."]
-    md = "\n".join(lines)
-    print(md)
-    if not args.no_write:
-        write_section(f"llm_memory_{args.shape}", md)
+    publish(f"llm_memory_{args.shape}", lines, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _bench import machine_info, machine_line, write_section  # noqa: E402
+from _bench import machine_info, machine_line, publish  # noqa: E402
 
 MIB = 2**20
 
@@ -107,10 +107,7 @@ def main():
         lines.append(f"| {r['route']} | {r['seconds']:.1f} s | {r['transient_mib']:,.0f} MiB | {r['act_error']:.6f} |")
     lines += ["", f"The two fits' products differ by {diff:.1e} relative (Frobenius).", "",
               f"Command: `PYTHONPATH=. python benchmarks/whiten_memory.py --shape {m} {n} --rank {args.rank}`."]
-    md = "\n".join(lines)
-    print(md)
-    if not args.no_write:
-        write_section(f"whiten_memory_{m}x{n}", md)
+    publish(f"whiten_memory_{m}x{n}", lines, write=not args.no_write)
 
 
 if __name__ == "__main__":
