@@ -46,7 +46,8 @@ def chol(gram: torch.Tensor, damp: float = DEFAULT_DAMP) -> torch.Tensor:
 
 
 def whitened_error(w_hat: torch.Tensor, w: torch.Tensor, L: torch.Tensor) -> float:
-    """Relative activation error ‖(Ŵ − W) L‖ / ‖W L‖."""
+    """Relative activation error ‖(Ŵ − W) L‖ / ‖W L‖ from the Cholesky factor, in float32: the reference the
+    fits' ``activation_error`` is tested against (and the earlier route ``benchmarks/whiten_memory.py`` times)."""
     L = L.to(torch.float32)
     w = w.float()
     return float(torch.linalg.norm((w_hat.float() - w) @ L) / torch.linalg.norm(w @ L).clamp_min(1e-30))
