@@ -94,3 +94,44 @@ def test_sensitivity_needs_param_ratio(tiny_file, tmp_path):
     assert not (tmp_path / "o.safetensors").exists()
     with pytest.raises(UsageError, match="--allocate must be one of uniform, sensitivity, got 'best'"):
         factorize(tiny_file, tmp_path / "o.safetensors", method="svd", rank=4, allocate="best")
+
+
+def _noise_probe(model, names, batches, noise, seeds):
+    """The definition ``output_sensitivity`` estimates: the distillation loss under output noise / noise²."""
+    from sinecompress.calib.capture import forward_hidden
+    from sinecompress.pipeline.distill import distill_loss
+
+    clean = [forward_hidden(model, b) for b in batches]
+    out = {}
+    for name in names:
+        total = 0.0
+        for seed in range(seeds):
+            g = torch.Generator().manual_seed(seed)
+            hook = model.get_submodule(name).register_forward_hook(
+                lambda _m, _i, y, g=g: y + noise * y.pow(2).mean().sqrt() * torch.randn(y.shape, generator=g))
+            total += sum(float(distill_loss(forward_hidden(model, b), c, b.get("attention_mask")))
+                         for b, c in zip(batches, clean)) / len(batches)
+            hook.remove()
+        out[name] = total / seeds / noise**2
+    return out
+
+
+@torch.no_grad()
+def test_output_sensitivity_is_the_noise_probe_to_first_order(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from sinecompress.calib.data import load_calibration
+    from sinecompress.pipeline.allocate import output_sensitivity
+
+    from .helpers import tiny_llama
+
+    d = tiny_llama(tmp_path, layers=2)
+    model = AutoModelForCausalLM.from_pretrained(d).eval()
+    batches = load_calibration(None, d, 8, 16).batches
+    names = ["model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj", "model.layers.1.self_attn.o_proj",
+             "model.layers.1.mlp.up_proj"]
+    fast = output_sensitivity(model, names, batches * 200)  # 200 probes a batch
+    slow = _noise_probe(model, names, batches, 1e-3, 200)
+    for n in names:
+        assert fast[n] == pytest.approx(slow[n], rel=0.1), n
+    assert len({round(v, 6) for v in fast.values()}) == len(names)  # the layers are told apart
