@@ -135,3 +135,21 @@ def test_output_sensitivity_is_the_noise_probe_to_first_order(tmp_path):
     for n in names:
         assert fast[n] == pytest.approx(slow[n], rel=0.1), n
     assert len({round(v, 6) for v in fast.values()}) == len(names)  # the layers are told apart
+
+
+@torch.no_grad()
+def test_output_sensitivity_in_pieces_is_the_mean_over_the_pieces(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from sinecompress.calib.data import load_calibration
+    from sinecompress.pipeline.allocate import output_sensitivity
+
+    from .helpers import tiny_llama
+
+    d = tiny_llama(tmp_path, layers=2)
+    model = AutoModelForCausalLM.from_pretrained(d).eval()
+    (batch,) = load_calibration(None, d, 4, 16).batches
+    names = ["model.layers.0.mlp.gate_proj", "model.layers.1.self_attn.v_proj"]
+    rows = [{k: v[i:i + 1] for k, v in batch.items()} for i in range(4)]
+    assert output_sensitivity(model, names, [batch], tokens=batch["input_ids"].shape[1]) == \
+        output_sensitivity(model, names, rows, tokens=10**6)

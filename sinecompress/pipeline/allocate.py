@@ -22,6 +22,7 @@ import torch
 from ..calib.capture import forward_hidden
 from ..errors import UsageError
 from ..fit.whiten import chol
+from ..progress import QUIET, Progress
 from ..weights import factor_params
 from .plan import LayerPlan, Plan
 
@@ -38,7 +39,8 @@ def energy_share(w: torch.Tensor, gram: torch.Tensor | None = None) -> torch.Ten
 NOISE = 0.1  # relative output noise the sensitivity stands for
 
 
-def output_sensitivity(model, names: list[str], batches: list[dict], seed: int = 0) -> dict[str, float]:
+def output_sensitivity(model, names: list[str], batches: list[dict], seed: int = 0, progress: Progress = QUIET,
+                       tokens: int = 512) -> dict[str, float]:
     """How much the model's outputs move per unit of relative error in each layer's output.
 
     The quantity: add Gaussian noise of NOISE × the RMS of a layer's output to what it returns, measure the
@@ -47,40 +49,52 @@ def output_sensitivity(model, names: list[str], batches: list[dict], seed: int =
     hours on SmolLM2 (210 layers). To first order the loss is NOISE² rms(y)² Σ_j tr(J_jᵀ M_j J_j) / ‖h_j‖²
     (J_j = ∂h_j/∂y, M_j the real-token mask) / #h, and a random probe r gives every layer's trace at once:
     with φ = Σ_j ⟨r_j, M_j h_j⟩ / ‖h_j‖, E‖∂φ/∂y‖² is that sum (Hutchinson). So: one forward and one
-    backward per batch, one probe per batch, for all layers together.
+    backward for all layers together, one probe, per piece of a batch of at most ``tokens`` tokens (what
+    the backward holds); the result is the mean over the pieces. A causal LM runs without its head, which
+    the hidden states do not need.
     """
     model.eval()
+    net = getattr(model, "base_model", None)
+    net = net if isinstance(net, torch.nn.Module) else model
     dev = next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
     total = dict.fromkeys(names, 0.0)
-    for batch in batches:
-        batch = {k: v.to(dev) for k, v in batch.items()}
-        taps: dict[str, list] = {n: [] for n in names}
-
-        handles = [model.get_submodule(n).register_forward_hook(partial(_tap, taps[n])) for n in names]
+    pieces = [p for b in batches for p in _pieces(b, tokens)]
+    progress.stage("measuring sensitivity", len(pieces))
+    for i, piece in enumerate(pieces):
+        progress.advance(i, f"piece {i + 1}")
+        piece = {k: v.to(dev) for k, v in piece.items()}
+        grads: dict[str, list] = {n: [] for n in names}
+        handles = [model.get_submodule(n).register_forward_hook(partial(_tap, grads[n])) for n in names]
         try:
             with torch.enable_grad():
-                hidden = forward_hidden(model, batch)
-                phi = sum(_probe(h, batch.get("attention_mask"), g) for h in hidden)
-                es = [e for n in names for e, _ in taps[n]]
-                grads = torch.autograd.grad(phi, es, allow_unused=True) if phi.requires_grad else [None] * len(es)
+                hidden = forward_hidden(net, piece)
+                phi = sum(_probe(h, piece.get("attention_mask"), g) for h in hidden)
+                if phi.requires_grad:
+                    phi.backward()
         finally:
             for h in handles:
                 h.remove()
-        it = iter(grads)
         for n in names:
-            for _, ms in taps[n]:
-                gr = next(it)
-                if gr is not None:
-                    total[n] += ms * float(gr.double().pow(2).sum()) / len(hidden)
-    return {n: v / max(len(batches), 1) for n, v in total.items()}
+            total[n] += sum(grads[n]) / len(hidden)
+    progress.advance(len(pieces))
+    return {n: v / max(len(pieces), 1) for n, v in total.items()}
+
+
+def _pieces(batch: dict, tokens: int) -> list[dict]:
+    """``batch`` split along its rows into pieces of at most ``tokens`` tokens (at least one row each)."""
+    first = next(iter(batch.values()))
+    rows = max(1, tokens // max(first.shape[-1], 1)) if first.dim() > 1 else first.shape[0]
+    return [{k: v[i:i + rows] for k, v in batch.items()} for i in range(0, first.shape[0], rows)]
 
 
 def _tap(seen: list, _mod, _inp, y):
-    """Add a zero that needs a gradient to the layer's output: ∂φ/∂e = ∂φ/∂y (the weights need none)."""
-    e = torch.zeros_like(y, requires_grad=True)
-    seen.append((e, float(y.detach().float().pow(2).mean())))
-    return y + e
+    """Route the layer's output through a scalar leaf that needs a gradient (the weights need none), and
+    add rms(y)² ‖∂φ/∂y‖² to ``seen`` when the backward reaches it; the gradient itself is not kept."""
+    ms = float(y.detach().float().pow(2).mean())
+    out = y + torch.zeros((), dtype=y.dtype, device=y.device, requires_grad=True)
+    out.register_hook(lambda grad: seen.append(ms * float(grad.double().pow(2).sum())))
+    return out
 
 
 def _probe(h: torch.Tensor, mask: torch.Tensor | None, g: torch.Generator) -> torch.Tensor:
@@ -134,7 +148,7 @@ def _push(heap, layers: list[LayerPlan], gains: list[list[float]], i: int, k: in
         heapq.heappush(heap, (-gains[i][k], i, k))
 
 
-def apply_sensitivity(plan: Plan, src, cal=None) -> tuple[Plan, dict]:
+def apply_sensitivity(plan: Plan, src, cal=None, progress: Progress = QUIET) -> tuple[Plan, dict]:
     """Re-rank the plan's ``--param-ratio`` layers by sensitivity within the same total budget.
 
     With calibration (``cal``) each layer's whitened spectrum is weighted by its measured
@@ -146,7 +160,8 @@ def apply_sensitivity(plan: Plan, src, cal=None) -> tuple[Plan, dict]:
     budget = sum(lp.factored_params for lp in pool)
     shares = {lp.name: energy_share(src.get(lp.name + ".weight"), cal.grams[lp.name]["gram"] if cal else None)
               for lp in pool}
-    weights = output_sensitivity(cal.model, [lp.name for lp in pool], cal.data.batches, plan.seed) if cal else None
+    weights = (output_sensitivity(cal.model, [lp.name for lp in pool], cal.data.batches, plan.seed, progress)
+               if cal else None)
     ranks = allocate(pool, shares, budget, weights)
     record = {lp.name: [lp.rank, ranks[lp.name]] for lp in pool}
     new = plan.with_layers(lp.with_rank(ranks[lp.name]) if lp.name in ranks else lp for lp in plan.layers)

@@ -136,7 +136,7 @@ def _run(src: Source, out: Path, config: FactorizeConfig, progress: Progress, mo
                               device=device)
     allocation = {"mode": "uniform"}
     if plan.allocate == "sensitivity":
-        plan, allocation = apply_sensitivity(plan, src, cal)
+        plan, allocation = apply_sensitivity(plan, src, cal, progress)
     ft_steps = config.finetune.steps_on(device, mode)
     tune, work, spill, sequential, record = None, None, None, False, {"used": False}
     try:
