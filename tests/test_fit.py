@@ -155,3 +155,17 @@ def test_whitened_square_matches_autograd_of_the_whitened_norm():
     assert float(value) == pytest.approx(float(((e @ L) ** 2).sum()), rel=1e-10)
     assert torch.allclose(g, g_ref, rtol=1e-9, atol=1e-12)
     assert torch.autograd.gradcheck(lambda x: WhitenedSquare.apply(x, L @ L.T), (e,))
+
+
+def test_a_float32_gram_gives_the_float64_fit_across_column_blocks():
+    from sinecompress.fit.whiten import activation_error, gram_whitened_svd
+
+    torch.manual_seed(0)
+    x = torch.randn(3000, 1500, dtype=torch.float64) * torch.linspace(0.1, 3, 1500, dtype=torch.float64)
+    g64 = x.T @ x
+    w = torch.randn(40, 1500)  # wide: W G Wᵀ, with G read in two column blocks
+    u64, v64 = gram_whitened_svd(w, g64, 12)
+    u32, v32 = gram_whitened_svd(w, g64.float(), 12)
+    assert torch.allclose(u32 @ v32.T, u64 @ v64.T, rtol=0, atol=1e-5 * float((u64 @ v64.T).abs().max()))
+    e64, e32 = activation_error(u64 @ v64.T, w, g64), activation_error(u64 @ v64.T, w, g64.float())
+    assert e32 == pytest.approx(e64, rel=1e-6)

@@ -12,11 +12,11 @@ RANDOMIZED_SVD_MIN_DIM = 2048
 
 def truncated_svd(w: torch.Tensor, rank: int, exact: bool | None = None, seed: int = 0):
     """Balanced rank-k factors (U√S, V√S) of ``w`` in float32, so that ``u @ v.T`` ≈ w."""
-    w = w.float()
     if exact is None:
         exact = min(w.shape) < RANDOMIZED_SVD_MIN_DIM or rank > min(w.shape) // 4
     if exact and min(w.shape) >= RANDOMIZED_SVD_MIN_DIM:
-        return truncated_svd_by_gram(w, rank)
+        return truncated_svd_by_gram(w, rank)  # reads w by blocks of rows, in its own dtype
+    w = w.float()
     if exact:
         u, s, vh = torch.linalg.svd(w, full_matrices=False)
         u, s, v = u[:, :rank], s[:rank], vh[:rank].T

@@ -53,14 +53,21 @@ def whitened_error(w_hat: torch.Tensor, w: torch.Tensor, L: torch.Tensor) -> flo
     return float(torch.linalg.norm((w_hat.float() - w) @ L) / torch.linalg.norm(w @ L).clamp_min(1e-30))
 
 
+def _times_gram(a: torch.Tensor, gram: torch.Tensor, cols: int = 1024) -> torch.Tensor:
+    """A G in float64 with G read a block of columns at a time: a float32 Gram is never copied whole."""
+    out = torch.empty(a.shape[0], gram.shape[1], dtype=torch.float64, device=a.device)
+    for j in range(0, gram.shape[1], cols):
+        out[:, j:j + cols] = a @ gram[:, j:j + cols].double()
+    return out
+
+
 def _gram_trace(a: torch.Tensor, gram: torch.Tensor, lam: float, b: torch.Tensor | None = None,
                 rows: int = 256) -> float:
     """tr(E (G + λI) Eᵀ), E = A − B, in float64, a block of rows at a time (no m×n copies)."""
-    g = gram.double()
     total = 0.0
     for i in range(0, a.shape[0], rows):
         c = a[i:i + rows].double() if b is None else a[i:i + rows].double() - b[i:i + rows].double()
-        total += float(((c @ g) * c).sum() + lam * (c * c).sum())
+        total += float((_times_gram(c, gram) * c).sum() + lam * (c * c).sum())
     return total
 
 
@@ -84,8 +91,8 @@ def gram_whitened_svd(w: torch.Tensor, gram: torch.Tensor, rank: int, damp: floa
     m, n = w.shape
     w64 = w.double()
     if m <= n:
-        lam, g = _damping(gram, damp), gram.double()
-        k_mat = torch.cat([(w64[i:i + 256] @ g) @ w64.T for i in range(0, m, 256)])  # W G Wᵀ, by rows
+        lam = _damping(gram, damp)
+        k_mat = torch.cat([_times_gram(w64[i:i + 256], gram) @ w64.T for i in range(0, m, 256)])  # W G Wᵀ, by rows
         k_mat.add_(w64 @ w64.T, alpha=lam)
     else:
         L64 = chol(gram, damp)

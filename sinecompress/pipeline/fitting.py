@@ -38,23 +38,26 @@ def fit_layer(w: torch.Tensor, lp: LayerPlan, plan: Plan, gram: torch.Tensor | N
     ``measure`` = (weight, gram): report the errors against these instead of the fitted target (the sequential fit's shifted
     target is not the layer's weight).
     """
-    w32 = w.float()
+    closed_form = lp.method in ("svd", "wsvd") and (gram is None or lp.method == "svd")
+    # A closed-form SVD and the errors read the weight a block of rows at a time in its own dtype: an untied
+    # LM head (32000×2048 in bf16) is not copied whole to float32.
+    wt = w if closed_form else w.float()
     omega = lp.omega
     if lp.method == "sine" and omega is None:
         omega = AUTO_OMEGA
     if gram is not None and lp.method != "svd":  # svd stays the plain baseline; its act_error is still measured
-        r = fit_calibrated(w32.to(device), gram.to(device), lp.method, lp.rank, lp.linear_rank, omega,
+        r = fit_calibrated(wt.to(device), gram.to(device), lp.method, lp.rank, lp.linear_rank, omega,
                            steps=plan.steps, seed=plan.seed)
         r = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in r.items()}
-    elif lp.method in ("svd", "wsvd"):  # wsvd with no Gram (a layer outside the block stack): its weight's SVD
-        u, v = truncated_svd(w32, lp.rank, seed=plan.seed)
+    elif closed_form:  # wsvd with no Gram (a layer outside the block stack): its weight's SVD
+        u, v = truncated_svd(wt, lp.rank, seed=plan.seed)
         r = {"u": u, "v": v}
     else:
-        r = fit_sine(w32, lp.rank, omega, linear_rank=lp.linear_rank, steps=plan.steps, seed=plan.seed)
+        r = fit_sine(wt, lp.rank, omega, linear_rank=lp.linear_rank, steps=plan.steps, seed=plan.seed)
     if measure is not None:
         r.pop("start_act_error", None)  # in the target's metric: not comparable with the reported errors
-        w32, gram = measure[0].float(), measure[1]
-    return finish_factors(r, lp, w32, gram, omega)
+        wt, gram = measure[0].float(), measure[1]
+    return finish_factors(r, lp, wt, gram, omega)
 
 
 def finish_factors(r: dict, lp: LayerPlan, w32: torch.Tensor, gram: torch.Tensor | None = None,
