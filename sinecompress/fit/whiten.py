@@ -82,30 +82,47 @@ def activation_error(w_hat: torch.Tensor, w: torch.Tensor, gram: torch.Tensor, d
     return math.sqrt(max(num, 0.0) / max(_gram_trace(w, gram, lam), 1e-60))
 
 
-def gram_whitened_svd(w: torch.Tensor, gram: torch.Tensor, rank: int, damp: float = DEFAULT_DAMP):
+def gram_whitened_svd(w: torch.Tensor, gram: torch.Tensor, rank: int, damp: float = DEFAULT_DAMP,
+                      rows: int = 256):
     """``whitened_svd(w, chol(gram), rank)`` through an eigendecomposition of the smaller side.
 
     With σᵢ², Uᵢ the eigenpairs of W G Wᵀ (G damped), the optimum is Uₖ Uₖᵀ W: u = U σ^½, v = Wᵀ U σ^-½,
-    the same balanced factors as the SVD's. When W is taller than wide, (W L)ᵀ(W L) is the smaller matrix
-    and L (n×n, the small side) is formed."""
+    the same balanced factors as the SVD's. When W is taller than wide, (W L)ᵀ(W L) = Lᵀ (WᵀW) L is the
+    smaller matrix and L (n×n, the small side) is formed. W is read in float64 a block of rows at a time
+    and the factors are written in float32 as they are made: no float64 copy of W, W L or the tall factor."""
     m, n = w.shape
-    w64 = w.double()
+    dev = w.device
     if m <= n:
         lam = _damping(gram, damp)
-        k_mat = torch.cat([_times_gram(w64[i:i + 256], gram) @ w64.T for i in range(0, m, 256)])  # W G Wᵀ, by rows
-        k_mat.add_(w64 @ w64.T, alpha=lam)
-    else:
-        L64 = chol(gram, damp)
-        wl = w64 @ L64
-        k_mat = wl.T @ wl
+        k_mat = torch.empty(m, m, dtype=torch.float64, device=dev)  # W (G + λI) Wᵀ
+        for i in range(0, m, rows):
+            wi = w[i:i + rows].double()
+            p = _times_gram(wi, gram).add_(wi, alpha=lam)
+            for j in range(0, m, 1024):
+                k_mat[i:i + rows, j:j + 1024] = p @ w[j:j + 1024].double().T
+        evecs, root, inv_root = top_eigen(k_mat, rank)
+        del k_mat
+        left = evecs * inv_root
+        u = (evecs * root).float()
+        v = torch.empty(n, left.shape[1], dtype=torch.float32, device=dev)  # Wᵀ U σ^-½, by columns of W
+        for j in range(0, n, 1024):
+            v[j:j + 1024] = (w[:, j:j + 1024].double().T @ left).float()
+        return u, v
+    L64 = chol(gram, damp)
+    wtw = torch.zeros(n, n, dtype=torch.float64, device=dev)
+    for i in range(0, m, rows):
+        c = w[i:i + rows].double()
+        wtw.addmm_(c.T, c)
+    k_mat = L64.T @ wtw @ L64
+    del wtw
     evecs, root, inv_root = top_eigen(k_mat, rank)
     del k_mat
-    if m <= n:
-        u, v = evecs * root, w64.T @ (evecs * inv_root)
-    else:
-        u = wl @ (evecs * inv_root)
-        v = torch.linalg.solve_triangular(L64.T, evecs * root, upper=True)
-    return u.float(), v.float()
+    right = L64 @ (evecs * inv_root)
+    u = torch.empty(m, right.shape[1], dtype=torch.float32, device=dev)  # W L V σ^-½, by rows
+    for i in range(0, m, rows):
+        u[i:i + rows] = (w[i:i + rows].double() @ right).float()
+    v = torch.linalg.solve_triangular(L64.T, evecs * root, upper=True)
+    return u, v.float()
 
 
 def whitened_svd(w: torch.Tensor, L: torch.Tensor, rank: int):
