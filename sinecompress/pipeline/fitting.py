@@ -50,8 +50,7 @@ def fit_layer(w: torch.Tensor, lp: LayerPlan, plan: Plan, gram: torch.Tensor | N
                            steps=plan.steps, seed=plan.seed)
         r = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in r.items()}
     elif closed_form:  # wsvd with no Gram (a layer outside the block stack): its weight's SVD
-        u, v = truncated_svd(wt, lp.rank, seed=plan.seed)
-        r = {"u": u, "v": v}
+        r = dict(zip(("u", "v"), truncated_svd(wt, lp.rank, seed=plan.seed)))
     else:
         r = fit_sine(wt, lp.rank, omega, linear_rank=lp.linear_rank, steps=plan.steps, seed=plan.seed)
     if measure is not None:
@@ -62,10 +61,12 @@ def fit_layer(w: torch.Tensor, lp: LayerPlan, plan: Plan, gram: torch.Tensor | N
 
 def finish_factors(r: dict, lp: LayerPlan, w32: torch.Tensor, gram: torch.Tensor | None = None,
                    omega: float | None = None) -> dict:
-    """Cast factors to the layer's dtype and measure the errors of what will actually be written."""
+    """Cast factors to the layer's dtype and measure the errors of what will actually be written. Takes the
+    factors out of ``r`` as it casts them: a large factor and its cast are not both held (an untied head's
+    u in float32 is 188 MiB)."""
     dtype = TO_TORCH[lp.dtype]
     keys = FACTOR_KEYS if lp.kind == "sine" else ("u", "v")
-    f = {k: (r[k].to(dtype) if r.get(k) is not None else None) for k in keys}
+    f = {k: (r.pop(k).to(dtype) if r.get(k) is not None else None) for k in keys}
     if r.get("bias") is not None:
         f["bias"] = r["bias"].to(dtype)
     if lp.kind == "sine":
