@@ -182,3 +182,14 @@ def test_cli_allocate_flag(tiny_bert_dir, tmp_path):
                        "--out", tmp_path / "b", "--no-calib")
     assert_one_line_error(code, err, 2, "--param-ratio")
     assert not (tmp_path / "b").exists()
+
+
+def test_real_rows_in_blocks_are_the_real_tokens():
+    from sinecompress.calib.capture import _real_rows, real_tokens
+
+    x = torch.randn(3, 7, 4, dtype=torch.float64)
+    mask = torch.rand(3, 7) > 0.4
+    blocks = list(_real_rows(x, mask, rows=4))
+    assert len(blocks) == 6 and all(b.dtype == torch.float32 for b in blocks)
+    assert torch.equal(torch.cat(blocks), real_tokens(x, mask).float())
+    assert torch.equal(torch.cat(list(_real_rows(x, None, rows=5))), x.reshape(-1, 4).float())
