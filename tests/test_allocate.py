@@ -153,3 +153,19 @@ def test_output_sensitivity_in_pieces_is_the_mean_over_the_pieces(tmp_path):
     rows = [{k: v[i:i + 1] for k, v in batch.items()} for i in range(4)]
     assert output_sensitivity(model, names, [batch], tokens=batch["input_ids"].shape[1]) == \
         output_sensitivity(model, names, rows, tokens=10**6)
+
+
+def test_output_sensitivity_leaves_the_weights_without_gradients(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from sinecompress.calib.data import load_calibration
+    from sinecompress.pipeline.allocate import output_sensitivity
+
+    from .helpers import tiny_llama
+
+    d = tiny_llama(tmp_path, layers=1)
+    model = AutoModelForCausalLM.from_pretrained(d)
+    assert all(p.requires_grad for p in model.parameters())
+    sens = output_sensitivity(model, ["model.layers.0.mlp.up_proj"], load_calibration(None, d, 4, 16).batches)
+    assert sens["model.layers.0.mlp.up_proj"] > 0
+    assert all(p.grad is None for p in model.parameters())

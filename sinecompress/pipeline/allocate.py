@@ -65,13 +65,14 @@ def output_sensitivity(model, names: list[str], batches: list[dict], seed: int =
         progress.advance(i, f"piece {i + 1}")
         piece = {k: v.to(dev) for k, v in piece.items()}
         grads: dict[str, list] = {n: [] for n in names}
-        handles = [model.get_submodule(n).register_forward_hook(partial(_tap, grads[n])) for n in names]
+        leaves: list[torch.Tensor] = []
+        handles = [model.get_submodule(n).register_forward_hook(partial(_tap, grads[n], leaves)) for n in names]
         try:
             with torch.enable_grad():
                 hidden = forward_hidden(net, piece)
                 phi = sum(_probe(h, piece.get("attention_mask"), g) for h in hidden)
-                if phi.requires_grad:
-                    phi.backward()
+                if leaves:  # only to the taps: the weights get no gradient, whatever their requires_grad
+                    torch.autograd.backward(phi, inputs=leaves)
         finally:
             for h in handles:
                 h.remove()
@@ -88,11 +89,13 @@ def _pieces(batch: dict, tokens: int) -> list[dict]:
     return [{k: v[i:i + rows] for k, v in batch.items()} for i in range(0, first.shape[0], rows)]
 
 
-def _tap(seen: list, _mod, _inp, y):
+def _tap(seen: list, leaves: list, _mod, _inp, y):
     """Route the layer's output through a scalar leaf that needs a gradient (the weights need none), and
     add rms(y)² ‖∂φ/∂y‖² to ``seen`` when the backward reaches it; the gradient itself is not kept."""
     ms = float(y.detach().float().pow(2).mean())
-    out = y + torch.zeros((), dtype=y.dtype, device=y.device, requires_grad=True)
+    leaf = torch.zeros((), dtype=y.dtype, device=y.device, requires_grad=True)
+    leaves.append(leaf)
+    out = y + leaf
     out.register_hook(lambda grad: seen.append(ms * float(grad.double().pow(2).sum())))
     return out
 
