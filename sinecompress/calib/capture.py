@@ -44,10 +44,9 @@ def gram_hook(stats: dict, name: str, current: dict, partner: dict | None = None
                 s["gram"] = _accumulate(s["gram"], x, x)
                 s["tokens"] += x.shape[0]
             return
-        x = real_tokens(raw.detach(), current["mask"]).float()
+        x = real_tokens(raw.detach(), current["mask"]).float()  # row-aligned with the partner's stash
         s["gram"] = _accumulate(s["gram"], x, x)
-        if partner is not None:
-            s["cross"] = _accumulate(s["cross"], x, partner.pop(name))
+        s["cross"] = _accumulate(s["cross"], x, partner.pop(name))
         s["tokens"] += x.shape[0]
     return fn
 
