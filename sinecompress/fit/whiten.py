@@ -7,7 +7,7 @@ calibration Gram matrix turns "error on what the layer sees" into a Frobenius er
   SVD of W L, truncate, map back with L⁻¹.
 * ``gram_whitened_svd``: the same optimum from the eigenvectors of the smaller of (W L)(W L)ᵀ = W G Wᵀ
   and (W L)ᵀ(W L), never forming the Cholesky factor of a wide layer's Gram nor an SVD's workspace
-  (a 2048×5632 layer: 177 MiB of transient memory instead of 726, ``benchmarks/whiten_memory.py``;
+  (a 2048×5632 layer: 167 MiB of transient memory instead of 726, ``benchmarks/whiten_memory.py``;
   fitting an LLM block by block, the widest layer's whitening was the peak).
 * ``activation_error``: ‖(Ŵ − W) L‖ / ‖W L‖ from the Gram itself, tr(E G Eᵀ), no Cholesky factor.
 * the sine hybrid (``fit/sine.py``) minimises the same whitened error.
