@@ -52,16 +52,21 @@ def top_eigen(k_mat: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tenso
     return evecs, root, inv_root
 
 
+def row_gram(a: torch.Tensor, rows: int = 4096) -> torch.Tensor:
+    """aᵀa in float64, accumulated a block of rows at a time (no float64 copy of ``a``)."""
+    g = torch.zeros(a.shape[1], a.shape[1], dtype=torch.float64, device=a.device)
+    for i in range(0, a.shape[0], rows):
+        c = a[i:i + rows].double()
+        g.addmm_(c.T, c)
+    return g
+
+
 def truncated_svd_by_gram(w: torch.Tensor, rank: int, rows: int = 4096):
     """The exact truncated SVD of a large ``w`` from the eigenvectors of its small-side Gram (float64,
     accumulated a block of rows at a time): less memory than ``torch.linalg.svd``, which copies
     the matrix and adds a full-size U (an untied LM head is the largest matrix of a block-by-block run)."""
     a = w if w.shape[0] >= w.shape[1] else w.T  # tall: a = U S Vᵀ with V from aᵀa
-    g = torch.zeros(a.shape[1], a.shape[1], dtype=torch.float64, device=a.device)
-    for i in range(0, a.shape[0], rows):
-        c = a[i:i + rows].double()
-        g.addmm_(c.T, c)
-    evecs, root, inv_root = top_eigen(g, rank)
+    evecs, root, inv_root = top_eigen(row_gram(a, rows), rank)
     right = evecs * inv_root
     tall = torch.empty(a.shape[0], right.shape[1], dtype=torch.float32, device=a.device)  # a V S^-½
     for i in range(0, a.shape[0], rows):

@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from .svd import top_eigen
+from .svd import row_gram, top_eigen
 
 DEFAULT_DAMP = 1e-2  # relative to the mean diagonal of XᵀX
 
@@ -109,10 +109,7 @@ def gram_whitened_svd(w: torch.Tensor, gram: torch.Tensor, rank: int, damp: floa
             v[j:j + 1024] = (w[:, j:j + 1024].double().T @ left).float()
         return u, v
     L64 = chol(gram, damp)
-    wtw = torch.zeros(n, n, dtype=torch.float64, device=dev)
-    for i in range(0, m, rows):
-        c = w[i:i + rows].double()
-        wtw.addmm_(c.T, c)
+    wtw = row_gram(w, rows)
     k_mat = L64.T @ wtw @ L64
     del wtw
     evecs, root, inv_root = top_eigen(k_mat, rank)
