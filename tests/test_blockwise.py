@@ -273,3 +273,28 @@ def test_a_tune_target_where_no_block_is_tuned_is_refused(llama_dir, tmp_path, e
     code, _, err = cli("factorize", llama_dir, "--rank", "4", "--tune-target", "model", *extra, "--out", tmp_path / "o")
     assert code == 2 and err.count("error:") == 1 and "--tune-target" in err and "--finetune block" in err, err
     assert "Traceback" not in err and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("which", ["llama", "bert"])
+def test_a_batch_run_a_few_rows_at_a_time_gives_the_whole_batchs_outputs_and_grams(which, llama_dir, tiny_bert_dir):
+    from transformers import AutoModel
+
+    from sinecompress.calib.blocks import block_inputs, run_block
+    from sinecompress.nn.skeleton import find_blocks
+
+    model = AutoModel.from_pretrained(str(llama_dir if which == "llama" else tiny_bert_dir)).eval()
+    _, blocks = find_blocks(model)
+    ids = token_batch(5, 7)
+    mask = torch.ones_like(ids)
+    mask[1, 4:] = 0  # padded rows: their masks and positions are per row
+    mask[3, 2:] = 0
+    masks = [mask]
+    inputs = block_inputs(model, blocks[0], [{"input_ids": ids, "attention_mask": mask}])
+    names = [n for n, m in blocks[0].named_modules() if isinstance(m, torch.nn.Linear)]
+    whole, g_whole = run_block(blocks[0], inputs, names=names, masks=masks, tokens=10**6)
+    split, g_split = run_block(blocks[0], inputs, names=names, masks=masks, tokens=14)  # two rows a piece
+    real = mask.bool()
+    torch.testing.assert_close(split[0][real], whole[0][real], rtol=1e-5, atol=1e-5)
+    for n in names:
+        assert g_split[n]["tokens"] == g_whole[n]["tokens"] == int(mask.sum())
+        torch.testing.assert_close(g_split[n]["gram"], g_whole[n]["gram"], rtol=1e-4, atol=1e-4)

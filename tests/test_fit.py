@@ -68,6 +68,15 @@ def test_the_large_exact_svd_matches_lapacks(transpose):
     assert torch.allclose(u.norm(dim=0).double() ** 2, s[:10], rtol=1e-4)
 
 
+def test_the_large_exact_svd_writes_its_factors_in_the_dtype_asked_for():
+    w, _, _ = _layer(300, 40)
+    u32, v32 = truncated_svd_by_gram(w.to(torch.bfloat16), 10, rows=64)
+    u, v = truncated_svd_by_gram(w.to(torch.bfloat16), 10, rows=64, dtype=torch.bfloat16)
+    assert u.dtype == v.dtype == torch.bfloat16
+    torch.testing.assert_close(u, u32.to(torch.bfloat16), rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(v, v32.to(torch.bfloat16), rtol=1e-2, atol=1e-2)
+
+
 def test_wsvd_beats_svd_on_activations_and_svd_beats_wsvd_on_weights():
     w, _, gram = _layer()
     L = chol(gram)

@@ -10,12 +10,14 @@ import torch
 RANDOMIZED_SVD_MIN_DIM = 2048
 
 
-def truncated_svd(w: torch.Tensor, rank: int, exact: bool | None = None, seed: int = 0):
-    """Balanced rank-k factors (U√S, V√S) of ``w`` in float32, so that ``u @ v.T`` ≈ w."""
+def truncated_svd(w: torch.Tensor, rank: int, exact: bool | None = None, seed: int = 0,
+                  dtype: torch.dtype = torch.float32):
+    """Balanced rank-k factors (U√S, V√S) of ``w``, so that ``u @ v.T`` ≈ w: in float32, or in ``dtype``
+    where the matrix is large enough to take the Gram route (which writes the factors in it directly)."""
     if exact is None:
         exact = min(w.shape) < RANDOMIZED_SVD_MIN_DIM or rank > min(w.shape) // 4
     if exact and min(w.shape) >= RANDOMIZED_SVD_MIN_DIM:
-        return truncated_svd_by_gram(w, rank)  # reads w by blocks of rows, in its own dtype
+        return truncated_svd_by_gram(w, rank, dtype=dtype)  # reads w by blocks of rows, in its own dtype
     w = w.float()
     if exact:
         u, s, vh = torch.linalg.svd(w, full_matrices=False)
@@ -61,17 +63,18 @@ def row_gram(a: torch.Tensor, rows: int = 4096) -> torch.Tensor:
     return g
 
 
-def truncated_svd_by_gram(w: torch.Tensor, rank: int, rows: int = 4096):
+def truncated_svd_by_gram(w: torch.Tensor, rank: int, rows: int = 4096, dtype: torch.dtype = torch.float32):
     """The exact truncated SVD of a large ``w`` from the eigenvectors of its small-side Gram (float64,
     accumulated a block of rows at a time): less memory than ``torch.linalg.svd``, which copies
-    the matrix and adds a full-size U (an untied LM head is the largest matrix of a block-by-block run)."""
+    the matrix and adds a full-size U (an untied LM head is the largest matrix of a block-by-block run).
+    The factors are written in ``dtype``: a bf16 head's tall factor is not also held in float32 (188 MiB)."""
     a = w if w.shape[0] >= w.shape[1] else w.T  # tall: a = U S Vᵀ with V from aᵀa
     evecs, root, inv_root = top_eigen(row_gram(a, rows), rank)
     right = evecs * inv_root
-    tall = torch.empty(a.shape[0], right.shape[1], dtype=torch.float32, device=a.device)  # a V S^-½
+    tall = torch.empty(a.shape[0], right.shape[1], dtype=dtype, device=a.device)  # a V S^-½
     for i in range(0, a.shape[0], rows):
         tall[i:i + rows] = a[i:i + rows].double() @ right
-    short = (evecs * root).float()  # V S^½
+    short = (evecs * root).to(dtype)  # V S^½
     return (tall, short) if a is w else (short, tall)
 
 

@@ -50,7 +50,7 @@ def fit_layer(w: torch.Tensor, lp: LayerPlan, plan: Plan, gram: torch.Tensor | N
                            steps=plan.steps, seed=plan.seed)
         r = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in r.items()}
     elif closed_form:  # wsvd with no Gram (a layer outside the block stack): its weight's SVD
-        r = dict(zip(("u", "v"), truncated_svd(wt, lp.rank, seed=plan.seed)))
+        r = dict(zip(("u", "v"), truncated_svd(wt, lp.rank, seed=plan.seed, dtype=TO_TORCH[lp.dtype])))
     else:
         r = fit_sine(wt, lp.rank, omega, linear_rank=lp.linear_rank, steps=plan.steps, seed=plan.seed)
     if measure is not None:
