@@ -46,7 +46,8 @@ def top_eigen(k_mat: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tenso
     A's singular values σ. Directions with σ below 1e-7 σ₁ carry nothing (float32 weights cannot
     resolve them) and get zeros in both, where σ^-½ would magnify rounding."""
     evals, evecs = torch.linalg.eigh(k_mat)
-    evals, evecs = evals.flip(0)[:rank], evecs.flip(1)[:, :rank]
+    # Only the kept columns are copied (flipped): the full eigenvector matrix goes when this returns.
+    evals, evecs = evals[-rank:].flip(0), evecs[:, -rank:].flip(1)
     s = evals.clamp_min(0).sqrt()
     keep = s > 1e-7 * s[:1].clamp_min(1e-300)
     root = torch.where(keep, s.sqrt(), torch.zeros_like(s))
