@@ -8,8 +8,8 @@ until the budget is spent (greedy) is optimal for this separable model, up to th
 
 With calibration data each layer's share is also weighted by how much the model's outputs move
 when that layer's output is perturbed (``output_sensitivity``): relative error in the first
-layers' outputs costs far more than in the last ones'. A sine layer's error is modelled by the tail
-beyond its linear part's rank (``step_gains``). Whether this helps is measured in docs/fitting.md (``benchmarks/minilm_allocation.py``).
+layers' outputs costs far more than in the last ones'. The linear spectrum stands in for the sine
+layers too. Whether this helps is measured in docs/fitting.md (``benchmarks/minilm_allocation.py``).
 """
 
 from __future__ import annotations
@@ -125,8 +125,7 @@ def allocate(layers: list[LayerPlan], shares: dict[str, torch.Tensor], budget: i
         raise UsageError(f"the parameter budget ({budget:,}) is below rank 1 on every targeted layer; "
                          "raise --param-ratio")
     # gains[i][k]: drop in the weighted error sum per parameter when layer i goes from rank k to k+1
-    gains = [(step_gains(lp, shares[lp.name]) * (weights[lp.name] if weights else 1.0) / sum(lp.shape)).tolist()
-             for lp in layers]
+    gains = [(shares[lp.name] * (weights[lp.name] if weights else 1.0) / sum(lp.shape)).tolist() for lp in layers]
     heap = []
     for i in range(len(layers)):
         _push(heap, layers, gains, i, 1)
@@ -139,15 +138,6 @@ def allocate(layers: list[LayerPlan], shares: dict[str, torch.Tensor], budget: i
         spent += step
         _push(heap, layers, gains, i, k + 1)
     return ranks
-
-
-def step_gains(lp: LayerPlan, share: torch.Tensor) -> torch.Tensor:
-    """What each rank step k → k+1 takes off the layer's modelled error. A linear layer's error at rank k is
-    its tail energy beyond k. A sine layer's is taken as the tail beyond its linear part's rank, about k/2
-    (``split_rank``), each linear direction's energy spread over the two steps that add it: the sine part
-    is credited with nothing (crediting a sine layer's rank like a linear one's made the sine fits on
-    SmolLM2 much worse at 40 % removed, docs/fitting.md)."""
-    return share.repeat_interleave(2) / 2 if lp.kind == "sine" else share
 
 
 def _cost(lp: LayerPlan, k: int) -> int:
