@@ -68,6 +68,19 @@ def test_the_large_exact_svd_matches_lapacks(transpose):
     assert torch.allclose(u.norm(dim=0).double() ** 2, s[:10], rtol=1e-4)
 
 
+def test_top_eigen_keeps_the_largest_rank_eigenpairs_in_descending_order():
+    from sinecompress.fit.svd import top_eigen
+
+    a = torch.randn(30, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    k_mat = a.T @ a
+    s = torch.linalg.svdvals(a)
+    for rank in (0, 3, 8, 12):
+        evecs, root, _ = top_eigen(k_mat, rank)
+        kept = min(rank, 8)
+        assert evecs.shape == (8, kept)
+        assert torch.allclose(root ** 2, s[:kept], rtol=1e-10)
+
+
 def test_the_large_exact_svd_writes_its_factors_in_the_dtype_asked_for():
     w, _, _ = _layer(300, 40)
     u32, v32 = truncated_svd_by_gram(w.to(torch.bfloat16), 10, rows=64)

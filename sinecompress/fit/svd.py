@@ -47,7 +47,8 @@ def top_eigen(k_mat: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tenso
     resolve them) and get zeros in both, where σ^-½ would magnify rounding."""
     evals, evecs = torch.linalg.eigh(k_mat)
     # Only the kept columns are copied (flipped): the full eigenvector matrix goes when this returns.
-    evals, evecs = evals[-rank:].flip(0), evecs[:, -rank:].flip(1)
+    first = evals.shape[0] - min(rank, evals.shape[0])  # (not -rank: rank 0 would keep everything)
+    evals, evecs = evals[first:].flip(0), evecs[:, first:].flip(1)
     s = evals.clamp_min(0).sqrt()
     keep = s > 1e-7 * s[:1].clamp_min(1e-300)
     root = torch.where(keep, s.sqrt(), torch.zeros_like(s))
