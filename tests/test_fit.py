@@ -88,6 +88,9 @@ def test_the_large_exact_svd_writes_its_factors_in_the_dtype_asked_for():
     assert u.dtype == v.dtype == torch.bfloat16
     torch.testing.assert_close(u, u32.to(torch.bfloat16), rtol=1e-2, atol=1e-2)
     torch.testing.assert_close(v, v32.to(torch.bfloat16), rtol=1e-2, atol=1e-2)
+    for exact in (True, False):  # the small routes (LAPACK, randomized) give the same dtype
+        su, sv = truncated_svd(w, 10, exact=exact, dtype=torch.bfloat16)
+        assert su.dtype == sv.dtype == torch.bfloat16
 
 
 def test_wsvd_beats_svd_on_activations_and_svd_beats_wsvd_on_weights():

@@ -70,14 +70,20 @@ def block_inputs(model: nn.Module, first: nn.Module, batches: list[dict], device
 PIECE_TOKENS = 1024
 
 
+def row_slices(n: int, seq: int, tokens: int) -> list[slice]:
+    """Slices of a batch of ``n`` rows of ``seq`` tokens, each at most ``tokens`` tokens (at least one row)."""
+    rows = max(1, tokens // max(seq, 1))
+    return [slice(i, min(i + rows, n)) for i in range(0, n, rows)]
+
+
 def row_pieces(x: torch.Tensor, kw: dict, mask: torch.Tensor | None, tokens: int = PIECE_TOKENS):
     """(rows, x, keywords, mask) for ``x`` (batch, seq, …) split along its rows into pieces of at most
     ``tokens`` tokens. A keyword tensor is split with it when it has the batch's rows first (masks, positions,
     rotary tables of a padded batch); one with a single row or none (shared positions) goes whole."""
     n = x.shape[0]
-    rows = max(1, tokens // max(x.shape[1], 1)) if x.dim() > 2 else n
-    if rows >= n:
-        yield slice(0, n), x, kw, mask
+    slices = row_slices(n, x.shape[1], tokens) if x.dim() > 2 else [slice(0, n)]
+    if len(slices) == 1:
+        yield slices[0], x, kw, mask
         return
 
     def cut(obj, s):
@@ -89,8 +95,7 @@ def row_pieces(x: torch.Tensor, kw: dict, mask: torch.Tensor | None, tokens: int
             return {k: cut(v, s) for k, v in obj.items()}
         return obj
 
-    for i in range(0, n, rows):
-        s = slice(i, min(i + rows, n))
+    for s in slices:
         yield s, x[s], cut(kw, s), cut(mask, s)
 
 

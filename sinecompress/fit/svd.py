@@ -12,8 +12,8 @@ RANDOMIZED_SVD_MIN_DIM = 2048
 
 def truncated_svd(w: torch.Tensor, rank: int, exact: bool | None = None, seed: int = 0,
                   dtype: torch.dtype = torch.float32):
-    """Balanced rank-k factors (U√S, V√S) of ``w``, so that ``u @ v.T`` ≈ w: in float32, or in ``dtype``
-    where the matrix is large enough to take the Gram route (which writes the factors in it directly)."""
+    """Balanced rank-k factors (U√S, V√S) of ``w`` in ``dtype``, so that ``u @ v.T`` ≈ w. The Gram route
+    (large matrices) writes them in ``dtype`` directly: no float32 copy of a large factor besides."""
     if exact is None:
         exact = min(w.shape) < RANDOMIZED_SVD_MIN_DIM or rank > min(w.shape) // 4
     if exact and min(w.shape) >= RANDOMIZED_SVD_MIN_DIM:
@@ -28,7 +28,7 @@ def truncated_svd(w: torch.Tensor, rank: int, exact: bool | None = None, seed: i
             u, s, v = torch.svd_lowrank(w, q=min(rank + 16, min(w.shape)), niter=4)
         u, s, v = u[:, :rank], s[:rank], v[:, :rank]
     root = s.sqrt()
-    return u * root, v * root
+    return (u * root).to(dtype), (v * root).to(dtype)
 
 
 def rel_error(w_hat: torch.Tensor, w: torch.Tensor, rows: int = 1024) -> float:

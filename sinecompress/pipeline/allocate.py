@@ -19,6 +19,7 @@ from functools import partial
 
 import torch
 
+from ..calib.blocks import row_slices
 from ..calib.capture import forward_hidden
 from ..errors import UsageError
 from ..fit.whiten import chol
@@ -85,8 +86,8 @@ def output_sensitivity(model, names: list[str], batches: list[dict], seed: int =
 def _pieces(batch: dict, tokens: int) -> list[dict]:
     """``batch`` split along its rows into pieces of at most ``tokens`` tokens (at least one row each)."""
     first = next(iter(batch.values()))
-    rows = max(1, tokens // max(first.shape[-1], 1)) if first.dim() > 1 else first.shape[0]
-    return [{k: v[i:i + rows] for k, v in batch.items()} for i in range(0, first.shape[0], rows)]
+    slices = row_slices(first.shape[0], first.shape[-1], tokens) if first.dim() > 1 else [slice(None)]
+    return [{k: v[s] for k, v in batch.items()} for s in slices]
 
 
 def _tap(seen: list, leaves: list, _mod, _inp, y):
