@@ -26,8 +26,8 @@ from sinecompress.calib.data import load_calibration  # noqa: E402
 from sinecompress.fit.sine import fit_calibrated  # noqa: E402
 from sinecompress.io.open import open_source  # noqa: E402
 from sinecompress.nn.skeleton import materialize, materialize_on_use, move_real, release  # noqa: E402
-from sinecompress.pipeline.blockwise import _fetcher, skeleton  # noqa: E402
 from sinecompress.pipeline.plan import rank_for_ratio, split_rank  # noqa: E402
+from sinecompress.pipeline.stack import fetcher, skeleton  # noqa: E402
 
 LAYERS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
           "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
@@ -38,7 +38,7 @@ def block_grams(blocks_wanted: list[int], samples: int, seq_len: int):
     src = open_source("example:smollm2")
     data = load_calibration(None, src.side_dir(), samples, seq_len)
     model, stack, blocks, names = skeleton(src)
-    fetch = _fetcher(src, names)
+    fetch = fetcher(src, names)
     move_real(model, "cpu")
     hooks = materialize_on_use(model, fetch, stack + ".", "cpu")
     masks = [b.get("attention_mask") for b in data.batches]

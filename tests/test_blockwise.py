@@ -128,7 +128,7 @@ def test_first_block_fits_equal_the_whole_model_path(llama_dir, tmp_path):
 def test_at_most_one_block_holds_real_weights(tmp_path, monkeypatch):
     """The memory bound, counted rather than timed: whenever a block is read, every other block of the
     stack is still (or again) empty."""
-    from sinecompress.pipeline import blockwise
+    from sinecompress.pipeline import blockwise, stack
 
     d = tiny_llama(tmp_path, layers=4)
     seen = []
@@ -139,7 +139,7 @@ def test_at_most_one_block_holds_real_weights(tmp_path, monkeypatch):
         model_blocks = spy.blocks
         seen.append(sum(any(p.device.type != "meta" for p in b.parameters()) for b in model_blocks))
 
-    real_find = blockwise.find_blocks
+    real_find = stack.find_blocks
 
     def find(model):
         stack, blocks = real_find(model)
@@ -147,7 +147,7 @@ def test_at_most_one_block_holds_real_weights(tmp_path, monkeypatch):
         return stack, blocks
 
     monkeypatch.setattr(blockwise, "materialize", spy)
-    monkeypatch.setattr(blockwise, "find_blocks", find)
+    monkeypatch.setattr(stack, "find_blocks", find)
     sinecompress.factorize(d, tmp_path / "out", finetune="block", ft_steps=2, **SMALL)
     assert seen == [1, 1, 1, 1]
 

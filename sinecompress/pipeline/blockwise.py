@@ -28,39 +28,18 @@ import time
 import torch
 from torch import nn
 
-from ..calib.blocks import block_inputs, block_output, run_block, to_device
-from ..calib.data import load_calibration
+from ..calib.blocks import block_output, run_block, to_device
 from ..config import FactorizeConfig
-from ..errors import InputError
 from ..heap import trim_heap
-from ..io.hf_model import build_model, check_depth, checkpoint_names
 from ..io.sources import Source
-from ..nn.skeleton import empty_parameters, find_blocks, materialize, materialize_on_use, move_real, release
+from ..nn.skeleton import materialize, release
 from ..nn.surgery import build_module, swap_module
 from ..progress import QUIET, Progress
-from .calibrate import check_token_ids
 from .distill import adam_tune
 from .fitting import fit_layer, retuned
 from .plan import Plan
+from .stack import open_stack
 from .workdir import WorkDir
-
-
-def skeleton(src: Source) -> tuple[nn.Module, str, nn.ModuleList, dict[str, str]]:
-    """The model with empty parameters, its block stack (name, list) and model → checkpoint names."""
-    check_depth(src)
-    with empty_parameters():
-        model = build_model(src.side_dir())
-    stack, blocks = find_blocks(model)
-    names = checkpoint_names(model, src.tensors)
-    return model.eval(), stack, blocks, names
-
-
-def _fetcher(src: Source, names: dict[str, str]):
-    def fetch(full: str) -> torch.Tensor:
-        if full not in names:
-            raise InputError(f"{src.display}: no tensor for {full!r}, which the model built from its config needs")
-        return src.get(names[full])
-    return fetch
 
 
 def relative_error(y: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -117,29 +96,11 @@ def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str,
     summary: data, tokens, per-block losses, peak memory). With ``work``, each block's factors are saved
     there as soon as they are final and returned as lazy mappings."""
     t0 = time.perf_counter()
-    cfg = config.calibration
-    # The calibration data first: a bad file fails before the model is built.
-    data = load_calibration(cfg.source, src.side_dir(), cfg.samples, cfg.seq_len)
-    model, stack, blocks, names = skeleton(src)
-    fetch = _fetcher(src, names)
-    move_real(model, device)  # the buffers (rotary frequencies, position ids); parameters come on use
-    hooks = materialize_on_use(model, fetch, stack + ".", device)
-    check_token_ids(data, model, cfg.source or "the built-in text")
-    masks = [b.get("attention_mask") for b in data.batches]
-    inputs = block_inputs(model, blocks[0], data.batches, device)
+    st = open_stack(src, config.calibration, device)
+    blocks, fetch, masks, data, inputs = st.blocks, st.fetch, st.masks, st.data, st.inputs
     original = inputs  # the original model's stream; the two part at the first compressed block
     aim = tune_target(config.finetune.target, plan)
-    for h in hooks:
-        h.remove()
-    release(model)  # the embeddings (and whatever else ran) are not needed again: the blocks are still empty
-    by_block: dict[int, list] = {}
-    outside = []
-    for lp in plan.compressed:
-        head, _, rest = lp.name.partition(stack + ".")
-        if head == "" and rest:
-            by_block.setdefault(int(rest.split(".")[0]), []).append(lp)
-        else:
-            outside.append(lp)
+    by_block, outside = st.split(plan.compressed)
     factors, blocks_done = {}, []
     index = {lp.name: i for i, lp in enumerate(plan.layers)}
 
@@ -150,8 +111,8 @@ def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str,
 
     progress.stage("fitting", len(blocks))
     for i, block in enumerate(blocks):
-        progress.advance(i, f"{stack}.{i}")
-        prefix = f"{stack}.{i}"
+        prefix = f"{st.name}.{i}"
+        progress.advance(i, prefix)
         materialize(block, prefix, fetch)
         block.to(device)
         layers = by_block.get(i, [])
