@@ -8,6 +8,8 @@ forward, as GPTQ-style tools do), so the blocks themselves are never needed for 
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 
@@ -39,8 +41,15 @@ def block_inputs(model: nn.Module, first: nn.Module, batches: list[dict], device
     """For each batch: (the hidden states ``first`` receives, its other call keywords), on the CPU."""
     caught: list[tuple[torch.Tensor, dict]] = []
 
+    names = _positional_names(first)
+
     def hook(_mod, args, kwargs):
         kw = dict(kwargs)
+        if len(args) > len(names):
+            raise InputError(f"{type(first).__name__} is called with {len(args)} positional arguments, more than "
+                             "its forward names; use --finetune global")
+        # BERT's encoder hands a block its attention mask by position: keep it, by name
+        kw.update(zip(names[1:], args[1:]))
         x = args[0] if args else kw.pop("hidden_states")
         for k in ("cache", "past_key_values", "past_key_value", "layer_past"):
             kw.pop(k, None)  # no key/value cache while calibrating: every batch is a fresh sequence
@@ -63,6 +72,12 @@ def block_inputs(model: nn.Module, first: nn.Module, batches: list[dict], device
     finally:
         handle.remove()
     return caught
+
+
+def _positional_names(module: nn.Module) -> list[str]:
+    """The names of ``module.forward``'s parameters that may be given by position."""
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD,)
+    return [p.name for p in inspect.signature(module.forward).parameters.values() if p.kind in kinds]
 
 
 #: A block runs on at most this many tokens at once (a whole number of rows, at least one): a 32×128 batch
