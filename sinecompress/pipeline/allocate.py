@@ -14,6 +14,7 @@ layers too. Whether this helps is measured in docs/fitting.md (``benchmarks/mini
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 from functools import partial
 
@@ -58,7 +59,6 @@ def output_sensitivity(model, names: list[str], batches: list[dict], seed: int =
     net = getattr(model, "base_model", None)
     net = net if isinstance(net, torch.nn.Module) else model
     dev = next(model.parameters()).device
-    g = torch.Generator().manual_seed(seed)
     total = dict.fromkeys(names, 0.0)
     pieces = [p for b in batches for p in _pieces(b, tokens)]
     progress.stage("measuring sensitivity", len(pieces))
@@ -67,11 +67,11 @@ def output_sensitivity(model, names: list[str], batches: list[dict], seed: int =
         piece = {k: v.to(dev) for k, v in piece.items()}
         grads: dict[str, list] = {n: [] for n in names}
         leaves: list[torch.Tensor] = []
-        handles = [model.get_submodule(n).register_forward_hook(partial(_tap, grads[n], leaves)) for n in names]
+        handles = [model.get_submodule(n).register_forward_hook(partial(tap, grads[n], leaves)) for n in names]
         try:
             with torch.enable_grad():
                 hidden = forward_hidden(net, piece)
-                phi = sum(_probe(h, piece.get("attention_mask"), g) for h in hidden)
+                phi = sum(probe(h, piece.get("attention_mask"), probe_draw(seed, i, j)) for j, h in enumerate(hidden))
                 if leaves:  # only to the taps: the weights get no gradient, whatever their requires_grad
                     torch.autograd.backward(phi, inputs=leaves)
         finally:
@@ -90,7 +90,7 @@ def _pieces(batch: dict, tokens: int) -> list[dict]:
     return [{k: v[s] for k, v in batch.items()} for s in slices]
 
 
-def _tap(seen: list, leaves: list, _mod, _inp, y):
+def tap(seen: list, leaves: list, _mod, _inp, y):
     """Route the layer's output through a scalar leaf that needs a gradient (the weights need none), and
     add rms(y)² ‖∂φ/∂y‖² to ``seen`` when the backward reaches it; the gradient itself is not kept."""
     ms = float(y.detach().float().pow(2).mean())
@@ -101,7 +101,14 @@ def _tap(seen: list, leaves: list, _mod, _inp, y):
     return out
 
 
-def _probe(h: torch.Tensor, mask: torch.Tensor | None, g: torch.Generator) -> torch.Tensor:
+def probe_draw(seed: int, piece: int, hidden: int) -> torch.Generator:
+    """The random source of the probe at one (piece, hidden state): its own seed, so that a pass that
+    visits them in another order (block by block, ``stack_sensitivity``) draws the same probes."""
+    digest = hashlib.blake2b(f"{seed}/{piece}/{hidden}".encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little"))
+
+
+def probe(h: torch.Tensor, mask: torch.Tensor | None, g: torch.Generator) -> torch.Tensor:
     """⟨r, M h⟩ / ‖M h‖ with a standard normal r (the mask as ``distill_loss`` applies it)."""
     h = h.float()
     r = torch.randn(h.shape, generator=g).to(h)
@@ -155,17 +162,28 @@ def _push(heap, layers: list[LayerPlan], gains: list[list[float]], i: int, k: in
 def apply_sensitivity(plan: Plan, src, cal=None, progress: Progress = QUIET) -> tuple[Plan, dict]:
     """Re-rank the plan's ``--param-ratio`` layers by sensitivity within the same total budget.
 
-    With calibration (``cal``) each layer's whitened spectrum is weighted by its measured
-    ``output_sensitivity``; without, the plain spectra of the weights are used, equally weighted.
-    Returns the new plan and ``{"mode", "budget", "weights", "ranks": {name: [uniform, allocated]}}``
-    for the summary.
+    With calibration (``cal``, the whole model) each layer's whitened spectrum is weighted by its measured
+    ``output_sensitivity``; without, the plain spectra of the weights are used, equally weighted. (A model
+    fitted block by block is measured block by block: ``stack_sensitivity``.) Returns the new plan and
+    ``{"mode", "budget", "weights", "ranks": {name: [uniform, allocated]}}`` for the summary.
     """
-    pool = [lp for lp in plan.compressed if _ratio_sized(plan, lp)]
-    budget = sum(lp.factored_params for lp in pool)
+    pool = sensitivity_pool(plan)
     shares = {lp.name: energy_share(src.get(lp.name + ".weight"), cal.grams[lp.name]["gram"] if cal else None)
               for lp in pool}
     weights = (output_sensitivity(cal.model, [lp.name for lp in pool], cal.data.batches, plan.seed, progress)
                if cal else None)
+    return rerank(plan, pool, shares, weights)
+
+
+def sensitivity_pool(plan: Plan) -> list[LayerPlan]:
+    """The layers an allocation may re-rank: those sized by a ``param_ratio``."""
+    return [lp for lp in plan.compressed if _ratio_sized(plan, lp)]
+
+
+def rerank(plan: Plan, pool: list[LayerPlan], shares: dict[str, torch.Tensor],
+           weights: dict[str, float] | None) -> tuple[Plan, dict]:
+    """The plan with ``pool``'s ranks allocated (``allocate``) within their uniform budget, and the record."""
+    budget = sum(lp.factored_params for lp in pool)
     ranks = allocate(pool, shares, budget, weights)
     record = {lp.name: [lp.rank, ranks[lp.name]] for lp in pool}
     new = plan.with_layers(lp.with_rank(ranks[lp.name]) if lp.name in ranks else lp for lp in plan.layers)

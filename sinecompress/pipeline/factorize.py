@@ -28,6 +28,7 @@ from .finetune import finetune
 from .fitting import fit_into, fit_layers, settle
 from .plan import build_plan
 from .sequential import fit_sequential
+from .stack_sensitivity import apply_stack_sensitivity
 from .validate import check_targets, warn_kept_dense
 from .workdir import WorkDir, prepare, stored_factors
 from .workers import held_by_parent, in_worker, run_workers
@@ -130,25 +131,29 @@ def _run(src: Source, out: Path, config: FactorizeConfig, progress: Progress, mo
     if not calibrated and any(lp.method == "wsvd" for lp in plan.compressed):  # a recipe rule's wsvd
         raise UsageError(f"--method wsvd needs calibration data, and {decide(src, config.calibration)[1]}")
     cal, note = None, decide(src, config.calibration, model)[1]
-    if calibrated and (mode == "global" or plan.allocate == "sensitivity"):  # the whole model, in memory
+    if calibrated and mode == "global":  # the whole model, in memory
         progress.stage("calibrating")
         cal, note = calibrate(src, [lp.name for lp in plan.compressed], config.calibration, model=model,
                               device=device)
-    allocation = {"mode": "uniform"}
-    if plan.allocate == "sensitivity":
-        plan, allocation = apply_sensitivity(plan, src, cal, progress)
     ft_steps = config.finetune.steps_on(device, mode)
     tune, work, spill, sequential, record = None, None, None, False, {"used": False}
+    allocation = {"mode": "uniform"}
     try:
+        if calibrated and mode != "global":
+            # Each block's factors go to a work directory as they are made: memory does not grow with depth.
+            spill = prepare(out, src, plan, resume=False, resumable=False)
+        if plan.allocate == "sensitivity" and spill is not None:  # measured block by block too
+            scratch = spill.path / "sensitivity"
+            scratch.mkdir()
+            plan, allocation = apply_stack_sensitivity(plan, src, config, device, scratch, progress)
+        elif plan.allocate == "sensitivity":
+            plan, allocation = apply_sensitivity(plan, src, cal, progress)
         if not calibrated:
             work = WorkDir(Path(dist.on_rank0(lambda: str(prepare(out, src, plan, config.output.resume).path))))
             dist.all_ok(lambda: fit_into(work, src, plan, progress, dist))
             factors, dense = stored_factors(work, plan)
             plan = settle(plan, factors, dense)
         elif mode != "global":
-            cal = None  # the whole-model calibration (for an allocation) is not needed any more
-            # Each block's factors go to a work directory as they are made: memory does not grow with depth.
-            spill = prepare(out, src, plan, resume=False, resumable=False)
             factors, tune = fit_blockwise(src, plan, config, device, ft_steps if mode == "block" else 0, progress,
                                           work=spill)
             plan = settle(plan, factors)
