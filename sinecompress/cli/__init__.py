@@ -15,7 +15,7 @@ import warnings
 
 import typer
 
-from .. import heap, signals
+from .. import signals
 from ..errors import SineCompressError
 from . import adapter_cmd, convert_cmd, eval_cmd, factorize_cmd, inflate_cmd, recipe_cmd, report_cmd  # noqa: F401 (register)
 from ._console import err_console
@@ -89,7 +89,6 @@ def main(argv: list[str] | None = None) -> None:
 
 def _main(argv: list[str] | None) -> None:
     signals.install()
-    heap.steady_heap()
     warnings.showwarning = _show_warning  # one line per warning, no source location
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
