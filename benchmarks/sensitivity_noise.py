@@ -8,7 +8,9 @@ and the allocations are:
 
 * spread: per layer, the standard deviation of the estimate over the seeds / its mean (median and max);
 * moved: for two seeds, the share of the parameter budget that the two allocations place differently
-  (Σ |Δrank| (m + n) / 2 / budget).
+  (Σ |Δrank| (m + n) / 2 / budget);
+* block by block: the largest relative difference between the whole-model estimates and those of the
+  block-by-block pass (``stack_sensitivity``, what a block-path run uses) with the first seed.
 
     PYTHONPATH=. python benchmarks/sensitivity_noise.py            # seeds 0 1 2, writes BENCHMARKS.md
     PYTHONPATH=. python benchmarks/sensitivity_noise.py --seeds 0 1 --no-write
@@ -21,6 +23,7 @@ import itertools
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,11 +34,13 @@ from _bench import machine_info, machine_line, write_section  # noqa: E402
 
 from sinecompress.calib.capture import capture_grams  # noqa: E402
 from sinecompress.calib.data import load_calibration  # noqa: E402
-from sinecompress.config import make_config  # noqa: E402
+from sinecompress.config import CalibrationConfig, make_config  # noqa: E402
 from sinecompress.io.hf_model import dense_model  # noqa: E402
 from sinecompress.io.open import open_source  # noqa: E402
 from sinecompress.pipeline import allocate as al  # noqa: E402
 from sinecompress.pipeline.plan import build_plan  # noqa: E402
+from sinecompress.pipeline.stack import open_stack  # noqa: E402
+from sinecompress.pipeline.stack_sensitivity import stack_sensitivity  # noqa: E402
 
 MODEL = "example:smollm2"
 
@@ -80,6 +85,15 @@ def main():
         ranks = {r: al.allocate(pool[r], shares, sum(lp.factored_params for lp in pool[r]), weights) for r in pool}
         runs[label] = {"weights": weights, "ranks": ranks, "seconds": time.perf_counter() - t}
         print(label, f"{runs[label]['seconds']:.0f} s", flush=True)
+    t = time.perf_counter()
+    st = open_stack(src, CalibrationConfig(), "cpu")
+    inside, _ = st.split(pool[20])
+    with tempfile.TemporaryDirectory() as scratch:
+        stack_shares, stack_weights = stack_sensitivity(st, inside, "cpu", Path(scratch), args.seeds[0])
+    first = runs[f"seed {args.seeds[0]}"]["weights"]
+    apart = max(abs(stack_weights[n] - first[n]) / first[n] for n in names)
+    shares_apart = max(float((stack_shares[n] - shares[n]).abs().max()) for n in names)
+    stack_seconds = time.perf_counter() - t
     seeds = [f"seed {s}" for s in args.seeds]
     spread = [statistics.pstdev([runs[s]["weights"][n] for s in seeds]) /
               statistics.fmean([runs[s]["weights"][n] for s in seeds]) for n in names]
@@ -95,6 +109,9 @@ def main():
         lines.append(f"| {a} / {b} | " + " | ".join(
             f"{100 * moved(runs[a]['ranks'][r], runs[b]['ranks'][r], pool[r], sum(lp.factored_params for lp in pool[r])):.1f} %"
             for r in (20, 40)) + " |")
+    lines += ["", f"Block by block (seed {args.seeds[0]}, {stack_seconds:.0f} s including the calibration forward): "
+              f"largest relative difference from the whole-model estimate {apart:.1e}; largest difference of an "
+              f"energy share {shares_apart:.1e}."]
     secs = ", ".join(f"{run['seconds']:.0f}" for run in runs.values())
     lines += ["", f"Seconds per pass: {secs}. Whole run: "
               f"{(time.perf_counter() - t0) / 60:.1f} min.", "",
