@@ -44,7 +44,14 @@ def test_block_by_block_sensitivity_equals_the_whole_models(which, tiny_bert_dir
 
 
 def test_the_final_norm_is_the_norm_right_after_the_stack():
-    from transformers import BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+    from transformers import (
+        BertConfig,
+        BertForMaskedLM,
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     small = {"num_hidden_layers": 1, "num_attention_heads": 2, "hidden_size": 8, "intermediate_size": 16,
              "vocab_size": 20}
