@@ -86,10 +86,7 @@ def stack_sensitivity(st: Stack, inside: dict[int, list], device: str, scratch: 
     inputs = st.inputs
     for i, block in enumerate(st.blocks):  # forward: spectra, and every block's inputs saved from the first
         progress.advance(i, f"{st.name}.{i} forward")
-        prefix = f"{st.name}.{i}"
-        materialize(block, prefix, st.fetch, device=device)
-        block.to(device)
-        local = [lp.name[len(prefix) + 1:] for lp in inside.get(i, [])]
+        local = _read_block(st, i, inside, device)
         if i >= first:
             _save(inputs, scratch, i)
         outs, grams = run_block(block, inputs, device, local, st.masks)
@@ -108,11 +105,8 @@ def stack_sensitivity(st: Stack, inside: dict[int, list], device: str, scratch: 
     grads, pieces = None, 0
     for step, i in enumerate(range(n - 1, first - 1, -1)):  # backward: the probe's gradient, block by block
         progress.advance(n + step, f"{st.name}.{i} backward")
-        prefix = f"{st.name}.{i}"
         block = st.blocks[i]
-        materialize(block, prefix, st.fetch, device=device)
-        block.to(device)
-        local = [lp.name[len(prefix) + 1:] for lp in inside.get(i, [])]
+        local = _read_block(st, i, inside, device)
         head = norm[1] if norm is not None and i == n - 1 else None
         saved = [(_saved(scratch, i, j), shape) for j, shape in enumerate(shapes)]
         grads, found, pieces = _backward(block, local, saved, keywords, st.masks, grads, head, i, seed, device,
@@ -127,6 +121,14 @@ def stack_sensitivity(st: Stack, inside: dict[int, list], device: str, scratch: 
         release(norm[1])
     progress.advance(2 * n - first)
     return shares, {name: v / n / max(pieces, 1) for name, v in total.items()}
+
+
+def _read_block(st: Stack, i: int, inside: dict[int, list], device: str) -> list[str]:
+    """Give block i its weights on ``device``; return its measured layers' names inside the block."""
+    prefix = f"{st.name}.{i}"
+    materialize(st.blocks[i], prefix, st.fetch, device=device)
+    st.blocks[i].to(device)
+    return [lp.name[len(prefix) + 1:] for lp in inside.get(i, [])]
 
 
 def _save(inputs: list, scratch: Path, i: int) -> None:
