@@ -26,6 +26,7 @@ from ..errors import UsageError
 from ..fit.whiten import chol
 from ..progress import QUIET, Progress
 from ..weights import factor_params
+from .distill import token_energy, token_weights
 from .plan import LayerPlan, Plan
 
 
@@ -46,11 +47,11 @@ def output_sensitivity(model, names: list[str], batches: list[dict], seed: int =
     """How much the model's outputs move per unit of relative error in each layer's output.
 
     The quantity: add Gaussian noise of NOISE × the RMS of a layer's output to what it returns, measure the
-    distillation loss against the clean model (``distill.distill_loss``: the mean over hidden states h_j of
-    ‖δh_j‖² / ‖h_j‖² on real tokens), divide by NOISE². Measuring it so, a forward pass per layer, took
-    hours on SmolLM2 (210 layers). To first order the loss is NOISE² rms(y)² Σ_j tr(J_jᵀ M_j J_j) / ‖h_j‖²
-    (J_j = ∂h_j/∂y, M_j the real-token mask) / #h, and a random probe r gives every layer's trace at once:
-    with φ = Σ_j ⟨r_j, M_j h_j⟩ / ‖h_j‖, E‖∂φ/∂y‖² is that sum (Hutchinson). So: one forward and one
+    distillation loss against the clean model (``distill.distill_loss``: the mean over hidden states h_j and
+    their T real tokens t of ‖δh_jt‖² / ‖h_jt‖²), divide by NOISE². Measuring it so, a forward pass per layer,
+    took hours on SmolLM2 (210 layers). To first order the loss is NOISE² rms(y)² Σ_j Σ_t tr(J_jtᵀ J_jt) /
+    (T ‖h_jt‖²) / #h (J_jt = ∂h_jt/∂y), and a random probe r gives every layer's trace at once: with
+    φ = Σ_j Σ_t ⟨r_jt, h_jt⟩ / (√T ‖h_jt‖), E‖∂φ/∂y‖² is that sum (Hutchinson). So: one forward and one
     backward for all layers together, one probe, per piece of a batch of at most ``tokens`` tokens (what
     the backward holds); the result is the mean over the pieces. A causal LM runs without its head, which
     the hidden states do not need.
@@ -109,15 +110,12 @@ def probe_draw(seed: int, piece: int, hidden: int) -> torch.Generator:
 
 
 def probe(h: torch.Tensor, mask: torch.Tensor | None, g: torch.Generator) -> torch.Tensor:
-    """⟨r, M h⟩ / ‖M h‖ with a standard normal r (the mask as ``distill_loss`` applies it)."""
+    """Σ_t ⟨r_t, h_t⟩ / ‖h_t‖ / √T over the T real tokens, with a standard normal r: its gradient's expected
+    square is ``distill.relative_error``'s first-order response (each token weighed by its own energy)."""
     h = h.float()
     r = torch.randn(h.shape, generator=g).to(h)
-    if mask is not None and h.dim() == 3 and tuple(mask.shape) == tuple(h.shape[:2]):
-        w = mask.unsqueeze(-1).to(h)
-        r, energy = r * w, (h.detach() * w).pow(2).sum()
-    else:
-        energy = h.detach().pow(2).sum()
-    return (r * h).sum() / energy.sqrt().clamp_min(1e-12)
+    w = token_weights(h, mask)
+    return ((r * h).sum(-1) * w / token_energy(h, w).sqrt()).sum() / w.sum().clamp_min(1).sqrt()
 
 
 def allocate(layers: list[LayerPlan], shares: dict[str, torch.Tensor], budget: int,

@@ -35,20 +35,11 @@ from ..io.sources import Source
 from ..nn.skeleton import materialize, release
 from ..nn.surgery import build_module, swap_module
 from ..progress import QUIET, Progress
-from .distill import adam_tune
+from .distill import adam_tune, relative_error
 from .fitting import fit_layer, retuned
 from .plan import Plan
 from .stack import open_stack
 from .workdir import WorkDir
-
-
-def relative_error(y: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """‖y − target‖² / ‖target‖² over real tokens (a padded position is not what the block is for)."""
-    d, e = (y.float() - target) ** 2, target ** 2
-    if mask is not None and d.dim() == 3 and tuple(mask.shape) == tuple(d.shape[:2]):
-        w = mask.unsqueeze(-1).to(d.dtype)
-        d, e = d * w, e * w
-    return d.sum() / e.sum().clamp_min(1e-12)
 
 
 def _placeholder(p: nn.Parameter) -> nn.Parameter:
