@@ -45,14 +45,18 @@ METHODS = {
 }
 
 
-def timed_cli(args: list[str]) -> dict:
-    """Run the CLI under /usr/bin/time; wall seconds and peak RSS (MiB) of that process."""
+def timed_cli(args: list[str], summary: Path | None = None) -> dict:
+    """Run the CLI under /usr/bin/time; wall seconds and peak RSS (MiB) of that process. With ``summary``,
+    what the command printed (the ``--json`` summary) is kept there."""
     with tempfile.NamedTemporaryFile(suffix=".time") as tf:
         cmd = ["/usr/bin/time", "-f", "%e %M", "-o", tf.name, sys.executable, "-m", "sinecompress", *args]
         r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         if r.returncode != 0:
             raise SystemExit(f"{' '.join(args)} failed ({r.returncode}):\n{r.stderr[-3000:]}")
         wall, rss_kib = Path(tf.name).read_text().split()[-2:]
+    if summary is not None:
+        summary.parent.mkdir(parents=True, exist_ok=True)
+        summary.write_text(r.stdout)
     return {"seconds": float(wall), "peak_rss_mib": int(rss_kib) // 1024}
 
 
@@ -68,7 +72,8 @@ def run(args, on_row=lambda rows, dense: None) -> list[dict]:
                 out = work / f"{method}-{removed}"
                 extra = [*METHODS[method], *args.extra]
                 t = timed_cli(["factorize", MODEL, "--param-ratio", f"{1 - removed / 100:g}", "--out", str(out),
-                               "--json", *extra])
+                               "--json", *extra],
+                              None if args.summaries is None else args.summaries / f"{method}-{removed}.json")
                 r = evaluate(str(out))
                 ppl = r["model"]["perplexity"]
                 row = {"method": method, "removed": removed, "perplexity": ppl,
@@ -107,6 +112,7 @@ def main():
     ap.add_argument("--removed", type=int, nargs="+", default=[20, 40, 60], help="share of parameters removed, %%")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more factorize flags for every row")
+    ap.add_argument("--summaries", type=Path, help="keep each row's `factorize --json` summary in this folder")
     ap.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     ap.add_argument("--section", default="smollm_ppl", help="BENCHMARKS.md section to (re)write")
     args = ap.parse_args()

@@ -36,3 +36,26 @@ def test_a_tune_that_diverges_to_nan_is_undone():
     before = p.clone()
     r = adam_tune([p], lambda i: (p * float("nan")).sum(), 1, steps=2, lr=0.1, stage=None)
     assert r["undone"] and torch.equal(p, before)
+
+
+def test_relative_error_weighs_every_real_token_alike():
+    """A sink token 100× the others' norm: the loss is the mean of the tokens' own ratios, by hand."""
+    from sinecompress.pipeline.distill import relative_error
+
+    t = torch.ones(1, 3, 2)
+    t[0, 0] *= 100.0  # the sink
+    y = t.clone()
+    y[0, 1] += torch.tensor([1.0, 0.0])  # token 1: ‖δ‖² = 1 against ‖t‖² = 2
+    y[0, 2] += 5.0  # token 2: padding, whatever its error
+    mask = torch.tensor([[1, 1, 0]])
+    assert abs(float(relative_error(y, t, mask)) - (0.0 + 0.5) / 2) < 1e-7
+    # a batch-wide ratio would have been 1 / (2·100² + 2) ≈ 5e-5: the sink alone
+    assert abs(float(relative_error(y, t, None)) - (0.0 + 0.5 + 50 / 2) / 3) < 1e-6
+
+
+def test_relative_error_of_an_all_zero_target_token_is_finite():
+    from sinecompress.pipeline.distill import relative_error
+
+    t = torch.ones(1, 2, 3)
+    t[0, 1] = 0.0
+    assert torch.isfinite(relative_error(t + 0.1, t, None))
