@@ -47,7 +47,7 @@ def relative_error(y: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | N
     """The mean over real tokens of ‖y_t − target_t‖² / ‖target_t‖².
 
     Per token, not over the whole batch: in an LLM's residual stream one token (the first, an attention
-    sink) can hold almost all of the energy (99.9 % of ‖h‖² after SmolLM2's blocks 12-28), and a
+    sink) can hold almost all of the energy (over 98 % of ‖h‖² after SmolLM2's blocks 12-28), and a
     batch-wide ratio would measure that token alone."""
     w = token_weights(target, mask)
     d = (y.float() - target.float()).pow(2).sum(-1)
