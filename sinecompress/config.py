@@ -88,7 +88,12 @@ SETTINGS: tuple[Setting, ...] = (
             'Calibration data: text lines (.txt), JSONL {"text": ...}, or a .safetensors file of model input '
             "tensors. Default for text models: built-in text (Python stdlib docstrings)."),
     Setting("calib_samples", "calibration.samples", 256, "calibration.samples", "Number of calibration samples."),
-    Setting("seq_len", "calibration.seq_len", 128, "calibration.seq_len", "Maximum tokens per calibration text."),
+    Setting("seq_len", "calibration.seq_len", 128, "calibration.seq_len",
+            "Tokens per calibration sample: a text's maximum, or each packed row's length."),
+    Setting("calib_pack", "calibration.pack", None, "calibration.pack",
+            "Join the calibration texts (with a blank line) and cut them into --calib-samples rows of --seq-len "
+            "tokens, as a causal LM reads text, instead of one text per row. Default: on for causal LMs, off "
+            "otherwise (docs/fitting.md).", flag="--calib-pack/--no-calib-pack"),
     Setting("finetune_steps", "finetune.steps", "auto", "finetune.steps",
             "Calibration fine-tune steps (distillation against the original); auto: for the whole model "
             f"(global) {FINETUNE_STEPS['cpu']} on CPU, {FINETUNE_STEPS['cuda']} on CUDA; for each block (block) "
@@ -231,6 +236,7 @@ class CalibrationConfig:
     source: str | None = None  # a file; None: built-in text for text models
     samples: int = 256
     seq_len: int = 128
+    pack: bool | None = None  # None: on for causal LMs (docs/fitting.md)
 
     def __post_init__(self):
         _bool("calibration.enabled", self.enabled, optional=True)
@@ -241,6 +247,7 @@ class CalibrationConfig:
                 _fail("calibration.source", f"must be a file path, got {self.source!r}")
         _positive_int("calibration.samples", self.samples, hi=10**7)
         _positive_int("calibration.seq_len", self.seq_len, hi=10**6)
+        _bool("calibration.pack", self.pack, optional=True)
 
 
 @dataclass(frozen=True)

@@ -193,3 +193,54 @@ def test_real_rows_in_blocks_are_the_real_tokens():
     assert len(blocks) == 6 and all(b.dtype == torch.float32 for b in blocks)
     assert torch.equal(torch.cat(blocks), real_tokens(x, mask).float())
     assert torch.equal(torch.cat(list(_real_rows(x, None, rows=5))), x.reshape(-1, 4).float())
+
+
+def test_packed_rows_are_the_joined_text_cut_into_full_rows(tmp_path):
+    from transformers import AutoTokenizer
+
+    from sinecompress.calib.data import packed_batches
+    from sinecompress.calib.text import SEPARATOR
+
+    from .helpers import tiny_llama
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_llama(tmp_path)))
+    texts = ["the of and to in is", "that it for on with", "as was by be this are from"]
+    stream = tok(SEPARATOR.join(texts))["input_ids"]
+    batches = packed_batches(tok, texts, rows=3, seq_len=5, batch_size=2)
+    assert [b["input_ids"].shape for b in batches] == [(2, 5), (1, 5)]
+    ids = torch.cat([b["input_ids"] for b in batches]).reshape(-1).tolist()
+    assert ids == stream[:15] and all(bool(b["attention_mask"].all()) for b in batches)
+    short = packed_batches(tok, texts[:1], rows=4, seq_len=64)  # shorter than a row: one shorter row
+    assert short[0]["input_ids"].reshape(-1).tolist() == tok(texts[0])["input_ids"]
+
+
+def test_causal_lms_calibrate_on_packed_rows_and_encoders_on_texts(tmp_path, tiny_bert_dir):
+    from sinecompress.config import CalibrationConfig
+    from sinecompress.io.open import open_source
+    from sinecompress.pipeline.calibrate import calibration_data
+
+    from .helpers import tiny_llama
+
+    lm = open_source(tiny_llama(tmp_path))
+    data = calibration_data(lm, CalibrationConfig(samples=6, seq_len=16))
+    assert "packed into 6 rows of 16 tokens" in data.description
+    assert [tuple(b["input_ids"].shape) for b in data.batches] == [(6, 16)]
+    unpacked = calibration_data(lm, CalibrationConfig(samples=6, seq_len=16, pack=False))
+    assert unpacked.description.endswith("(6 texts)") and unpacked.samples == 6
+    enc = calibration_data(open_source(tiny_bert_dir), CalibrationConfig(samples=6, seq_len=16))
+    assert enc.description.endswith("(6 texts)")
+    forced = calibration_data(open_source(tiny_bert_dir), CalibrationConfig(samples=6, seq_len=16, pack=True))
+    assert "packed" in forced.description
+
+
+def test_calib_pack_with_a_tensor_file_is_a_one_line_error(tmp_path):
+    from safetensors.torch import save_file
+
+    from .helpers import tiny_llama
+
+    d = tiny_llama(tmp_path)
+    save_file({"input_ids": torch.ones(2, 4, dtype=torch.long)}, str(tmp_path / "in.safetensors"))
+    code, _, err = cli("factorize", d, "--rank", "2", "--calib", tmp_path / "in.safetensors", "--calib-pack",
+                       "--out", tmp_path / "out")
+    assert_one_line_error(code, err, 3, "in.safetensors", "--calib-pack")
+    assert not (tmp_path / "out").exists()

@@ -38,6 +38,7 @@ VALUES = {
     "calib": ("calib.txt", {}),
     "calib_samples": (12, {}),
     "seq_len": (13, {}),
+    "calib_pack": (False, {}),
     "finetune_steps": (0, {}),
     "finetune": ("global", {}),
     "tune_target": ("model", {}),
@@ -53,7 +54,7 @@ VALUES = {
 BAD = {
     "method": "lowrank", "rank": 0, "param_ratio": 1.0, "omega": -5, "targets": [""], "exclude": [""],
     "allocate": "best", "seed": -1, "device": "tpu", "fit_steps": 0, "sequential": "maybe",
-    "calibration": "maybe", "calib": "", "calib_samples": 0, "seq_len": 0, "finetune_steps": -1, "finetune": "blockwise", "tune_target": "teacher",
+    "calibration": "maybe", "calib": "", "calib_samples": 0, "seq_len": 0, "calib_pack": "maybe", "finetune_steps": -1, "finetune": "blockwise", "tune_target": "teacher",
     "lr": 0,
     "overwrite": "yes", "resume": 1, "max_shard_size": "lots", "workers": 0, "allow_pickle": "no",
 }

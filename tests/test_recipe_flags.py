@@ -81,6 +81,7 @@ CALIBRATED_FLAGS = {
     "calib": (["--calib", "{calib}"], "{calib}"),
     "calib_samples": (["--calib-samples", "8"], 8),
     "seq_len": (["--seq-len", "16"], 16),
+    "calib_pack": (["--calib-pack"], True),
     "finetune_steps": (["--steps", "2"], 2),
     "lr": (["--lr", "0.05"], 0.05),
     "finetune": (["--finetune", "global"], "global"),  # the whole-model fine-tune, where --sequential applies
@@ -160,7 +161,7 @@ def test_every_calibration_flag_reaches_the_run(tmp_path, tiny_bert_dir, seen):
         assert after[key] == value and before[key] != value, key
     s = json.loads(out)
     assert s["calibration"]["used"] and s["calibration"]["samples"] == 8
-    assert s["calibration"]["data"].startswith("calib.txt (8 texts)")
+    assert s["calibration"]["data"].startswith("calib.txt (40 texts packed into 8 rows of 16 tokens)")
     assert s["finetune"]["steps"] == 2 and s["finetune"]["device"] == "cpu"
     assert s["sequential"] is True  # asked for, although a fine-tune runs (where it is off by default)
 

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from ..errors import InputError
 from ..io.header import check_safetensors_header
 from ..io.paths import regular_file
-from .text import builtin_texts, read_texts
+from .text import SEPARATOR, builtin_texts, read_texts
 
 
 @dataclass
@@ -43,7 +43,7 @@ def with_padding(tok, where) -> None:
         tok.pad_token = fill
 
 
-def tokenize(texts: list[str], model_dir: Path, seq_len: int, batch_size: int = 32) -> list[dict]:
+def _tokenizer(model_dir: Path):
     from transformers import AutoTokenizer
 
     try:
@@ -52,7 +52,23 @@ def tokenize(texts: list[str], model_dir: Path, seq_len: int, batch_size: int = 
         raise InputError(f"{model_dir}: cannot load the model's tokenizer for calibration ({e}); "
                          "pass --no-calib or a safetensors --calib file of input tensors") from None
     with_padding(tok, model_dir)
-    return length_batches(tok, texts, seq_len, batch_size)[0]
+    return tok
+
+
+def tokenize(texts: list[str], model_dir: Path, seq_len: int, batch_size: int = 32) -> list[dict]:
+    return length_batches(_tokenizer(model_dir), texts, seq_len, batch_size)[0]
+
+
+def packed_batches(tok, texts: list[str], rows: int, seq_len: int, batch_size: int = 32) -> list[dict]:
+    """The texts joined with SEPARATOR into one token stream (as ``sinecompress eval`` reads text), cut into
+    at most ``rows`` rows of ``seq_len`` tokens; a stream shorter than one row is one shorter row."""
+    ids = tok(SEPARATOR.join(texts), verbose=False)["input_ids"]
+    if not ids:
+        raise InputError("the calibration text tokenizes to nothing")
+    n = max(1, min(rows, len(ids) // seq_len))
+    x = torch.tensor(ids[:n * seq_len], dtype=torch.long).reshape(n, -1)
+    return [{"input_ids": x[i:i + batch_size], "attention_mask": torch.ones_like(x[i:i + batch_size])}
+            for i in range(0, n, batch_size)]
 
 
 def length_batches(tok, texts: list[str], max_length: int, batch_size: int = 32) -> tuple[list[dict], torch.Tensor]:
@@ -86,8 +102,9 @@ def read_tensor_inputs(path: Path, samples: int, batch_size: int = 32) -> list[d
 
 
 def load_calibration(calib: str | Path | None, model_dir: Path | None, samples: int, seq_len: int,
-                     batch_size: int = 32) -> CalibData:
-    """Calibration batches from ``calib`` (a file) or, when None, the built-in stdlib text."""
+                     batch_size: int = 32, pack: bool = False) -> CalibData:
+    """Calibration batches from ``calib`` (a file) or, when None, the built-in stdlib text. With ``pack``,
+    texts are joined and cut into ``samples`` rows of ``seq_len`` tokens (``packed_batches``)."""
     if calib is not None:
         path = Path(calib)
         if not path.exists():
@@ -97,7 +114,13 @@ def load_calibration(calib: str | Path | None, model_dir: Path | None, samples: 
             return CalibData(read_tensor_inputs(path, samples, batch_size), f"{path.name} (tensors)")
         if model_dir is None:
             raise InputError(f"{path}: text calibration needs a model directory with a tokenizer")
-        texts = read_texts(path)[:samples]
-        return CalibData(tokenize(texts, model_dir, seq_len, batch_size), f"{path.name} ({len(texts)} texts)")
-    texts = builtin_texts("calib", samples)
-    return CalibData(tokenize(texts, model_dir, seq_len, batch_size), f"built-in stdlib docstrings ({len(texts)} texts)")
+        texts, name = read_texts(path), path.name
+    else:
+        texts, name = builtin_texts("calib"), "built-in stdlib docstrings"
+    if pack:
+        batches = packed_batches(_tokenizer(model_dir), texts, samples, seq_len, batch_size)
+        rows = sum(b["input_ids"].shape[0] for b in batches)
+        return CalibData(batches, f"{name} ({len(texts)} texts packed into {rows} rows of "
+                                  f"{batches[0]['input_ids'].shape[1]} tokens)")
+    texts = texts[:samples]
+    return CalibData(tokenize(texts, model_dir, seq_len, batch_size), f"{name} ({len(texts)} texts)")

@@ -29,6 +29,8 @@ HELDOUT_MODULES = (
     "timeit", "tokenize", "traceback", "typing", "unittest", "urllib.parse", "uuid", "weakref", "xml.dom.minidom",
     "zipfile", "zoneinfo",
 )
+# How texts are joined into one stream: for perplexity (``report/evaluate.py``) and packed calibration.
+SEPARATOR = "\n\n"
 
 
 def _docstrings(module_name: str) -> list[str]:

@@ -39,6 +39,7 @@ def factorize_cmd(
     calib: Path = option("calib"),
     calib_samples: int = option("calib_samples"),
     seq_len: int = option("seq_len"),
+    calib_pack: bool = option("calib_pack", "--calib-pack/--no-calib-pack", show_default=False),
     sequential: bool = option("sequential", "--sequential/--no-sequential", show_default=False),
     no_calib: bool = option("calibration", "--no-calib", default=False,
                             help="Skip calibration: fit weights only (faster, worse)."),

@@ -14,13 +14,13 @@ import torch
 from torch import nn
 
 from ..calib.blocks import block_inputs
-from ..calib.data import CalibData, load_calibration
+from ..calib.data import CalibData
 from ..config import CalibrationConfig
 from ..errors import InputError
 from ..io.hf_model import build_model, check_depth, checkpoint_names
 from ..io.sources import Source
 from ..nn.skeleton import empty_parameters, find_blocks, materialize_on_use, move_real, release
-from .calibrate import check_token_ids
+from .calibrate import calibration_data, check_token_ids
 from .plan import LayerPlan
 
 
@@ -71,7 +71,7 @@ def open_stack(src: Source, cfg: CalibrationConfig, device: str) -> Stack:
     """Build the skeleton, read the calibration batches and run them up to the first block; everything
     read on the way (the embeddings) is released again."""
     # The calibration data first: a bad file fails before the model is built.
-    data = load_calibration(cfg.source, src.side_dir(), cfg.samples, cfg.seq_len)
+    data = calibration_data(src, cfg)
     model, stack, blocks, names = skeleton(src)
     fetch = fetcher(src, names)
     move_real(model, device)  # the buffers (rotary frequencies, position ids); parameters come on use

@@ -39,6 +39,7 @@ calibration:
   # source: calib.txt   # text lines, JSONL {"text": ...} or a .safetensors file of input tensors
   samples: 256
   seq_len: 128
+  # pack: true          # join the texts into full rows of seq_len tokens; default: on for causal LMs
 
 # Fine-tune against the original: block (each block against the original block's outputs, or with
 # target: model the original model's; bounded memory), global (all layers against the whole model;

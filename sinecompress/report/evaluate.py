@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from ..calib.data import length_batches, with_padding
-from ..calib.text import builtin_texts, read_texts
+from ..calib.text import SEPARATOR, builtin_texts, read_texts
 from ..errors import InputError, UsageError
 from ..io.format import read_metadata
 from ..io.hf_model import is_causal_lm
@@ -42,7 +42,6 @@ from .models import CAUSAL_LM, ENCODER, load_for_eval, read_config
 DEFAULT_WINDOW = 1024
 # Encoders are cheaper per token and nearest-neighbour agreement needs many texts (~370 for MiniLM).
 DEFAULT_MAX_TOKENS = {CAUSAL_LM: 2048, ENCODER: 8192}
-SEPARATOR = "\n\n"
 BUILTIN = "built-in held-out text (Python stdlib docstrings)"
 
 Progress = Callable[[str, int, int | None], None]  # (what, done, total or None while unknown)
