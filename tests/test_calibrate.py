@@ -244,3 +244,13 @@ def test_calib_pack_with_a_tensor_file_is_a_one_line_error(tmp_path):
                        "--out", tmp_path / "out")
     assert_one_line_error(code, err, 3, "in.safetensors", "--calib-pack")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_empty_text_file_packs_to_a_one_line_error(tmp_path):
+    from .helpers import tiny_llama
+
+    d = tiny_llama(tmp_path)
+    (tmp_path / "empty.txt").write_text("\n\n")
+    code, _, err = cli("factorize", d, "--rank", "2", "--calib", tmp_path / "empty.txt", "--out", tmp_path / "out")
+    assert code != 0 and "empty.txt" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

@@ -59,12 +59,13 @@ def tokenize(texts: list[str], model_dir: Path, seq_len: int, batch_size: int = 
     return length_batches(_tokenizer(model_dir), texts, seq_len, batch_size)[0]
 
 
-def packed_batches(tok, texts: list[str], rows: int, seq_len: int, batch_size: int = 32) -> list[dict]:
+def packed_batches(tok, texts: list[str], rows: int, seq_len: int, batch_size: int = 32,
+                   where: str = "the calibration text") -> list[dict]:
     """The texts joined with SEPARATOR into one token stream (as ``sinecompress eval`` reads text), cut into
     at most ``rows`` rows of ``seq_len`` tokens; a stream shorter than one row is one shorter row."""
     ids = tok(SEPARATOR.join(texts), verbose=False)["input_ids"]
     if not ids:
-        raise InputError("the calibration text tokenizes to nothing")
+        raise InputError(f"{where}: the calibration text tokenizes to nothing; give a file with some text")
     n = max(1, min(rows, len(ids) // seq_len))
     x = torch.tensor(ids[:n * seq_len], dtype=torch.long).reshape(n, -1)
     return [{"input_ids": x[i:i + batch_size], "attention_mask": torch.ones_like(x[i:i + batch_size])}
@@ -118,7 +119,7 @@ def load_calibration(calib: str | Path | None, model_dir: Path | None, samples: 
     else:
         texts, name = builtin_texts("calib"), "built-in stdlib docstrings"
     if pack:
-        batches = packed_batches(_tokenizer(model_dir), texts, samples, seq_len, batch_size)
+        batches = packed_batches(_tokenizer(model_dir), texts, samples, seq_len, batch_size, where=str(calib or name))
         rows = sum(b["input_ids"].shape[0] for b in batches)
         return CalibData(batches, f"{name} ({len(texts)} texts packed into {rows} rows of "
                                   f"{batches[0]['input_ids'].shape[1]} tokens)")
