@@ -87,7 +87,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("calib", "calibration.source", None, "calibration.source",
             'Calibration data: text lines (.txt), JSONL {"text": ...}, or a .safetensors file of model input '
             "tensors. Default for text models: built-in text (Python stdlib docstrings)."),
-    Setting("calib_samples", "calibration.samples", 256, "calibration.samples", "Number of calibration samples."),
+    Setting("calib_samples", "calibration.samples", 256, "calibration.samples",
+            "Number of calibration samples: texts, or packed rows (see --calib-pack)."),
     Setting("seq_len", "calibration.seq_len", 128, "calibration.seq_len",
             "Tokens per calibration sample: a text's maximum, or each packed row's length."),
     Setting("calib_pack", "calibration.pack", None, "calibration.pack",
