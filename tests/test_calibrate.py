@@ -233,6 +233,17 @@ def test_causal_lms_calibrate_on_packed_rows_and_encoders_on_texts(tmp_path, tin
     assert "packed" in forced.description
 
 
+def test_is_causal_lm_dir_reads_the_config_and_is_false_without_one(tmp_path, tiny_bert_dir):
+    from sinecompress.io.hf_model import is_causal_lm_dir
+
+    from .helpers import tiny_llama
+
+    assert is_causal_lm_dir(tiny_llama(tmp_path / "lm"))
+    assert not is_causal_lm_dir(tiny_bert_dir)
+    assert not is_causal_lm_dir(tmp_path)  # no config.json
+    assert not is_causal_lm_dir(None)
+
+
 def test_calib_pack_with_a_tensor_file_is_a_one_line_error(tmp_path):
     from safetensors.torch import save_file
 

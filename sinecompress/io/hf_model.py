@@ -40,6 +40,12 @@ def is_causal_lm(config) -> bool:
     return kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 
+def is_causal_lm_dir(model_dir: Path | None) -> bool:
+    """Whether ``model_dir`` holds a config.json describing a causal LM (False for no directory or no config)."""
+    return (model_dir is not None and (Path(model_dir) / "config.json").is_file()
+            and is_causal_lm(model_class(Path(model_dir))[0]))
+
+
 def model_class(model_dir: Path):
     """(config, the transformers class config.json names in ``architectures``; without one, the causal-LM
     auto class for a causal LM (its head gives logits), else AutoModel)."""

@@ -12,7 +12,7 @@ from ..calib.capture import capture_grams
 from ..calib.data import CalibData, load_calibration
 from ..config import CalibrationConfig
 from ..errors import InputError, UsageError
-from ..io.hf_model import dense_model, is_causal_lm, model_class
+from ..io.hf_model import dense_model, is_causal_lm_dir
 from ..io.model_dir import has_tokenizer
 from ..io.sources import Source
 
@@ -74,10 +74,7 @@ def calibration_data(src: Source, cfg: CalibrationConfig) -> CalibData:
         raise InputError(f"{cfg.source}: --calib-pack packs text, and this file holds input tensors, already in "
                          "rows; drop --calib-pack")
     side = None if tensors else src.side_dir()
-    if cfg.pack is not None:
-        pack = cfg.pack
-    else:
-        pack = side is not None and (side / "config.json").is_file() and is_causal_lm(model_class(side)[0])
+    pack = cfg.pack if cfg.pack is not None else is_causal_lm_dir(side)
     return load_calibration(cfg.source, side, cfg.samples, cfg.seq_len, pack=pack)
 
 

@@ -14,7 +14,7 @@ from ..config import FactorizeConfig, make_config, resolve_device
 from ..errors import InputError, OutputError, UsageError
 from ..io.atomic import claim_output, held_here
 from ..io.format import ALL_SUFFIXES, read_metadata
-from ..io.hf_model import is_causal_lm, model_class
+from ..io.hf_model import is_causal_lm_dir
 from ..io.model_dir import not_a_model_output
 from ..io.open import open_source
 from ..io.sources import Source
@@ -104,9 +104,9 @@ def finetune_mode(mode: str, src: Source, model=None) -> str:
     at once for the rest (encoders, vision models, a live module), where it measured better and faster."""
     if mode != "auto":
         return mode
-    if model is not None or src.side_dir() is None:
+    if model is not None:
         return "global"
-    return "block" if is_causal_lm(model_class(src.side_dir())[0]) else "global"
+    return "block" if is_causal_lm_dir(src.side_dir()) else "global"
 
 
 def output_kind(src: Source, config: FactorizeConfig) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ..errors import GateFailed, UsageError
-from ..io.hf_model import dense_model, is_causal_lm, model_class
+from ..io.hf_model import dense_model, is_causal_lm_dir
 from ..io.model_dir import TOKENIZER_FILES
 from ..io.open import open_source
 from ..io.sources import Source
@@ -82,7 +82,7 @@ def needs_model_dir(gates: dict, model_dir: Path | None, display: str) -> None:
         if model_dir is None or not (model_dir / "config.json").exists():
             raise UsageError(f"gate {gate} runs the model, so it needs a Hugging Face causal LM directory "
                              f"(config.json + weights + tokenizer); {display} is not one")
-        if not is_causal_lm(model_class(model_dir)[0]):
+        if not is_causal_lm_dir(model_dir):
             raise UsageError(f"gate {gate} needs a causal LM; {display} is an encoder: use min_cosine")
 
 
