@@ -322,3 +322,28 @@ def test_a_blocks_positional_arguments_reach_it_by_name(tiny_bert_dir):
     _, grams = run_block(blocks[0], inputs, names=[name], masks=[mask])
     whole = capture_grams(model, ["encoder.layer.0." + name], [batch])["encoder.layer.0." + name]
     torch.testing.assert_close(grams[name]["gram"], whole["gram"], rtol=1e-5, atol=1e-5)
+
+
+def test_a_tunes_closing_pass_gives_the_next_blocks_inputs_and_none_when_undone(llama_dir):
+    from transformers import AutoModel
+
+    from sinecompress.calib.blocks import block_inputs, run_block
+    from sinecompress.nn.skeleton import find_blocks
+    from sinecompress.pipeline.blockwise import tune_block
+
+    model = AutoModel.from_pretrained(str(llama_dir)).eval()
+    _, blocks = find_blocks(model)
+    ids = token_batch(4, 9)
+    inputs = block_inputs(model, blocks[0], [{"input_ids": ids[:2]}, {"input_ids": ids[2:]}])
+    masks = [None, None]
+    own, _ = run_block(blocks[0], inputs)
+    kw = dict(steps=4, lr=0.05, seed=0, device="cpu")
+    tuned = tune_block(blocks[0], ["mlp.down_proj"], inputs, [1.1 * t for t in own], masks, **kw)
+    assert not tuned["undone"]
+    after, _ = run_block(blocks[0], inputs)
+    for got, want in zip(tuned["outputs"], after):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # Steps far too large end worse than the start: the tune is undone, and its last pass is not the block's.
+    undone = tune_block(blocks[0], ["mlp.down_proj"], inputs, [1.01 * t for t in after], masks,
+                        **{**kw, "lr": 100.0})
+    assert undone["undone"] and undone["outputs"] is None

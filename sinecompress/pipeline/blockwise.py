@@ -49,18 +49,28 @@ def _placeholder(p: nn.Parameter) -> nn.Parameter:
 def tune_block(block: nn.Module, modules: list[str], inputs: list[tuple[torch.Tensor, dict]],
                targets: list[torch.Tensor], masks: list, *, steps: int, lr: float, seed: int,
                device: str) -> dict:
-    """Adam on the compressed ``modules`` of ``block`` so that it reproduces ``targets`` on ``inputs``."""
+    """Adam on the compressed ``modules`` of ``block`` so that it reproduces ``targets`` on ``inputs``.
+    ``outputs``: the tuned block's outputs (CPU, float32) from the tune's closing loss pass, which are the
+    next block's inputs (one pass over the data fewer per block); None when the tune was undone."""
     for p in block.parameters():
         p.requires_grad_(False)
     params = [p for name in modules for p in block.get_submodule(name).parameters()]
     dev = [(x.to(device), to_device(kw, device), t.to(device), None if m is None else m.to(device))
            for (x, kw), t, m in zip(inputs, targets, masks)]
+    kept: dict[int, torch.Tensor] = {}  # the latest no-grad pass's outputs: after the steps, the closing one
 
     def loss_of(i):
         x, kw, t, m = dev[i]
-        return relative_error(block_output(block(x, **kw)), t, m)
+        y = block_output(block(x, **kw))
+        if torch.is_grad_enabled():
+            kept.clear()
+        else:
+            kept[i] = y.detach().to("cpu", torch.float32)
+        return relative_error(y, t, m)
 
-    return adam_tune(params, loss_of, len(dev), steps=steps, lr=lr, seed=seed, stage=None)
+    record = adam_tune(params, loss_of, len(dev), steps=steps, lr=lr, seed=seed, stage=None)
+    done = steps > 0 and not record["undone"] and len(kept) == len(dev)
+    return {**record, "outputs": [kept[i] for i in range(len(dev))] if done else None}
 
 
 def tune_target(target: str, plan: Plan) -> str:
@@ -137,7 +147,10 @@ def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str,
                     w = block.get_submodule(name).weight.detach().float().cpu()
                     factors[lp.name] = retuned(comp.get_submodule(name), lp, w, grams[name]["gram"].cpu(),
                                                factors[lp.name])
-            inputs = [(y, kw) for y, (_, kw) in zip(run_block(comp, inputs, device)[0], inputs)]
+                outs = tuned["outputs"]
+            if outs is None:
+                outs = run_block(comp, inputs, device)[0]
+            inputs = [(y, kw) for y, (_, kw) in zip(outs, inputs)]
             del comp
             spill(layers)
         else:
