@@ -23,7 +23,7 @@ from _bench import machine_info, machine_line, write_section  # noqa: E402
 
 from sinecompress.calib.blocks import block_inputs, run_block  # noqa: E402
 from sinecompress.calib.data import load_calibration  # noqa: E402
-from sinecompress.fit.sine import fit_calibrated  # noqa: E402
+from sinecompress.fit.sine import FIT_LR, fit_calibrated  # noqa: E402
 from sinecompress.io.open import open_source  # noqa: E402
 from sinecompress.nn.skeleton import materialize, materialize_on_use, move_real, release  # noqa: E402
 from sinecompress.pipeline.plan import rank_for_ratio, split_rank  # noqa: E402
@@ -33,10 +33,10 @@ LAYERS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn
           "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
 
-def block_grams(blocks_wanted: list[int], samples: int, seq_len: int):
+def block_grams(blocks_wanted: list[int], samples: int, seq_len: int, pack: bool = False):
     """{block: {layer: (weight, gram)}}, each block run on the original model's hidden states."""
     src = open_source("example:smollm2")
-    data = load_calibration(None, src.side_dir(), samples, seq_len)
+    data = load_calibration(None, src.side_dir(), samples, seq_len, pack=pack)
     model, stack, blocks, names = skeleton(src)
     fetch = fetcher(src, names)
     move_real(model, "cpu")
@@ -62,6 +62,9 @@ def main():
     ap.add_argument("--steps", type=int, nargs="+", default=[50, 100, 300])
     ap.add_argument("--omegas", type=float, nargs="+", default=[30.0, 100.0, 300.0],
                     help="ω values tried at the middle step count (the --omega auto candidates)")
+    ap.add_argument("--lrs", type=float, nargs="+", default=[FIT_LR],
+                    help="relative Adam steps of the fit, each tried at every step count")
+    ap.add_argument("--pack", action="store_true", help="calibrate on packed rows (the causal-LM default)")
     ap.add_argument("--param-ratio", type=float, default=0.8)
     ap.add_argument("--samples", type=int, default=256)
     ap.add_argument("--seq-len", type=int, default=128)
@@ -71,13 +74,13 @@ def main():
     torch.manual_seed(0)
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
-    grams, data = block_grams(args.blocks, args.samples, args.seq_len)
+    grams, data = block_grams(args.blocks, args.samples, args.seq_len, args.pack)
     print(f"calibration {data}: {time.perf_counter() - t0:.0f} s", flush=True)
     mid = sorted(args.steps)[len(args.steps) // 2]
-    variants = [("wsvd", 0, None)] + [("sine", s, 100.0) for s in args.steps]
-    variants += [("sine", mid, om) for om in args.omegas if om != 100.0]
+    variants = [("wsvd", 0, None, None)] + [("sine", s, 100.0, lr) for s in args.steps for lr in args.lrs]
+    variants += [("sine", mid, om, FIT_LR) for om in args.omegas if om != 100.0]
     rows = []
-    for method, steps, om in variants:
+    for method, steps, om, lr in variants:
         errs, secs = [], 0.0
         for b in args.blocks:
             for name in LAYERS:
@@ -85,12 +88,13 @@ def main():
                 m, n = w.shape
                 k = rank_for_ratio(m, n, args.param_ratio, method)
                 t = time.perf_counter()
-                r = fit_calibrated(w, g, method, k, split_rank(k) if method == "sine" else 0, om, steps=steps)
+                r = fit_calibrated(w, g, method, k, split_rank(k) if method == "sine" else 0, om, steps=steps,
+                                   lr=FIT_LR if lr is None else lr)
                 secs += time.perf_counter() - t
                 errs.append(r["act_error"])
-        row = {"method": method, "steps": steps, "omega": om, "mean_act_error": sum(errs) / len(errs),
+        row = {"method": method, "steps": steps, "omega": om, "lr": lr, "mean_act_error": sum(errs) / len(errs),
                "errors": errs, "seconds": secs}
-        print(f"{method:5s} steps={steps:4d} ω={om}: mean act error {row['mean_act_error']:.6f}  {secs:.1f} s",
+        print(f"{method:5s} steps={steps:4d} ω={om} lr={lr}: mean act error {row['mean_act_error']:.6f}  {secs:.1f} s",
               flush=True)
         rows.append(row)
     if not args.no_write:
@@ -98,10 +102,11 @@ def main():
         lines = [f"## {args.section}", "", f"SmolLM2-135M blocks {', '.join(map(str, args.blocks))} ({len(LAYERS)} layers each), ranks of "
                  f"`--param-ratio {args.param_ratio:g}`, Grams of the original blocks' inputs ({data}). Mean "
                  "activation error ‖(Ŵ−W)L‖/‖WL‖ over the layers; fit time summed over them.", "",
-                 "| method | fit steps | ω | mean act. error | fit time (s) |", "|---|---|---|---|---|"]
+                 "| method | fit steps | ω | fit lr | mean act. error | fit time (s) |", "|---|---|---|---|---|---|"]
         for r in rows:
             om = "-" if r["omega"] is None else f"{r['omega']:g}"
-            lines.append(f"| {r['method']} | {r['steps']} | {om} | {r['mean_act_error']:.6f} | {r['seconds']:.1f} |")
+            lr = "-" if r["lr"] is None else f"{r['lr']:g}"
+            lines.append(f"| {r['method']} | {r['steps']} | {om} | {lr} | {r['mean_act_error']:.6f} | {r['seconds']:.1f} |")
         cmd = "PYTHONPATH=. python benchmarks/smollm_fit_steps.py " + " ".join(sys.argv[1:])
         lines += ["", f"Command: `{cmd.strip()}`. {machine_line(info)} Load average {load:.2f} at the start."]
         write_section(args.section, "\n".join(lines))
