@@ -37,6 +37,9 @@ FINETUNE_STEPS = {"cpu": 200, "cuda": 1000}  # --finetune global: steps over the
 # --finetune block: steps per block. A deep LM repeats them per block: at 200 per block on the CPU, SmolLM2's
 # 30 blocks had not finished after 25 minutes (benchmarks/smollm_ppl.py).
 BLOCK_STEPS = {"cpu": 32, "cuda": 200}
+# Relative tuning step: 0.01 measured best on MiniLM (global) and for block tuning; a whole-model tune of
+# SmolLM2 needed 0.001 (BENCHMARKS.md smollm_ppl_global, smollm_ppl_global_lr; docs/fitting.md).
+FINETUNE_LR, GLOBAL_LM_LR = 1e-2, 1e-3
 MAX_SEED = 2**63 - 1
 # ω outside this range is a typo: the paper's values span 20-1400, and the fitted phase is a gauge (docs/fitting.md).
 OMEGA_RANGE = (1e-6, 1e6)  # torch.manual_seed takes a 64-bit integer
@@ -110,7 +113,9 @@ SETTINGS: tuple[Setting, ...] = (
             "corrects the earlier blocks' error), block (the original block's output on the compressed inputs), "
             "auto: block when any layer is sine, model otherwise (measured on SmolLM2, docs/fitting.md).",
             flag="--tune-target"),
-    Setting("lr", "finetune.lr", 1e-2, "finetune.lr", "Fine-tune learning rate, relative to each factor's RMS."),
+    Setting("lr", "finetune.lr", "auto", "finetune.lr",
+            "Fine-tune learning rate, relative to each factor's RMS; auto: 0.001 for a whole-model tune of a causal "
+            "LM, 0.01 otherwise."),
     Setting("overwrite", "output.overwrite", False, None, "Replace an existing output."),
     Setting("resume", "output.resume", False, None, "Continue an interrupted run from the layers it already "
             "fitted (kept in .<out>.sc.work next to the output); the source and settings must match."),
@@ -255,7 +260,7 @@ class CalibrationConfig:
 class FinetuneConfig:
     mode: str = "auto"
     steps: int | str = "auto"  # "auto": FINETUNE_STEPS of the device
-    lr: float = 1e-2
+    lr: float | str = "auto"  # "auto": lr_for's choice
     target: str = "auto"  # block tuning's target: TUNE_TARGETS
 
     def __post_init__(self):
@@ -263,7 +268,15 @@ class FinetuneConfig:
         _choice("finetune.target", self.target, TUNE_TARGETS)
         if self.steps != "auto":
             _positive_int("finetune.steps", self.steps, lo=0, hi=10**7)
-        object.__setattr__(self, "lr", _finite("finetune.lr", self.lr, 0.0))
+        if self.lr != "auto":
+            object.__setattr__(self, "lr", _finite("finetune.lr", self.lr, 0.0))
+
+    def lr_for(self, mode: str, causal_lm: bool) -> float:
+        """The learning rate this run tunes with: ``lr``, or under "auto" FINETUNE_LR, except for a whole-model
+        tune of a causal LM: on SmolLM2 that tune at 0.01 ended worse and was undone, at 0.001 it was kept."""
+        if self.lr != "auto":
+            return self.lr
+        return GLOBAL_LM_LR if mode == "global" and causal_lm else FINETUNE_LR
 
     def steps_on(self, device: str, mode: str = "global") -> int:
         """The steps this run takes: ``steps``, or under "auto" the default of the device and the mode."""

@@ -47,7 +47,7 @@ def factorize_cmd(
     finetune: str = option("finetune"),
     tune_target: str = option("tune_target"),
     fit_steps: int = option("fit_steps"),
-    lr: float = option("lr"),
+    lr: str = option("lr"),
     device: str = option("device"),
     seed: int = option("seed"),
     overwrite: bool = option("overwrite"),
@@ -63,6 +63,8 @@ def factorize_cmd(
     given = given_settings(ctx)
     if "finetune_steps" in given and given["finetune_steps"] != "auto":
         given["finetune_steps"] = _int_or_auto(given["finetune_steps"])
+    if "lr" in given and given["lr"] != "auto":
+        given["lr"] = _number(given["lr"])  # anything else: the config's check names --lr and the value
     try:
         if recipe is not None:
             overrides = {**given, "model": source, "output": None if out is None else str(out)}
@@ -87,6 +89,13 @@ def factorize_cmd(
         print(json.dumps(summary, indent=2))
     if recipe is not None:
         raise_if_failed(summary["gates"], summary["output"])
+
+
+def _number(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def _int_or_auto(text: str) -> int | str:

@@ -13,7 +13,7 @@ PARAM_TO_KEY = {"no_calib": "calibration"}  # typer parameters whose name is not
 METAVARS = {"method": "sine|svd|wsvd", "rank": "K", "param_ratio": "R", "omega": "ω|auto", "targets": "REGEX",
             "exclude": "REGEX", "allocate": "uniform|sensitivity", "seed": "N", "device": "auto|cpu|cuda",
             "fit_steps": "N", "finetune": "auto|block|global|none", "tune_target": "auto|block|model", "calib": "FILE", "calib_samples": "N", "seq_len": "TOKENS", "finetune_steps": "N|auto",
-            "lr": "LR", "max_shard_size": "SIZE", "workers": "N"}
+            "lr": "LR|auto", "max_shard_size": "SIZE", "workers": "N"}
 
 
 def option(key: str, *flags: str, **kw):

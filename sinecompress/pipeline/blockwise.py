@@ -104,6 +104,7 @@ def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str,
     by_block, outside = st.split(plan.compressed)
     factors, blocks_done = {}, []
     index = {lp.name: i for i, lp in enumerate(plan.layers)}
+    lr = config.finetune.lr_for("block", causal_lm=True)  # block tuning's rate does not depend on the kind
 
     def spill(lps):
         if work is not None:
@@ -139,8 +140,8 @@ def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str,
                 swap_module(comp, name, build_module(lp.record(factors[lp.name].get("omega")), factors[lp.name], bias,
                                                      dtype=torch.float32).to(device))
             if tune_steps > 0:
-                tuned = tune_block(comp, local, inputs, targets, masks, steps=tune_steps, lr=config.finetune.lr,
-                                   seed=config.seed, device=device)
+                tuned = tune_block(comp, local, inputs, targets, masks, steps=tune_steps, lr=lr, seed=config.seed,
+                                   device=device)
                 record.update(loss_start=round(tuned["loss_start"], 6), loss_end=round(tuned["loss_end"], 6),
                               undone=tuned["undone"])
                 for lp, name in zip(layers, local):
@@ -167,7 +168,7 @@ def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str,
         factors[lp.name] = fit_layer(src.get(lp.name + ".weight"), lp, plan, device=device)
         spill([lp])
     return factors, {"mode": "block" if tune_steps > 0 else "none", "data": data.description,
-                     **({"target": aim} if tune_steps > 0 else {}),
+                     **({"target": aim, "lr": lr} if tune_steps > 0 else {}),
                      "samples": data.samples, "blocks": blocks_done, "outside_stack": [lp.name for lp in outside],
                      "seconds": round(time.perf_counter() - t0, 3),
                      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}

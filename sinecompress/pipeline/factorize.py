@@ -14,7 +14,7 @@ from ..config import FactorizeConfig, make_config, resolve_device
 from ..errors import InputError, OutputError, UsageError
 from ..io.atomic import claim_output, held_here
 from ..io.format import ALL_SUFFIXES, read_metadata
-from ..io.hf_model import is_causal_lm_dir
+from ..io.hf_model import is_causal_lm, is_causal_lm_dir
 from ..io.model_dir import not_a_model_output
 from ..io.open import open_source
 from ..io.sources import Source
@@ -106,7 +106,14 @@ def finetune_mode(mode: str, src: Source, model=None) -> str:
         return mode
     if model is not None:
         return "global"
-    return "block" if is_causal_lm_dir(src.side_dir()) else "global"
+    return "block" if causal_lm(src) else "global"
+
+
+def causal_lm(src: Source, model=None) -> bool:
+    """Whether the model being compressed is a causal LM: a live module's config, else the source's config.json."""
+    if model is not None:
+        return hasattr(model, "config") and is_causal_lm(model.config)
+    return is_causal_lm_dir(src.side_dir())
 
 
 def output_kind(src: Source, config: FactorizeConfig) -> str:
@@ -166,9 +173,10 @@ def _run(src: Source, out: Path, config: FactorizeConfig, progress: Progress, mo
             factors = (fit_sequential if sequential else fit_layers)(src, plan, progress, cal, device)
             plan = settle(plan, factors)
             if ft_steps > 0:
-                factors, tune = finetune(src, plan, factors, cal, steps=ft_steps, lr=config.finetune.lr,
-                                         seed=config.seed, device=device, progress=progress)
-                tune = {"mode": "global", **tune}
+                lr = config.finetune.lr_for(mode, causal_lm(src, model))
+                factors, tune = finetune(src, plan, factors, cal, steps=ft_steps, lr=lr, seed=config.seed,
+                                         device=device, progress=progress)
+                tune = {"mode": "global", "lr": lr, **tune}
         card = compressed_card(src, plan, factors, config, out, provenance, tune)
         try:
             write_compressed(src, plan, factors, out, config.output.overwrite, config.output.shard_bytes, dist,
