@@ -46,6 +46,8 @@ def test_block_tuning_lowers_every_blocks_loss(llama_dir, tmp_path):
     blocks = s["finetune"]["blocks"]
     assert [b["block"] for b in blocks] == [0, 1]
     assert all(b["loss_end"] < b["loss_start"] for b in blocks), blocks
+    # where each block's time went: its whole, its fits and its tune
+    assert all(b["seconds"] >= b["fit_seconds"] + b["tune_seconds"] > 0 for b in blocks), blocks
     assert s["finetune"]["outside_stack"] == ["lm_head"]  # an untied head is a target, fitted to its weight
 
 

@@ -115,6 +115,7 @@ def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str,
     for i, block in enumerate(blocks):
         prefix = f"{st.name}.{i}"
         progress.advance(i, prefix)
+        t_block = time.perf_counter()
         materialize(block, prefix, fetch)
         block.to(device)
         layers = by_block.get(i, [])
@@ -126,11 +127,13 @@ def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str,
             outs = None  # the tune aims at ``targets``; the next inputs come from the compressed block
         record = {"block": i, "layers": len(layers)}
         if layers:
+            t_fit = time.perf_counter()
             for lp, name in zip(layers, local):
                 w = block.get_submodule(name).weight.detach()
                 factors[lp.name] = fit_layer(w, lp, plan, grams[name]["gram"], device)
                 if tune_steps <= 0:  # only a tune measures again; a shared Gram goes with its last layer
                     grams[name]["gram"] = None
+            record["fit_seconds"] = round(time.perf_counter() - t_fit, 3)
             # The copy shares nothing with the block, and the weights about to be swapped out are not copied.
             comp = copy.deepcopy(block, {id(block.get_submodule(n).weight): _placeholder(block.get_submodule(n).weight)
                                          for n in local})
@@ -143,7 +146,7 @@ def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str,
                 tuned = tune_block(comp, local, inputs, targets, masks, steps=tune_steps, lr=lr, seed=config.seed,
                                    device=device)
                 record.update(loss_start=round(tuned["loss_start"], 6), loss_end=round(tuned["loss_end"], 6),
-                              undone=tuned["undone"])
+                              undone=tuned["undone"], tune_seconds=round(tuned["seconds"], 3))
                 for lp, name in zip(layers, local):
                     w = block.get_submodule(name).weight.detach().float().cpu()
                     factors[lp.name] = retuned(comp.get_submodule(name), lp, w, grams[name]["gram"].cpu(),
@@ -162,7 +165,7 @@ def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str,
         del targets, outs, grams
         release(block)
         trim_heap()
-        blocks_done.append(record)
+        blocks_done.append({**record, "seconds": round(time.perf_counter() - t_block, 3)})
     progress.advance(len(blocks))
     for lp in outside:  # not inside the block stack: fitted to its weights
         factors[lp.name] = fit_layer(src.get(lp.name + ".weight"), lp, plan, device=device)
