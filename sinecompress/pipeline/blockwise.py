@@ -151,7 +151,7 @@ def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str,
                     w = block.get_submodule(name).weight.detach().float().cpu()
                     factors[lp.name] = retuned(comp.get_submodule(name), lp, w, grams[name]["gram"].cpu(),
                                                factors[lp.name])
-                outs = tuned["outputs"]
+                outs = tuned.pop("outputs")  # held once: they become the next inputs
             if outs is None:
                 outs = run_block(comp, inputs, device)[0]
             inputs = [(y, kw) for y, (_, kw) in zip(outs, inputs)]
