@@ -22,7 +22,7 @@ def machine_info() -> dict:
                 break
     except OSError:
         pass
-    # The same CPU name has come with and without AVX-512, and the sine fit ran 2x slower without it.
+    # The same CPU name has come with and without AVX-512, which the fits' matrix products lean on.
     info = {"cpu": cpu, "isa": torch.backends.cpu.get_cpu_capability(), "cores": os.cpu_count(),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(), "python": platform.python_version(), "device": "cpu"}
