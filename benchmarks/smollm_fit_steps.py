@@ -64,6 +64,8 @@ def main():
                     help="ω values tried at the middle step count (the --omega auto candidates)")
     ap.add_argument("--lrs", type=float, nargs="+", default=[FIT_LR],
                     help="relative Adam steps of the fit, each tried at every step count")
+    ap.add_argument("--gram-fracs", type=float, nargs="*", default=[],
+                    help="also fit against the Gram truncated to this fraction of its eigenpairs (at the most steps)")
     ap.add_argument("--pack", action="store_true", help="calibrate on packed rows (the causal-LM default)")
     ap.add_argument("--param-ratio", type=float, default=0.8)
     ap.add_argument("--samples", type=int, default=256)
@@ -77,10 +79,11 @@ def main():
     grams, data = block_grams(args.blocks, args.samples, args.seq_len, args.pack)
     print(f"calibration {data}: {time.perf_counter() - t0:.0f} s", flush=True)
     mid = sorted(args.steps)[len(args.steps) // 2]
-    variants = [("wsvd", 0, None, None)] + [("sine", s, 100.0, lr) for s in args.steps for lr in args.lrs]
-    variants += [("sine", mid, om, FIT_LR) for om in args.omegas if om != 100.0]
+    variants = [("wsvd", 0, None, None, None)] + [("sine", s, 100.0, lr, None) for s in args.steps for lr in args.lrs]
+    variants += [("sine", mid, om, FIT_LR, None) for om in args.omegas if om != 100.0]
+    variants += [("sine", max(args.steps), 100.0, FIT_LR, f) for f in args.gram_fracs]
     rows = []
-    for method, steps, om, lr in variants:
+    for method, steps, om, lr, frac in variants:
         errs, secs = [], 0.0
         for b in args.blocks:
             for name in LAYERS:
@@ -89,12 +92,12 @@ def main():
                 k = rank_for_ratio(m, n, args.param_ratio, method)
                 t = time.perf_counter()
                 r = fit_calibrated(w, g, method, k, split_rank(k) if method == "sine" else 0, om, steps=steps,
-                                   lr=FIT_LR if lr is None else lr)
+                                   lr=FIT_LR if lr is None else lr, gram_rank=None if frac is None else int(n * frac))
                 secs += time.perf_counter() - t
                 errs.append(r["act_error"])
-        row = {"method": method, "steps": steps, "omega": om, "lr": lr, "mean_act_error": sum(errs) / len(errs),
+        row = {"method": method, "steps": steps, "omega": om, "lr": lr, "frac": frac, "mean_act_error": sum(errs) / len(errs),
                "errors": errs, "seconds": secs}
-        print(f"{method:5s} steps={steps:4d} ω={om} lr={lr}: mean act error {row['mean_act_error']:.6f}  {secs:.1f} s",
+        print(f"{method:5s} steps={steps:4d} ω={om} lr={lr} gram={frac or 'full'}: mean act error {row['mean_act_error']:.6f}  {secs:.1f} s",
               flush=True)
         rows.append(row)
     if not args.no_write:
@@ -102,11 +105,12 @@ def main():
         lines = [f"## {args.section}", "", f"SmolLM2-135M blocks {', '.join(map(str, args.blocks))} ({len(LAYERS)} layers each), ranks of "
                  f"`--param-ratio {args.param_ratio:g}`, Grams of the original blocks' inputs ({data}). Mean "
                  "activation error ‖(Ŵ−W)L‖/‖WL‖ over the layers; fit time summed over them.", "",
-                 "| method | fit steps | ω | fit lr | mean act. error | fit time (s) |", "|---|---|---|---|---|---|"]
+                 "| method | fit steps | ω | fit lr | Gram | mean act. error | fit time (s) |", "|---|---|---|---|---|---|---|"]
         for r in rows:
             om = "-" if r["omega"] is None else f"{r['omega']:g}"
             lr = "-" if r["lr"] is None else f"{r['lr']:g}"
-            lines.append(f"| {r['method']} | {r['steps']} | {om} | {lr} | {r['mean_act_error']:.6f} | {r['seconds']:.1f} |")
+            gram = "full" if r["frac"] is None else f"top {r['frac']:g}·n"
+            lines.append(f"| {r['method']} | {r['steps']} | {om} | {lr} | {gram} | {r['mean_act_error']:.6f} | {r['seconds']:.1f} |")
         cmd = "PYTHONPATH=. python benchmarks/smollm_fit_steps.py " + " ".join(sys.argv[1:])
         lines += ["", f"Command: `{cmd.strip()}`. {machine_line(info)} Load average {load:.2f} at the start."]
         write_section(args.section, "\n".join(lines))

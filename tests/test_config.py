@@ -42,6 +42,7 @@ VALUES = {
     "finetune_steps": (0, {}),
     "finetune": ("global", {}),
     "tune_target": ("model", {}),
+    "tune_rows": (4, {}),
     "lr": (0.5, {}),
     "overwrite": (True, {}),
     "resume": (True, {}),
@@ -54,7 +55,7 @@ VALUES = {
 BAD = {
     "method": "lowrank", "rank": 0, "param_ratio": 1.0, "omega": -5, "targets": [""], "exclude": [""],
     "allocate": "best", "seed": -1, "device": "tpu", "fit_steps": 0, "sequential": "maybe",
-    "calibration": "maybe", "calib": "", "calib_samples": 0, "seq_len": 0, "calib_pack": "maybe", "finetune_steps": -1, "finetune": "blockwise", "tune_target": "teacher",
+    "calibration": "maybe", "calib": "", "calib_samples": 0, "seq_len": 0, "calib_pack": "maybe", "finetune_steps": -1, "finetune": "blockwise", "tune_target": "teacher", "tune_rows": 0,
     "lr": 0,
     "overwrite": "yes", "resume": 1, "max_shard_size": "lots", "workers": 0, "allow_pickle": "no",
 }
@@ -72,7 +73,7 @@ def test_defaults_are_the_settings_table():
     # the CLI's defaults everywhere: ω chosen per layer, device picked, fine-tune steps by device
     assert c.omega == "auto" and c.device == "auto" and c.finetune.steps == "auto"
     assert c.finetune.steps_on("cpu") == 200 and c.finetune.steps_on("cuda") == 1000
-    assert c.finetune.steps_on("cpu", "block") == 32 and c.finetune.steps_on("cuda", "block") == 200
+    assert c.finetune.steps_on("cpu", "block") == 64 and c.finetune.steps_on("cuda", "block") == 200
     assert FactorizeConfig(rank=4) == c
 
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sinecompress.fit.sine import fit_calibrated, fit_hybrid, fit_sine, phase_factors
+from sinecompress.fit.sine import (
+    WhitenedSquare,
+    fit_calibrated,
+    fit_hybrid,
+    fit_sine,
+    gram_square,
+    phase_factors,
+)
 from sinecompress.fit.svd import rel_error, truncated_svd, truncated_svd_by_gram
 from sinecompress.fit.whiten import (
     activation_error,
@@ -122,6 +129,25 @@ def test_residual_phase_start_points_along_the_residual_at_about_one_radian():
     gain = {p: f["start_act_error"] - f["act_error"] for p, f in at_start.items()}
     assert gain["residual"] > 1.5 * gain["random"] > 0
     assert phase_factors(torch.zeros(6, 2), torch.zeros(4, 2), 100.0) is None
+
+
+def test_truncated_gram_square_is_exact_when_the_dropped_eigenvalues_are_equal():
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(12, 12, generator=g, dtype=torch.float64))
+    lam = torch.tensor([9.0, 5.0, 3.0] + [0.5] * 9, dtype=torch.float64)  # top 3, then a flat tail
+    G = (q * lam) @ q.T
+    e = torch.randn(7, 12, generator=g)
+    exact = float(WhitenedSquare.apply(e, G.float()))
+    assert float(gram_square(G)(e)) == pytest.approx(exact, rel=1e-5)
+    assert float(gram_square(G, 3)(e)) == pytest.approx(exact, rel=1e-5)
+    assert float(gram_square(G, 2)(e)) != pytest.approx(exact, rel=1e-3)  # a real eigenvalue dropped
+
+
+def test_a_truncated_gram_fit_reports_its_exact_error():
+    w, _, gram = _layer()
+    f = fit_calibrated(w, gram, "sine", 8, 5, 100.0, steps=20, seed=0, gram_rank=8)
+    w_hat = f["lin_u"] @ f["lin_v"].T + f["amp"][:, None] * torch.sin(100.0 * f["u"] @ f["v"].T)
+    assert f["act_error"] == pytest.approx(activation_error(w_hat, w, gram), rel=1e-3)
 
 
 def test_weight_space_sine_fit_improves_on_its_svd_start():

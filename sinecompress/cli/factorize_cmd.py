@@ -46,6 +46,7 @@ def factorize_cmd(
     finetune_steps: str = option("finetune_steps", "--steps", "--finetune-steps"),
     finetune: str = option("finetune"),
     tune_target: str = option("tune_target"),
+    tune_rows: int = option("tune_rows"),
     fit_steps: int = option("fit_steps"),
     lr: str = option("lr"),
     device: str = option("device"),

@@ -97,6 +97,22 @@ class WhitenedSquare(torch.autograd.Function):
         return 2 * grad * eg, None
 
 
+def gram_square(G64: torch.Tensor, rank: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """E ↦ tr(E G Eᵀ), exactly (``rank`` None, or not below n) or with G replaced by its top ``rank``
+    eigenpairs plus the mean of the rest times I: G ≈ Q (Λ − μ) Qᵀ + μI. The truncated form costs two
+    m×n×rank products a step instead of one m×n×n: for a wide layer (an LLM's down projection) that product
+    is most of a fit step."""
+    n = G64.shape[0]
+    if rank is None or rank >= n:
+        G32 = G64.float()
+        return lambda e: WhitenedSquare.apply(e, G32)
+    evals, evecs = torch.linalg.eigh(G64)
+    mu = float(evals[: n - rank].clamp_min(0).mean())
+    q = evecs[:, n - rank:].float().contiguous()
+    lam = (evals[n - rank:] - mu).float()
+    return lambda e: ((e @ q).square() * lam).sum() + mu * e.square().sum()
+
+
 def _factors(values: list[torch.Tensor], has_linear: bool) -> dict:
     out = dict(zip(FACTOR_KEYS, values))
     if not has_linear:
@@ -142,9 +158,11 @@ def fit_sine(w: torch.Tensor, rank: int, omega: float, linear_rank: int = 0, amp
 
 def fit_hybrid(w: torch.Tensor, L: torch.Tensor, rank: int, linear_rank: int, omega: float,
                steps: int = 300, lr: float = FIT_LR, seed: int = 0, amp_scale: float = 1.0,
-               phase: str = "residual", phase_std: float = PHASE_STD) -> dict:
+               phase: str = "residual", phase_std: float = PHASE_STD, gram_rank: int | None = None) -> dict:
     """Fit ``A Bᵀ + a ⊙ sin(ω U Vᵀ)`` (total rank ``rank``, linear rank ``linear_rank``) to ``w`` in the
     whitened metric ‖(Ŵ − W) L‖. ``phase``: "residual" (default) or "random" start of the sine part.
+    ``gram_rank``: optimise against the Gram truncated to that many eigenpairs (``gram_square``); the
+    returned ``act_error`` is still the exact one.
     Returns float32 factors, ``act_error`` and the start's ``start_act_error`` (relative)."""
     w = w.float()
     dev = w.device
@@ -172,16 +190,20 @@ def fit_hybrid(w: torch.Tensor, L: torch.Tensor, rank: int, linear_rank: int, om
         amp = amp_scale * _row_amplitude(s @ L32, resid @ L32)
 
     L64 = L.to(dev, torch.float64)
-    G32 = (L64 @ L64.T).float()
-    del L64
-    del L32, target_w
+    G64 = L64 @ L64.T
+    del L64, L32, target_w
+    square = gram_square(G64, gram_rank)
 
     def loss_fn():
-        return WhitenedSquare.apply(sine_weight(u, v, omega, amp, lin_u, lin_v) - w, G32) / norm2
+        return square(sine_weight(u, v, omega, amp, lin_u, lin_v) - w) / norm2
 
     params = [u, v, amp] + ([lin_u, lin_v] if lin_u is not None else [])
     loss, values = adam_fit(params, loss_fn, steps, lr, cosine=True)
     out = _factors(values, lin_u is not None)
+    if gram_rank is not None and gram_rank < n:
+        with torch.no_grad():  # the truncated loss is not the error: measure the kept factors exactly
+            loss = float(gram_square(G64)(sine_weight(out["u"], out["v"], omega, out["amp"], out["lin_u"],
+                                                      out["lin_v"]) - w) / norm2)
     # tr(E G Eᵀ) in float32 can round a hair below zero on an exact fit; non-finite means diverged
     out["act_error"] = math.sqrt(max(loss, 0.0)) if math.isfinite(loss) else float("inf")
     out["start_act_error"] = math.sqrt(max(start_err, 0.0))
@@ -189,7 +211,8 @@ def fit_hybrid(w: torch.Tensor, L: torch.Tensor, rank: int, linear_rank: int, om
 
 
 def fit_calibrated(w: torch.Tensor, gram: torch.Tensor, method: str, rank: int, linear_rank: int = 0,
-                   omega: float | None = None, steps: int = 300, seed: int = 0, lr: float = FIT_LR) -> dict:
+                   omega: float | None = None, steps: int = 300, seed: int = 0, lr: float = FIT_LR,
+                   gram_rank: int | None = None) -> dict:
     """One layer's activation-aware fit. ``method``: "wsvd" (closed form) or "sine" (hybrid).
 
     Returns float32 factors (u, v[, amp, lin_u, lin_v]), ``act_error`` (‖(Ŵ−W)L‖/‖WL‖) and
@@ -200,4 +223,4 @@ def fit_calibrated(w: torch.Tensor, gram: torch.Tensor, method: str, rank: int, 
         u, v = gram_whitened_svd(w, gram, rank)
         err = activation_error(LowRankRows(u, v), w, gram)  # by blocks of rows: no full product
         return {"u": u, "v": v, "act_error": err, "start_act_error": err}
-    return fit_hybrid(w, chol(gram), rank, linear_rank, omega, steps=steps, lr=lr, seed=seed)
+    return fit_hybrid(w, chol(gram), rank, linear_rank, omega, steps=steps, lr=lr, seed=seed, gram_rank=gram_rank)

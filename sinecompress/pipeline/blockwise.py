@@ -28,7 +28,7 @@ import time
 import torch
 from torch import nn
 
-from ..calib.blocks import block_output, run_block, to_device
+from ..calib.blocks import block_output, row_pieces, run_block, to_device
 from ..config import FactorizeConfig
 from ..heap import trim_heap
 from ..io.sources import Source
@@ -48,15 +48,20 @@ def _placeholder(p: nn.Parameter) -> nn.Parameter:
 
 def tune_block(block: nn.Module, modules: list[str], inputs: list[tuple[torch.Tensor, dict]],
                targets: list[torch.Tensor], masks: list, *, steps: int, lr: float, seed: int,
-               device: str) -> dict:
+               device: str, rows: int | None = None) -> dict:
     """Adam on the compressed ``modules`` of ``block`` so that it reproduces ``targets`` on ``inputs``.
+    Each step takes ``rows`` rows of one batch (a piece of it; None: the whole batch).
     ``outputs``: the tuned block's outputs (CPU, float32) from the tune's closing loss pass, which are the
     next block's inputs (one pass over the data fewer per block); None when the tune was undone."""
     for p in block.parameters():
         p.requires_grad_(False)
     params = [p for name in modules for p in block.get_submodule(name).parameters()]
-    dev = [(x.to(device), to_device(kw, device), t.to(device), None if m is None else m.to(device))
-           for (x, kw), t, m in zip(inputs, targets, masks)]
+    dev, owner = [], []  # the pieces, and which batch each came from
+    for b, ((x, kw), t, m) in enumerate(zip(inputs, targets, masks)):
+        tokens = (rows or x.shape[0]) * (x.shape[1] if x.dim() > 2 else 1)
+        for s, xs, kws, ms in row_pieces(x, kw, m, tokens):
+            dev.append((xs.to(device), to_device(kws, device), t[s].to(device), None if ms is None else ms.to(device)))
+            owner.append(b)
     kept: dict[int, torch.Tensor] = {}  # the latest no-grad pass's outputs: after the steps, the closing one
 
     def loss_of(i):
@@ -70,7 +75,10 @@ def tune_block(block: nn.Module, modules: list[str], inputs: list[tuple[torch.Te
 
     record = adam_tune(params, loss_of, len(dev), steps=steps, lr=lr, seed=seed, stage=None)
     done = steps > 0 and not record["undone"] and len(kept) == len(dev)
-    return {**record, "outputs": [kept[i] for i in range(len(dev))] if done else None}
+    outputs = None
+    if done:
+        outputs = [torch.cat([kept[i] for i in range(len(dev)) if owner[i] == b]) for b in range(len(inputs))]
+    return {**record, "outputs": outputs}
 
 
 def tune_target(target: str, plan: Plan) -> str:
@@ -144,7 +152,7 @@ def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str,
                                                      dtype=torch.float32).to(device))
             if tune_steps > 0:
                 tuned = tune_block(comp, local, inputs, targets, masks, steps=tune_steps, lr=lr, seed=config.seed,
-                                   device=device)
+                                   device=device, rows=config.finetune.rows)
                 record.update(loss_start=round(tuned["loss_start"], 6), loss_end=round(tuned["loss_end"], 6),
                               undone=tuned["undone"], tune_seconds=round(tuned["seconds"], 3))
                 for lp, name in zip(layers, local):
@@ -171,7 +179,7 @@ def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str,
         factors[lp.name] = fit_layer(src.get(lp.name + ".weight"), lp, plan, device=device)
         spill([lp])
     return factors, {"mode": "block" if tune_steps > 0 else "none", "data": data.description,
-                     **({"target": aim, "lr": lr} if tune_steps > 0 else {}),
+                     **({"target": aim, "lr": lr, "rows": config.finetune.rows} if tune_steps > 0 else {}),
                      "samples": data.samples, "blocks": blocks_done, "outside_stack": [lp.name for lp in outside],
                      "seconds": round(time.perf_counter() - t0, 3),
                      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}
