@@ -40,14 +40,17 @@ def main():
              "SmolLM2-135M-Instruct, the 7 linear layers of the blocks shown compressed with the defaults "
              f"(`--param-ratio 0.8`{' ' + ' '.join(args.extra) if args.extra else ''}); per block, from the "
              "`factorize --json` summary: its whole time, its layers' fits, its tune, and the rest (calibration "
-             "rows through the original and compressed block, Grams).", "",
+             "rows through the original and compressed block, Grams), and its block-output error before and after the "
+             "tune (on the calibration rows).", "",
              f"{machine_line()} Load average at the start: {load}.", "",
-             "| block | whole | fits | tune | rest |", "|---|---|---|---|---|"]
+             "| block | whole | fits | tune | rest | block error: start → end |", "|---|---|---|---|---|---|"]
     for b in blocks:
         rest = b["seconds"] - b["fit_seconds"] - b.get("tune_seconds", 0.0)
         lines.append(f"| {b['block']} | {b['seconds']:.1f} s | {b['fit_seconds']:.1f} s "
                      f"({b['fit_seconds'] / b['seconds']:.0%}) | {b.get('tune_seconds', 0.0):.1f} s "
-                     f"({b.get('tune_seconds', 0.0) / b['seconds']:.0%}) | {rest:.1f} s |")
+                     f"({b.get('tune_seconds', 0.0) / b['seconds']:.0%}) | {rest:.1f} s | "
+                     f"{b.get('loss_start', float('nan')):.6f} → {b.get('loss_end', float('nan')):.6f}"
+                     f"{' (undone)' if b.get('undone') else ''} |")
     lines += ["", f"Command: `PYTHONPATH=. python benchmarks/block_time.py {' '.join(sys.argv[1:])}`."]
     print("\n".join(lines))
     if not args.no_write:

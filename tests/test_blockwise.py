@@ -351,3 +351,24 @@ def test_a_tunes_closing_pass_gives_the_next_blocks_inputs_and_none_when_undone(
     undone = tune_block(blocks[0], ["mlp.down_proj"], inputs, [1.01 * t for t in after], masks,
                         **{**kw, "lr": 100.0})
     assert undone["undone"] and undone["outputs"] is None
+
+
+def test_tuning_on_pieces_of_batches_still_gives_whole_batches_as_the_next_inputs(llama_dir):
+    from transformers import AutoModel
+
+    from sinecompress.calib.blocks import block_inputs, run_block
+    from sinecompress.nn.skeleton import find_blocks
+    from sinecompress.pipeline.blockwise import tune_block
+
+    model = AutoModel.from_pretrained(str(llama_dir)).eval()
+    _, blocks = find_blocks(model)
+    ids = token_batch(6, 9)
+    inputs = block_inputs(model, blocks[0], [{"input_ids": ids[:4]}, {"input_ids": ids[4:]}])
+    own, _ = run_block(blocks[0], inputs)
+    tuned = tune_block(blocks[0], ["mlp.down_proj"], inputs, [1.1 * t for t in own], [None, None],
+                       steps=6, lr=0.05, seed=0, device="cpu", rows=1)  # six one-row pieces
+    assert not tuned["undone"] and tuned["loss_end"] < tuned["loss_start"]
+    after, _ = run_block(blocks[0], inputs)
+    assert [o.shape[0] for o in tuned["outputs"]] == [4, 2]
+    for got, want in zip(tuned["outputs"], after):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -90,6 +90,7 @@ CALIBRATED_FLAGS = {
 }
 BLOCK_TUNE_FLAGS = {  # apply to block tuning only (refused with --finetune global): a causal LM's run
     "tune_target": (["--tune-target", "model"], "model"),
+    "tune_rows": (["--tune-rows", "3"], 3),
 }
 BUDGET_FLAGS = {
     "param_ratio": (["--param-ratio", "0.3"], 0.3),
@@ -182,7 +183,7 @@ def test_block_tuning_flags_reach_the_run(tmp_path, seen):
     after = seen[0].to_flat()
     for key, value in want.items():
         assert after[key] == value and before[key] != value, key
-    assert json.loads(out)["finetune"]["target"] == "model"
+    assert json.loads(out)["finetune"]["target"] == "model" and json.loads(out)["finetune"]["rows"] == 3
 
 
 def test_budget_flags_reach_the_run(tmp_path, tiny_file, seen):
