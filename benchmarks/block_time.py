@@ -35,7 +35,9 @@ def main():
         r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if r.returncode != 0:
         raise SystemExit(f"factorize failed ({r.returncode}):\n{r.stderr[-3000:]}")
-    blocks = [b for b in json.loads(r.stdout)["finetune"]["blocks"] if b["layers"]]
+    summary = json.loads(r.stdout)
+    blocks = [b for b in summary["finetune"]["blocks"] if b["layers"]]
+    fell = [x for x in summary["layers"] if x.get("fell_back")]
     lines = [f"## {args.section}", "",
              "SmolLM2-135M-Instruct, the 7 linear layers of the blocks shown compressed with the defaults "
              f"(`--param-ratio 0.8`{' ' + ' '.join(args.extra) if args.extra else ''}); per block, from the "
@@ -51,6 +53,11 @@ def main():
                      f"({b.get('tune_seconds', 0.0) / b['seconds']:.0%}) | {rest:.1f} s | "
                      f"{b.get('loss_start', float('nan')):.6f} → {b.get('loss_end', float('nan')):.6f}"
                      f"{' (undone)' if b.get('undone') else ''} |")
+    if summary["method"] == "sine":  # the sine fits that whitened SVD beat (``--fallback``)
+        lines += ["", "Layers stored as whitened SVD, which fitted them better than the sine hybrid (each fit's "
+                  "activation error, before the tune): " + (", ".join(
+                      f"{x['name'].removeprefix('model.layers.')} (sine {x['sine_act_error']:.4f}, whitened SVD "
+                      f"{x['start_act_error']:.4f})" for x in fell) or "none") + "."]
     lines += ["", f"Command: `PYTHONPATH=. python benchmarks/block_time.py {' '.join(sys.argv[1:])}`."]
     print("\n".join(lines))
     if not args.no_write:

@@ -87,6 +87,10 @@ SETTINGS: tuple[Setting, ...] = (
             "With --finetune global: fit each layer to the outputs of the already compressed earlier layers "
             "(block mode always does, block by block). Default: on without a fine-tune, off with one.",
             flag="--sequential/--no-sequential"),
+    Setting("fallback", "fit.fallback", True, "defaults.fallback",
+            "With calibration: a sine layer whose fit ends with a higher activation error than whitened SVD at the "
+            "same rank (one amplitude vector fewer parameters) is stored as that whitened SVD; --no-fallback keeps "
+            "every sine layer sine.", flag="--fallback/--no-fallback"),
     Setting("calibration", "calibration.enabled", None, "calibration.enabled",
             "Calibrate (fit what each layer sees, not its weights): default on for text model directories "
             "and whenever --calib is given.", flag="--no-calib"),
@@ -236,10 +240,12 @@ class Rule:
 class FitConfig:
     steps: int = 300  # Adam steps of each layer's sine fit
     sequential: bool | None = None  # None: on without a fine-tune (docs/fitting.md)
+    fallback: bool = True  # a calibrated sine fit worse than whitened SVD keeps the whitened SVD
 
     def __post_init__(self):
         _positive_int("fit.steps", self.steps, hi=10**7)
         _bool("fit.sequential", self.sequential, optional=True)
+        _bool("fit.fallback", self.fallback)
 
 
 @dataclass(frozen=True)

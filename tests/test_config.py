@@ -34,6 +34,7 @@ VALUES = {
     "device": ("cpu", {}),
     "fit_steps": (11, {}),
     "sequential": (True, {}),
+    "fallback": (False, {}),
     "calibration": (False, {}),
     "calib": ("calib.txt", {}),
     "calib_samples": (12, {}),
@@ -54,7 +55,7 @@ VALUES = {
 # A bad value for every setting whose checks raise SettingError (rules have their own, below).
 BAD = {
     "method": "lowrank", "rank": 0, "param_ratio": 1.0, "omega": -5, "targets": [""], "exclude": [""],
-    "allocate": "best", "seed": -1, "device": "tpu", "fit_steps": 0, "sequential": "maybe",
+    "allocate": "best", "seed": -1, "device": "tpu", "fit_steps": 0, "sequential": "maybe", "fallback": "no",
     "calibration": "maybe", "calib": "", "calib_samples": 0, "seq_len": 0, "calib_pack": "maybe", "finetune_steps": -1, "finetune": "blockwise", "tune_target": "teacher", "tune_rows": 0,
     "lr": 0,
     "overwrite": "yes", "resume": 1, "max_shard_size": "lots", "workers": 0, "allow_pickle": "no",

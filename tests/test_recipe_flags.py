@@ -86,6 +86,7 @@ CALIBRATED_FLAGS = {
     "lr": (["--lr", "0.05"], 0.05),
     "finetune": (["--finetune", "global"], "global"),  # the whole-model fine-tune, where --sequential applies
     "sequential": (["--sequential"], True),
+    "fallback": (["--no-fallback"], False),
     "device": (["--device", "cpu"], "cpu"),
 }
 BLOCK_TUNE_FLAGS = {  # apply to block tuning only (refused with --finetune global): a causal LM's run

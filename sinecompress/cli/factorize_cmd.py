@@ -48,6 +48,7 @@ def factorize_cmd(
     tune_target: str = option("tune_target"),
     tune_rows: int = option("tune_rows"),
     fit_steps: int = option("fit_steps"),
+    fallback: bool = option("fallback", "--fallback/--no-fallback"),
     lr: str = option("lr"),
     device: str = option("device"),
     seed: int = option("seed"),

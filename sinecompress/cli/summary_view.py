@@ -80,6 +80,11 @@ def print_summary(s: dict) -> None:
                 "act. err.": f"{layer['act_error']:.4f}" if layer.get("act_error") is not None else "-"})
         t.add_row(*(cells[c] for c, _ in cols))
     err_console.print(t)
+    fell = [layer for layer in s["layers"] if layer.get("fell_back")]
+    if fell:
+        err_console.print(f"{len(fell)} of {sum(1 for x in s['layers'] if not x['kept_dense'])} layers kept the "
+                          "whitened SVD, which fitted them better than the sine hybrid (--no-fallback keeps them "
+                          "sine)", highlight=False)
     dense = [layer for layer in s["layers"] if layer["kept_dense"]]
     for layer in dense:
         err_console.print(f"kept dense: {layer['name']}: {layer['kept_dense']}", highlight=False, markup=False,

@@ -163,7 +163,9 @@ def fit_hybrid(w: torch.Tensor, L: torch.Tensor, rank: int, linear_rank: int, om
     whitened metric ‖(Ŵ − W) L‖. ``phase``: "residual" (default) or "random" start of the sine part.
     ``gram_rank``: optimise against the Gram truncated to that many eigenpairs (``gram_square``); the
     returned ``act_error`` is still the exact one.
-    Returns float32 factors, ``act_error`` and the start's ``start_act_error`` (relative)."""
+    Returns float32 factors, ``act_error``, the start's ``start_act_error`` (relative), and the whitened SVD
+    at the whole rank that the start comes from (``wsvd_u``, ``wsvd_v``, ``wsvd_act_error``): the linear fit
+    with the same parameters (one amplitude vector fewer), for the caller to keep when it is the better one."""
     w = w.float()
     dev = w.device
     L32 = L.to(dev, torch.float32)
@@ -193,6 +195,8 @@ def fit_hybrid(w: torch.Tensor, L: torch.Tensor, rank: int, linear_rank: int, om
     G64 = L64 @ L64.T
     del L64, L32, target_w
     square = gram_square(G64, gram_rank)
+    with torch.no_grad():
+        wsvd_err = float(gram_square(G64)(wu @ wv.T - w) / norm2)
 
     def loss_fn():
         return square(sine_weight(u, v, omega, amp, lin_u, lin_v) - w) / norm2
@@ -207,6 +211,7 @@ def fit_hybrid(w: torch.Tensor, L: torch.Tensor, rank: int, linear_rank: int, om
     # tr(E G Eᵀ) in float32 can round a hair below zero on an exact fit; non-finite means diverged
     out["act_error"] = math.sqrt(max(loss, 0.0)) if math.isfinite(loss) else float("inf")
     out["start_act_error"] = math.sqrt(max(start_err, 0.0))
+    out.update(wsvd_u=wu, wsvd_v=wv, wsvd_act_error=math.sqrt(max(wsvd_err, 0.0)) if math.isfinite(wsvd_err) else float("inf"))
     return out
 
 

@@ -36,7 +36,7 @@ from ..nn.skeleton import materialize, release
 from ..nn.surgery import build_module, swap_module
 from ..progress import QUIET, Progress
 from .distill import adam_tune, relative_error
-from .fitting import fit_layer, retuned
+from .fitting import fit_layer, fitted, retuned
 from .plan import Plan
 from .stack import open_stack
 from .workdir import WorkDir
@@ -126,7 +126,7 @@ def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str,
         t_block = time.perf_counter()
         materialize(block, prefix, fetch)
         block.to(device)
-        layers = by_block.get(i, [])
+        layers = list(by_block.get(i, []))  # each as fitted, once fitted (a sine fit may fall back)
         local = [lp.name[len(prefix) + 1:] for lp in layers]
         same = original is inputs  # nothing compressed yet: one stream
         outs, grams = run_block(block, inputs, device, local, masks)
@@ -136,9 +136,10 @@ def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str,
         record = {"block": i, "layers": len(layers)}
         if layers:
             t_fit = time.perf_counter()
-            for lp, name in zip(layers, local):
+            for j, (lp, name) in enumerate(zip(layers, local)):
                 w = block.get_submodule(name).weight.detach()
                 factors[lp.name] = fit_layer(w, lp, plan, grams[name]["gram"], device)
+                layers[j] = fitted(lp, factors[lp.name])
                 if tune_steps <= 0:  # only a tune measures again; a shared Gram goes with its last layer
                     grams[name]["gram"] = None
             record["fit_seconds"] = round(time.perf_counter() - t_fit, 3)

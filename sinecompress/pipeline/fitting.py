@@ -45,10 +45,17 @@ def fit_layer(w: torch.Tensor, lp: LayerPlan, plan: Plan, gram: torch.Tensor | N
     omega = lp.omega
     if lp.method == "sine" and omega is None:
         omega = AUTO_OMEGA
+    fell_back = None  # the sine fit's own error, when whitened SVD fitted the layer better
     if gram is not None and lp.method != "svd":  # svd stays the plain baseline; its act_error is still measured
         r = fit_calibrated(wt.to(device), gram.to(device), lp.method, lp.rank, lp.linear_rank, omega,
                            steps=plan.steps, seed=plan.seed)
         r = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in r.items()}
+        wsvd = {k: r.pop(k, None) for k in ("wsvd_u", "wsvd_v", "wsvd_act_error")}
+        # Both errors are in the fit's own metric (a sequential fit's shifted target's), so they compare.
+        if plan.fallback and wsvd["wsvd_act_error"] is not None and wsvd["wsvd_act_error"] < r["act_error"]:
+            fell_back = r["act_error"]
+            r = {"u": wsvd["wsvd_u"], "v": wsvd["wsvd_v"], "start_act_error": wsvd["wsvd_act_error"]}
+            lp, omega = lp.as_method("wsvd"), None
     elif closed_form:  # wsvd with no Gram (a layer outside the block stack): its weight's SVD
         r = dict(zip(("u", "v"), truncated_svd(wt, lp.rank, seed=plan.seed, dtype=TO_TORCH[lp.dtype])))
     else:
@@ -56,7 +63,18 @@ def fit_layer(w: torch.Tensor, lp: LayerPlan, plan: Plan, gram: torch.Tensor | N
     if measure is not None:
         r.pop("start_act_error", None)  # in the target's metric: not comparable with the reported errors
         wt, gram = measure[0].float(), measure[1]
-    return finish_factors(r, lp, wt, gram, omega)
+    f = finish_factors(r, lp, wt, gram, omega)
+    if fell_back is not None:
+        f["method"] = lp.method  # ``fitted`` gives the layer's plan as stored
+        if measure is None:  # a sequential fit's is in the shifted target's metric, not the reported one
+            f["sine_act_error"] = fell_back
+    return f
+
+
+def fitted(lp: LayerPlan, f) -> LayerPlan:
+    """The layer's plan as fitted: a sine layer whose fit fell back to whitened SVD is stored as one."""
+    method = f.get("method")
+    return lp.as_method(method) if method is not None and method != lp.method else lp
 
 
 def finish_factors(r: dict, lp: LayerPlan, w32: torch.Tensor, gram: torch.Tensor | None = None,
@@ -84,10 +102,12 @@ def finish_factors(r: dict, lp: LayerPlan, w32: torch.Tensor, gram: torch.Tensor
 
 def retuned(module, lp: LayerPlan, w32: torch.Tensor, gram: torch.Tensor | None, before: dict) -> dict:
     """The factors of a tuned ``module``, measured like a fit's, keeping what the fit chose and recorded
-    (its ω: the plan's is still None under --omega auto; its starting error)."""
+    (its ω: the plan's is still None under --omega auto; its starting error; a fallback's method and the
+    sine fit's error). ``lp``: the layer's plan as fitted."""
     f = finish_factors(factors_of(module), lp, w32, gram, before.get("omega"))
-    if before.get("start_act_error") is not None:
-        f["start_act_error"] = before["start_act_error"]
+    for key in ("start_act_error", "method", "sine_act_error"):
+        if before.get(key) is not None:
+            f[key] = before[key]
     return f
 
 
@@ -134,14 +154,17 @@ def fit_into(work: WorkDir, src: Source, plan: Plan, progress: Progress = QUIET,
 
 
 def settle(plan: Plan, factors: dict[str, dict], dense: dict[str, str] | None = None) -> Plan:
-    """The plan as fitted: each sine layer's ω as chosen (``--omega auto``), and the layers that the fit
-    left dense (``dense``: name -> reason) marked so."""
+    """The plan as fitted: each sine layer's ω as chosen (``--omega auto``), the sine layers whose fit fell
+    back to whitened SVD stored as such, and the layers that the fit left dense (``dense``: name -> reason)
+    marked so."""
     dense = dense or {}
     layers = []
     for lp in plan.layers:
         if lp.name in dense:
             lp = dataclasses.replace(lp, keep_dense=dense[lp.name])
-        elif lp.name in factors and lp.kind == "sine" and factors[lp.name].get("omega") is not None:
-            lp = dataclasses.replace(lp, omega=factors[lp.name]["omega"])
+        elif lp.name in factors:
+            lp = fitted(lp, factors[lp.name])
+            if lp.kind == "sine" and factors[lp.name].get("omega") is not None:
+                lp = dataclasses.replace(lp, omega=factors[lp.name]["omega"])
         layers.append(lp)
     return plan.with_layers(layers)

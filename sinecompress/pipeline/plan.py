@@ -60,6 +60,10 @@ class LayerPlan:
                            (omega if omega is not None else self.omega) if sine else None,
                            "row" if sine else None, errors.get("rel_error"), errors.get("act_error"), self.method)
 
+    def as_method(self, method: str) -> LayerPlan:
+        """The same layer under a linear ``method`` (a sine layer whose fit fell back): same total rank."""
+        return dataclasses.replace(self, method=method, omega=None, linear_rank=0)
+
     def with_rank(self, rank: int) -> LayerPlan:
         return dataclasses.replace(self, rank=rank, linear_rank=split_rank(rank) if self.method == "sine" else 0)
 
@@ -75,6 +79,7 @@ class Plan:
     exclude: list[str] = field(default_factory=list)
     seed: int = 0
     steps: int = 300
+    fallback: bool = True  # a sine layer whose fit ends worse than whitened SVD keeps the whitened SVD
     layers: tuple[LayerPlan, ...] = ()
     rules: tuple[Rule, ...] = ()
     allocate: str = "uniform"  # "sensitivity": ranks re-spread after calibration (allocate.py)
@@ -134,7 +139,8 @@ def build_plan(src: Source, config: FactorizeConfig) -> Plan:
                                                     f"for {m}x{n}: nothing saved")
         layers.append(lp)
     return Plan(src.display, c.method, c.rank, c.param_ratio, c.omega if c.method == "sine" else None,
-                targets, list(c.exclude), c.seed, c.fit.steps, tuple(layers), tuple(rules), c.allocate)
+                targets, list(c.exclude), c.seed, c.fit.steps, c.fit.fallback, tuple(layers), tuple(rules),
+                c.allocate)
 
 
 def _settings(rule: Rule | None, name: str, c: FactorizeConfig):

@@ -18,7 +18,7 @@ from ..io.sources import Source
 from ..nn.surgery import build_module, swap_module
 from ..progress import Progress
 from .calibrate import Calibration
-from .fitting import fit_layer
+from .fitting import fit_layer, fitted
 from .plan import Plan
 
 
@@ -46,7 +46,7 @@ def fit_sequential(src: Source, plan: Plan, progress: Progress, cal: Calibration
             f = fit_layer(shifted_target(w, pair["gram"], pair["cross"]), lp, plan, pair["gram"], device,
                           measure=(w, gram))
         bias = src.get(lp.name + ".bias") if lp.name + ".bias" in src.tensors else None
-        mod = build_module(lp.record(f.get("omega")), f, bias, dtype=torch.float32)
+        mod = build_module(fitted(lp, f).record(f.get("omega")), f, bias, dtype=torch.float32)
         swap_module(student, lp.name, mod.to(device))
         out[lp.name] = f
     progress.advance(len(todo))

@@ -109,6 +109,10 @@ def summarize(src: Source, plan: Plan, factors: dict[str, dict], out: Path, seco
             rec["rel_error"] = f["rel_error"]
             rec["act_error"] = f.get("act_error")
             rec["start_act_error"] = f.get("start_act_error")
+            if f.get("method") is not None:  # a sine fit that fell back to whitened SVD (``fit_layer``)
+                rec["fell_back"] = True
+                if f.get("sine_act_error") is not None:
+                    rec["sine_act_error"] = f["sine_act_error"]
         layers.append(rec)
     out_bytes = sum(p.stat().st_size for p in ([out] if out.is_file() else out.rglob("*.safetensors")))
     return {

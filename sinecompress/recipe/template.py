@@ -19,8 +19,9 @@ output: out/minilm-sine
 defaults:
   method: sine          # sine (a ⊙ sin(ω·UVᵀ) + low-rank linear part), svd (truncated SVD) or wsvd (whitened SVD)
   rank: 64              # total factor rank per layer; or param_ratio: 0.25 (fraction of the dense layer)
-  omega: auto           # sine frequency ω, or auto: chosen per layer by trial fits at 30/100/300
+  omega: auto           # sine frequency ω, or auto: 100 when compressing, where ω is a gauge
   fit_steps: 300        # optimisation steps of each layer's sine fit
+  # fallback: false     # keep every sine layer sine, even where whitened SVD fits it better
   # allocate: sensitivity  # with param_ratio: spread the same budget by measured sensitivity
 
 # Ordered rules: a regex matched in full against module names (tensor name minus '.weight').
