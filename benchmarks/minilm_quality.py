@@ -40,13 +40,16 @@ METHODS = {"svd": ("svd", 0), "wsvd": ("wsvd", 0), "wsvd+ft": ("wsvd", 1), "sine
 DEFAULT_METHODS = ["svd", "wsvd", "wsvd+ft", "sine"]
 
 
-def fit_sine_default(w, gram, k: int, steps: int):
+def fit_sine_default(w, gram, k: int, steps: int, fallback: bool = True):
     """What ``sinecompress factorize --method sine`` does with calibration: ω auto (a gauge, fit/omega.py),
-    the hybrid at the default linear share, total rank k-1 so the amplitude stays within rank-k's budget."""
+    the hybrid at the default linear share, total rank k-1 so the amplitude stays within rank-k's budget,
+    and (``fallback``, the CLI's default) the whitened SVD at that rank where it fits better."""
     total = k - 1
     k_l = split_rank(total)
     omega = AUTO_OMEGA
     f = fit_calibrated(w, gram, "sine", total, k_l, omega, steps=steps)
+    if fallback and f["wsvd_act_error"] < f["act_error"]:
+        return "lowrank", {"u": f["wsvd_u"], "v": f["wsvd_v"]}, f["wsvd_act_error"], None
     return "sine", {x: f[x] for x in ("u", "v", "amp", "lin_u", "lin_v")}, f["act_error"], omega
 
 
@@ -59,10 +62,12 @@ def run(args) -> list[dict]:
             variant, tune = METHODS[method]
             t0 = time.perf_counter()
             student = copy.deepcopy(model)
+            fell = 0
             for name in names:
                 w = mods[name].weight.detach().float()
                 if variant == "sine":
                     kind, f, _err, omega = fit_sine_default(w, grams[name]["gram"], k, args.fit_steps)
+                    fell += kind == "lowrank"
                 else:
                     kind, f, _err, omega = fit_variant(variant, w, grams[name]["gram"], k, args.fit_steps, 1e-2)
                 swap_module(student, name, layer_module(kind, f, mods[name].bias.detach(), omega))
@@ -71,6 +76,7 @@ def run(args) -> list[dict]:
             q = quality(ref, embed(student, held))
             rows.append({"k": k, "method": method, **{m: round(v, 4) for m, v in q.items()},
                          "reference_cosine": REFERENCE.get(method, {}).get(k),
+                         **({"fell_back": fell} if variant == "sine" else {}),
                          "seconds": round(time.perf_counter() - t0, 1),
                          "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
@@ -83,11 +89,13 @@ def table(rows, args) -> str:
              + (" (×3 for wsvd+ft×3)" if "wsvd+ft×3" in args.methods else "") + ".", "",
              "`seconds`: fit + fine-tune + held-out embedding of the row; `peak RSS MB`: the process's peak so far "
              "(one process runs every row, so it only grows).", "",
-             "| k | method | cosine | NN agreement | DESIGN.md cosine | seconds | peak RSS MB |",
-             "|---|---|---|---|---|---|---|"]
+             "`fell back`: the sine row's layers stored as whitened SVD, which fitted them better (`--fallback`).", "",
+             "| k | method | cosine | NN agreement | DESIGN.md cosine | fell back | seconds | peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ref = "-" if r["reference_cosine"] is None else f"{r['reference_cosine']:.3f}"
-        lines.append(f"| {r['k']} | {r['method']} | {r['cosine']:.3f} | {r['nn_agreement']:.3f} | {ref} | "
+        fell = f"{r['fell_back']} of 12" if "fell_back" in r else "-"
+        lines.append(f"| {r['k']} | {r['method']} | {r['cosine']:.3f} | {r['nn_agreement']:.3f} | {ref} | {fell} | "
                      f"{r['seconds']} | {r['peak_rss_mb']} |")
     return "\n".join(lines)
 
