@@ -194,9 +194,11 @@ def fit_hybrid(w: torch.Tensor, L: torch.Tensor, rank: int, linear_rank: int, om
     L64 = L.to(dev, torch.float64)
     G64 = L64 @ L64.T
     del L64, L32, target_w
+    truncated = gram_rank is not None and gram_rank < n
     square = gram_square(G64, gram_rank)
+    exact = gram_square(G64) if truncated else square  # one float32 copy of the Gram when not truncated
     with torch.no_grad():
-        wsvd_err = float(gram_square(G64)(wu @ wv.T - w) / norm2)
+        wsvd_err = float(exact(wu @ wv.T - w) / norm2)
 
     def loss_fn():
         return square(sine_weight(u, v, omega, amp, lin_u, lin_v) - w) / norm2
@@ -204,9 +206,9 @@ def fit_hybrid(w: torch.Tensor, L: torch.Tensor, rank: int, linear_rank: int, om
     params = [u, v, amp] + ([lin_u, lin_v] if lin_u is not None else [])
     loss, values = adam_fit(params, loss_fn, steps, lr, cosine=True)
     out = _factors(values, lin_u is not None)
-    if gram_rank is not None and gram_rank < n:
+    if truncated:
         with torch.no_grad():  # the truncated loss is not the error: measure the kept factors exactly
-            loss = float(gram_square(G64)(sine_weight(out["u"], out["v"], omega, out["amp"], out["lin_u"],
+            loss = float(exact(sine_weight(out["u"], out["v"], omega, out["amp"], out["lin_u"],
                                                       out["lin_v"]) - w) / norm2)
     # tr(E G Eᵀ) in float32 can round a hair below zero on an exact fit; non-finite means diverged
     out["act_error"] = math.sqrt(max(loss, 0.0)) if math.isfinite(loss) else float("inf")
