@@ -99,8 +99,9 @@ def test_sensitivity_needs_param_ratio(tiny_file, tmp_path):
 def _noise_probe(model, names, batches, noise, seeds):
     """The definition ``output_sensitivity`` estimates: the distillation loss under output noise / noise²."""
     from sinecompress.calib.capture import forward_hidden
-    from sinecompress.pipeline.distill import distill_loss
+    from sinecompress.pipeline.distill import distill_loss, tokens_alike
 
+    per_token = tokens_alike(model)
     clean = [forward_hidden(model, b) for b in batches]
     out = {}
     for name in names:
@@ -109,7 +110,7 @@ def _noise_probe(model, names, batches, noise, seeds):
             g = torch.Generator().manual_seed(seed)
             hook = model.get_submodule(name).register_forward_hook(
                 lambda _m, _i, y, g=g: y + noise * y.pow(2).mean().sqrt() * torch.randn(y.shape, generator=g))
-            total += sum(float(distill_loss(forward_hidden(model, b), c, b.get("attention_mask")))
+            total += sum(float(distill_loss(forward_hidden(model, b), c, b.get("attention_mask"), per_token))
                          for b, c in zip(batches, clean)) / len(batches)
             hook.remove()
         out[name] = total / seeds / noise**2
@@ -135,6 +136,23 @@ def test_output_sensitivity_is_the_noise_probe_to_first_order(tmp_path):
     for n in names:
         assert fast[n] == pytest.approx(slow[n], rel=0.1), n
     assert len({round(v, 6) for v in fast.values()}) == len(names)  # the layers are told apart
+
+
+@torch.no_grad()
+def test_output_sensitivity_of_an_encoder_is_its_noise_probe_by_energy(tiny_bert_dir):
+    """An encoder's loss weighs tokens by energy (``distill.tokens_alike``), and so does its probe."""
+    from transformers import AutoModel
+
+    from sinecompress.calib.data import load_calibration
+    from sinecompress.pipeline.allocate import output_sensitivity
+
+    model = AutoModel.from_pretrained(tiny_bert_dir).eval()
+    batches = load_calibration(None, tiny_bert_dir, 8, 16).batches
+    names = ["encoder.layer.0.intermediate.dense", "encoder.layer.1.output.dense"]
+    fast = output_sensitivity(model, names, batches * 200)
+    slow = _noise_probe(model, names, batches, 1e-3, 200)
+    for n in names:
+        assert fast[n] == pytest.approx(slow[n], rel=0.1), n
 
 
 @torch.no_grad()

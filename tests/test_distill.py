@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from sinecompress.pipeline.distill import adam_tune
@@ -59,3 +60,49 @@ def test_relative_error_of_an_all_zero_target_token_is_finite():
     t = torch.ones(1, 2, 3)
     t[0, 1] = 0.0
     assert torch.isfinite(relative_error(t + 0.1, t, None))
+
+
+def test_relative_error_by_energy_is_the_batch_wide_ratio():
+    """``per_token=False``: Σ‖δ_t‖² / Σ‖t_t‖² over real tokens, by hand (the sink token dominates it)."""
+    from sinecompress.pipeline.distill import relative_error
+
+    t = torch.ones(1, 3, 2)
+    t[0, 0] *= 100.0
+    y = t.clone()
+    y[0, 1] += torch.tensor([1.0, 0.0])
+    y[0, 2] += 5.0  # padding
+    mask = torch.tensor([[1, 1, 0]])
+    assert float(relative_error(y, t, mask, per_token=False)) == pytest.approx(1 / (2 * 100**2 + 2), rel=1e-6)
+    assert float(relative_error(y, t, None, per_token=False)) == pytest.approx((1 + 50) / (2 * 100**2 + 2 + 2),
+                                                                                rel=1e-6)
+
+
+def test_tokens_alike_for_causal_lms_only(tmp_path, tiny_bert_dir):
+    """An LLM's tokens weigh alike (attention sinks); an encoder's and a config-less module's by energy."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    from sinecompress.pipeline.distill import tokens_alike
+
+    from .helpers import tiny_llama
+
+    assert tokens_alike(AutoModelForCausalLM.from_pretrained(tiny_llama(tmp_path)))
+    assert not tokens_alike(AutoModel.from_pretrained(tiny_bert_dir))
+    assert not tokens_alike(torch.nn.Linear(2, 2))
+
+
+def test_distill_records_how_it_weighed_the_tokens(tiny_bert_dir):
+    """The whole-model tune of an encoder weighs by energy, and its record says so."""
+    import copy
+
+    from transformers import AutoModel
+
+    from sinecompress.calib.data import load_calibration
+    from sinecompress.pipeline.distill import distill
+
+    teacher = AutoModel.from_pretrained(tiny_bert_dir).eval()
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():
+        student.encoder.layer[0].intermediate.dense.weight.mul_(0.9)
+    batches = load_calibration(None, tiny_bert_dir, 4, 16).batches
+    r = distill(student, teacher, batches, ["encoder.layer.0.intermediate.dense"], steps=4, lr=1e-2)
+    assert r["tokens"] == "energy" and r["loss_end"] < r["loss_start"]

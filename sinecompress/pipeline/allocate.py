@@ -26,7 +26,7 @@ from ..errors import UsageError
 from ..fit.whiten import chol
 from ..progress import QUIET, Progress
 from ..weights import factor_params
-from .distill import token_energy, token_weights
+from .distill import token_energy, token_weights, tokens_alike
 from .plan import LayerPlan, Plan
 
 
@@ -47,15 +47,17 @@ def output_sensitivity(model, names: list[str], batches: list[dict], seed: int =
     """How much the model's outputs move per unit of relative error in each layer's output.
 
     The quantity: add Gaussian noise of NOISE × the RMS of a layer's output to what it returns, measure the
-    distillation loss against the clean model (``distill.distill_loss``: the mean over hidden states h_j and
-    their T real tokens t of ‖δh_jt‖² / ‖h_jt‖²), divide by NOISE². Measuring it so, a forward pass per layer,
+    distillation loss against the clean model (``distill.distill_loss``: for a causal LM the mean over hidden
+    states h_j and their T real tokens t of ‖δh_jt‖² / ‖h_jt‖², for other models ‖δh_j‖² / ‖h_j‖² on real
+    tokens: ``distill.tokens_alike``), divide by NOISE². Measuring it so, a forward pass per layer,
     took hours on SmolLM2 (210 layers). To first order the loss is NOISE² rms(y)² Σ_j Σ_t tr(J_jtᵀ J_jt) /
     (T ‖h_jt‖²) / #h (J_jt = ∂h_jt/∂y), and a random probe r gives every layer's trace at once: with
     φ = Σ_j Σ_t ⟨r_jt, h_jt⟩ / (√T ‖h_jt‖), E‖∂φ/∂y‖² is that sum (Hutchinson). So: one forward and one
     backward for all layers together, one probe, per piece of a batch of at most ``tokens`` tokens (what
     the backward holds); the result is the mean over the pieces. A causal LM runs without its head, which
-    the hidden states do not need.
+    the hidden states do not need. (By energy, the probe is ⟨r_j, h_j⟩ / ‖h_j‖ over real tokens.)
     """
+    per_token = tokens_alike(model)
     model.eval()
     net = getattr(model, "base_model", None)
     net = net if isinstance(net, torch.nn.Module) else model
@@ -72,7 +74,8 @@ def output_sensitivity(model, names: list[str], batches: list[dict], seed: int =
         try:
             with torch.enable_grad():
                 hidden = forward_hidden(net, piece)
-                phi = sum(probe(h, piece.get("attention_mask"), probe_draw(seed, i, j)) for j, h in enumerate(hidden))
+                phi = sum(probe(h, piece.get("attention_mask"), probe_draw(seed, i, j), per_token)
+                          for j, h in enumerate(hidden))
                 if leaves:  # only to the taps: the weights get no gradient, whatever their requires_grad
                     torch.autograd.backward(phi, inputs=leaves)
         finally:
@@ -109,12 +112,15 @@ def probe_draw(seed: int, piece: int, hidden: int) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest, "little"))
 
 
-def probe(h: torch.Tensor, mask: torch.Tensor | None, g: torch.Generator) -> torch.Tensor:
-    """Σ_t ⟨r_t, h_t⟩ / ‖h_t‖ / √T over the T real tokens, with a standard normal r: its gradient's expected
-    square is ``distill.relative_error``'s first-order response (each token weighed by its own energy)."""
+def probe(h: torch.Tensor, mask: torch.Tensor | None, g: torch.Generator, per_token: bool = True) -> torch.Tensor:
+    """Σ_t ⟨r_t, h_t⟩ / ‖h_t‖ / √T over the T real tokens (``per_token``; else Σ_t ⟨r_t, h_t⟩ / √(Σ_t ‖h_t‖²)),
+    with a standard normal r: its gradient's expected square is ``distill.relative_error``'s first-order
+    response."""
     h = h.float()
     r = torch.randn(h.shape, generator=g).to(h)
     w = token_weights(h, mask)
+    if not per_token:
+        return ((r * h).sum(-1) * w).sum() / (h.detach().pow(2).sum(-1) * w).sum().sqrt().clamp_min(1e-12)
     return ((r * h).sum(-1) * w / token_energy(h, w).sqrt()).sum() / w.sum().clamp_min(1).sqrt()
 
 

@@ -35,7 +35,7 @@ from ..io.sources import Source
 from ..nn.skeleton import materialize, release
 from ..nn.surgery import build_module, swap_module
 from ..progress import QUIET, Progress
-from .distill import adam_tune, relative_error
+from .distill import adam_tune, relative_error, tokens_alike
 from .fitting import fit_layer, fitted, retuned
 from .plan import Plan
 from .stack import open_stack
@@ -48,9 +48,10 @@ def _placeholder(p: nn.Parameter) -> nn.Parameter:
 
 def tune_block(block: nn.Module, modules: list[str], inputs: list[tuple[torch.Tensor, dict]],
                targets: list[torch.Tensor], masks: list, *, steps: int, lr: float, seed: int,
-               device: str, rows: int | None = None) -> dict:
+               device: str, rows: int | None = None, per_token: bool = True) -> dict:
     """Adam on the compressed ``modules`` of ``block`` so that it reproduces ``targets`` on ``inputs``.
-    Each step takes ``rows`` rows of one batch (a piece of it; None: the whole batch).
+    Each step takes ``rows`` rows of one batch (a piece of it; None: the whole batch); ``per_token``: how
+    ``relative_error`` weighs the tokens.
     ``outputs``: the tuned block's outputs (CPU, float32) from the tune's closing loss pass, which are the
     next block's inputs (one pass over the data fewer per block); None when the tune was undone."""
     for p in block.parameters():
@@ -71,7 +72,7 @@ def tune_block(block: nn.Module, modules: list[str], inputs: list[tuple[torch.Te
             kept.clear()
         else:
             kept[i] = y.detach().to("cpu", torch.float32)
-        return relative_error(y, t, m)
+        return relative_error(y, t, m, per_token)
 
     record = adam_tune(params, loss_of, len(dev), steps=steps, lr=lr, seed=seed, stage=None)
     done = steps > 0 and not record["undone"] and len(kept) == len(dev)
@@ -113,6 +114,7 @@ def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str,
     factors, blocks_done = {}, []
     index = {lp.name: i for i, lp in enumerate(plan.layers)}
     lr = config.finetune.lr_for("block", causal_lm=True)  # block tuning's rate does not depend on the kind
+    per_token = tokens_alike(st.model)
 
     def spill(lps):
         if work is not None:
@@ -153,7 +155,7 @@ def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str,
                                                      dtype=torch.float32).to(device))
             if tune_steps > 0:
                 tuned = tune_block(comp, local, inputs, targets, masks, steps=tune_steps, lr=lr, seed=config.seed,
-                                   device=device, rows=config.finetune.rows)
+                                   device=device, rows=config.finetune.rows, per_token=per_token)
                 record.update(loss_start=round(tuned["loss_start"], 6), loss_end=round(tuned["loss_end"], 6),
                               undone=tuned["undone"], tune_seconds=round(tuned["seconds"], 3))
                 for lp, name in zip(layers, local):
@@ -180,7 +182,8 @@ def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str,
         factors[lp.name] = fit_layer(src.get(lp.name + ".weight"), lp, plan, device=device)
         spill([lp])
     return factors, {"mode": "block" if tune_steps > 0 else "none", "data": data.description,
-                     **({"target": aim, "lr": lr, "rows": config.finetune.rows} if tune_steps > 0 else {}),
+                     **({"target": aim, "lr": lr, "rows": config.finetune.rows,
+                         "tokens": "alike" if per_token else "energy"} if tune_steps > 0 else {}),
                      "samples": data.samples, "blocks": blocks_done, "outside_stack": [lp.name for lp in outside],
                      "seconds": round(time.perf_counter() - t0, 3),
                      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}

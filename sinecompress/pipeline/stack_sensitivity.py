@@ -36,6 +36,7 @@ from ..io.sources import Source
 from ..nn.skeleton import materialize, release
 from ..progress import QUIET, Progress
 from .allocate import energy_share, probe, probe_draw, rerank, sensitivity_pool, tap
+from .distill import tokens_alike
 from .plan import Plan
 from .stack import Stack, open_stack
 
@@ -110,7 +111,7 @@ def stack_sensitivity(st: Stack, inside: dict[int, list], device: str, scratch: 
         head = norm[1] if norm is not None and i == n - 1 else None
         saved = [(_saved(scratch, i, j), shape) for j, shape in enumerate(shapes)]
         grads, found, pieces = _backward(block, local, saved, keywords, st.masks, grads, head, i, seed, device,
-                                         need_input=i > first)
+                                         need_input=i > first, per_token=tokens_alike(st.model))
         for lp, name in zip(inside.get(i, []), local):
             total[lp.name] = found[name]
         for path, _ in saved:
@@ -148,7 +149,7 @@ def _saved(scratch: Path, i: int, j: int) -> Path:
 
 def _backward(block: nn.Module, local: list[str], saved: list[tuple[Path, torch.Size]], keywords: list[dict], masks: list,
               grads: list | None, head: nn.Module | None, index: int, seed: int, device: str,
-              need_input: bool) -> tuple[list | None, dict[str, float], int]:
+              need_input: bool, per_token: bool = True) -> tuple[list | None, dict[str, float], int]:
     """One block's backward on every piece of its saved inputs: the probe of its output (through ``head``,
     the final norm, at the last block) plus ⟨``grads``, output⟩ (what the later blocks hand back). Returns
     (∂φ/∂inputs per batch, or None; Σ over pieces of rms(y)² ‖∂φ/∂y‖² per layer in ``local``; pieces)."""
@@ -169,7 +170,7 @@ def _backward(block: nn.Module, local: list[str], saved: list[tuple[Path, torch.
                     xs = xs.to(device).requires_grad_(need_input)
                     y = block_output(block(xs, **to_device(kws, device)))
                     phi = probe(head(y) if head is not None else y, None if ms is None else ms.to(device),
-                                probe_draw(seed, p, index))
+                                probe_draw(seed, p, index), per_token)
                     if grads is not None:
                         phi = phi + (y.float() * grads[j][s].to(device)).sum()
                     wrt = leaves + ([xs] if need_input else [])
