@@ -26,7 +26,7 @@ from ..errors import UsageError
 from ..fit.whiten import chol
 from ..progress import QUIET, Progress
 from ..weights import factor_params
-from .distill import token_energy, token_weights, tokens_alike
+from .distill import batch_energy, token_energy, token_weights, tokens_alike
 from .plan import LayerPlan, Plan
 
 
@@ -120,7 +120,7 @@ def probe(h: torch.Tensor, mask: torch.Tensor | None, g: torch.Generator, per_to
     r = torch.randn(h.shape, generator=g).to(h)
     w = token_weights(h, mask)
     if not per_token:
-        return ((r * h).sum(-1) * w).sum() / (h.detach().pow(2).sum(-1) * w).sum().sqrt().clamp_min(1e-12)
+        return ((r * h).sum(-1) * w).sum() / batch_energy(h, w).sqrt()
     return ((r * h).sum(-1) * w / token_energy(h, w).sqrt()).sum() / w.sum().clamp_min(1).sqrt()
 
 

@@ -38,6 +38,11 @@ def token_weights(h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return torch.ones(h.shape[:-1], dtype=torch.float32, device=h.device)
 
 
+def batch_energy(h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Σ_t w_t ‖h_t‖² over the tokens of ``h`` (the batch-wide ratio's denominator), floored above 0."""
+    return (h.detach().float().pow(2).sum(-1) * w).sum().clamp_min(1e-12)
+
+
 def token_energy(h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """‖h_t‖² per token, floored at 1e-6 of the real tokens' mean (an all-zero token divides nothing by 0)."""
     e = h.detach().float().pow(2).sum(-1)
@@ -65,8 +70,7 @@ def relative_error(y: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | N
     w = token_weights(target, mask)
     d = (y.float() - target.float()).pow(2).sum(-1)
     if not per_token:
-        e = target.detach().float().pow(2).sum(-1)
-        return (w * d).sum() / (w * e).sum().clamp_min(1e-12)
+        return (w * d).sum() / batch_energy(target, w)
     return (w * d / token_energy(target, w)).sum() / w.sum().clamp_min(1)
 
 

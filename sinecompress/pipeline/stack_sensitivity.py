@@ -100,6 +100,7 @@ def stack_sensitivity(st: Stack, inside: dict[int, list], device: str, scratch: 
     keywords, shapes = [kw for _, kw in inputs], [x.shape for x, _ in inputs]
     del inputs
     norm = final_norm(st.model, st.name)
+    per_token = tokens_alike(st.model)
     if norm is not None:
         materialize(norm[1], norm[0], st.fetch, device=device)
     total: dict[str, float] = {lp.name: 0.0 for lps in inside.values() for lp in lps}
@@ -111,7 +112,7 @@ def stack_sensitivity(st: Stack, inside: dict[int, list], device: str, scratch: 
         head = norm[1] if norm is not None and i == n - 1 else None
         saved = [(_saved(scratch, i, j), shape) for j, shape in enumerate(shapes)]
         grads, found, pieces = _backward(block, local, saved, keywords, st.masks, grads, head, i, seed, device,
-                                         need_input=i > first, per_token=tokens_alike(st.model))
+                                         need_input=i > first, per_token=per_token)
         for lp, name in zip(inside.get(i, []), local):
             total[lp.name] = found[name]
         for path, _ in saved:
