@@ -23,7 +23,7 @@ from _bench import machine_info, machine_line, write_section  # noqa: E402
 
 from sinecompress.calib.blocks import block_inputs, run_block  # noqa: E402
 from sinecompress.calib.data import load_calibration  # noqa: E402
-from sinecompress.fit.sine import FIT_LR, fit_calibrated  # noqa: E402
+from sinecompress.fit.sine import FIT_LR, fast_bf16, fit_calibrated  # noqa: E402
 from sinecompress.io.open import open_source  # noqa: E402
 from sinecompress.nn.skeleton import materialize, materialize_on_use, move_real, release  # noqa: E402
 from sinecompress.pipeline.plan import LINEAR_FRACTION, rank_for_ratio, split_rank  # noqa: E402
@@ -69,6 +69,9 @@ def main():
     ap.add_argument("--linear-shares", type=float, nargs="*", default=[],
                     help="also fit with this linear share of the rank (the default is plan.LINEAR_FRACTION), at the "
                          "most steps; adds a per-layer table")
+    ap.add_argument("--gram-dtypes", choices=["float32", "bfloat16"], nargs="*", default=[],
+                    help="also fit with the loss's Gram product in this dtype, at the most steps (the default is "
+                         "bfloat16 where it is native, float32 elsewhere)")
     ap.add_argument("--pack", action="store_true", help="calibrate on packed rows (the causal-LM default)")
     ap.add_argument("--param-ratio", type=float, default=0.8)
     ap.add_argument("--samples", type=int, default=256)
@@ -82,13 +85,15 @@ def main():
     grams, data = block_grams(args.blocks, args.samples, args.seq_len, args.pack)
     print(f"calibration {data}: {time.perf_counter() - t0:.0f} s", flush=True)
     mid = sorted(args.steps)[len(args.steps) // 2]
-    variants = [("wsvd", 0, None, None, None, None)]
-    variants += [("sine", s, 100.0, lr, None, None) for s in args.steps for lr in args.lrs]
-    variants += [("sine", mid, om, FIT_LR, None, None) for om in args.omegas if om != 100.0]
-    variants += [("sine", max(args.steps), 100.0, FIT_LR, f, None) for f in args.gram_fracs]
-    variants += [("sine", max(args.steps), 100.0, FIT_LR, None, sh) for sh in args.linear_shares]
+    auto = "bfloat16" if fast_bf16("cpu") else "float32"  # what the tool's fits use here
+    variants = [("wsvd", 0, None, None, None, None, None)]
+    variants += [("sine", s, 100.0, lr, None, None, auto) for s in args.steps for lr in args.lrs]
+    variants += [("sine", mid, om, FIT_LR, None, None, auto) for om in args.omegas if om != 100.0]
+    variants += [("sine", max(args.steps), 100.0, FIT_LR, f, None, auto) for f in args.gram_fracs]
+    variants += [("sine", max(args.steps), 100.0, FIT_LR, None, sh, auto) for sh in args.linear_shares]
+    variants += [("sine", max(args.steps), 100.0, FIT_LR, None, None, d) for d in args.gram_dtypes if d != auto]
     rows = []
-    for method, steps, om, lr, frac, share in variants:
+    for method, steps, om, lr, frac, share, dtype in variants:
         errs, secs = [], 0.0
         for b in args.blocks:
             for name in LAYERS:
@@ -98,12 +103,13 @@ def main():
                 t = time.perf_counter()
                 lin = 0 if method != "sine" else split_rank(k) if share is None else split_rank(k, share)
                 r = fit_calibrated(w, g, method, k, lin, om, steps=steps,
-                                   lr=FIT_LR if lr is None else lr, gram_rank=None if frac is None else int(n * frac))
+                                   lr=FIT_LR if lr is None else lr, gram_rank=None if frac is None else int(n * frac),
+                                   gram_dtype=None if dtype is None else getattr(torch, dtype))
                 secs += time.perf_counter() - t
                 errs.append(r["act_error"])
-        row = {"method": method, "steps": steps, "omega": om, "lr": lr, "frac": frac, "share": share,
+        row = {"method": method, "steps": steps, "omega": om, "lr": lr, "frac": frac, "share": share, "dtype": dtype,
                "mean_act_error": sum(errs) / len(errs), "errors": errs, "seconds": secs}
-        print(f"{method:5s} steps={steps:4d} ω={om} lr={lr} gram={frac or 'full'} share={share or 'default'}: "
+        print(f"{method:5s} steps={steps:4d} ω={om} lr={lr} gram={frac or 'full'} share={share or 'default'} product={dtype}: "
               f"mean act error {row['mean_act_error']:.6f}  {secs:.1f} s", flush=True)
         rows.append(row)
     if not args.no_write:
@@ -111,19 +117,21 @@ def main():
         lines = [f"## {args.section}", "", f"SmolLM2-135M blocks {', '.join(map(str, args.blocks))} ({len(LAYERS)} layers each), ranks of "
                  f"`--param-ratio {args.param_ratio:g}`, Grams of the original blocks' inputs ({data}). Mean "
                  "activation error ‖(Ŵ−W)L‖/‖WL‖ over the layers; fit time summed over them.", "",
-                 "| method | fit steps | ω | fit lr | Gram | linear share | mean act. error | fit time (s) |",
-                 "|---|---|---|---|---|---|---|---|"]
+                 "| method | fit steps | ω | fit lr | Gram | Gram product | linear share | mean act. error | fit time (s) |",
+                 "|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             om = "-" if r["omega"] is None else f"{r['omega']:g}"
             lr = "-" if r["lr"] is None else f"{r['lr']:g}"
             gram = "full" if r["frac"] is None else f"top {r['frac']:g}·n"
             share = "-" if r["method"] != "sine" else f"{LINEAR_FRACTION if r['share'] is None else r['share']:g}"
-            lines.append(f"| {r['method']} | {r['steps']} | {om} | {lr} | {gram} | {share} | {r['mean_act_error']:.6f} "
+            lines.append(f"| {r['method']} | {r['steps']} | {om} | {lr} | {gram} | {r['dtype'] or '-'} | {share} "
+                         f"| {r['mean_act_error']:.6f} "
                          f"| {r['seconds']:.1f} |")
-        if args.linear_shares:  # per layer: whitened SVD, the default share at the most steps, each share tried
+        if args.linear_shares or args.gram_dtypes:  # per layer: whitened SVD, then the sine fits at the most steps
             shown = [rows[0]] + [r for r in rows if r["method"] == "sine" and r["steps"] == max(args.steps)
                                  and r["omega"] == 100.0 and r["lr"] == FIT_LR and r["frac"] is None]
-            head = ["wsvd"] + [f"sine, share {LINEAR_FRACTION if r['share'] is None else r['share']:g}" for r in shown[1:]]
+            head = ["wsvd"] + [f"sine, share {LINEAR_FRACTION if r['share'] is None else r['share']:g}, {r['dtype']}"
+                               for r in shown[1:]]
             lines += ["", "Per layer (activation error):", "", "| layer | " + " | ".join(head) + " |",
                       "|---|" + "---|" * len(head)]
             names = [f"{b}.{n}" for b in args.blocks for n in LAYERS]

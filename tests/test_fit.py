@@ -7,6 +7,7 @@ import torch
 
 from sinecompress.fit.sine import (
     WhitenedSquare,
+    fast_bf16,
     fit_calibrated,
     fit_hybrid,
     fit_sine,
@@ -148,6 +149,34 @@ def test_a_truncated_gram_fit_reports_its_exact_error():
     f = fit_calibrated(w, gram, "sine", 8, 5, 100.0, steps=20, seed=0, gram_rank=8)
     w_hat = f["lin_u"] @ f["lin_v"].T + f["amp"][:, None] * torch.sin(100.0 * f["u"] @ f["v"].T)
     assert f["act_error"] == pytest.approx(activation_error(w_hat, w, gram), rel=1e-3)
+
+
+def test_a_bfloat16_gram_fit_reports_its_exact_error_and_fits_as_well_as_float32():
+    w, _, gram = _layer()
+    f32 = fit_calibrated(w, gram, "sine", 8, 4, 100.0, steps=60, seed=0, gram_dtype=torch.float32)
+    f16 = fit_calibrated(w, gram, "sine", 8, 4, 100.0, steps=60, seed=0, gram_dtype=torch.bfloat16)
+    w_hat = f16["lin_u"] @ f16["lin_v"].T + f16["amp"][:, None] * torch.sin(100.0 * f16["u"] @ f16["v"].T)
+    assert f16["act_error"] == pytest.approx(activation_error(w_hat, w, gram), rel=1e-3)  # measured in float32
+    assert f16["act_error"] == pytest.approx(f32["act_error"], rel=0.05)
+    assert f16["act_error"] < f16["start_act_error"]
+    assert f16["wsvd_act_error"] == f32["wsvd_act_error"]  # the fallback's yardstick is always exact
+
+
+def test_a_bfloat16_gram_square_is_close_to_float32_and_its_gradient_stays_float32():
+    g = torch.Generator().manual_seed(0)
+    G = torch.randn(40, 40, generator=g, dtype=torch.float64)
+    G = G @ G.T
+    e = torch.randn(9, 40, generator=g, requires_grad=True)
+    value = gram_square(G, dtype=torch.bfloat16)(e)
+    value.backward()
+    assert float(value) == pytest.approx(float(gram_square(G)(e)), rel=2e-2)
+    assert value.dtype == e.grad.dtype == torch.float32
+
+
+def test_fast_bf16_is_false_where_there_is_nothing_to_multiply():
+    assert fast_bf16("meta") is False
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    assert fast_bf16("cpu") is (probe is not None and bool(probe()))
 
 
 def test_weight_space_sine_fit_improves_on_its_svd_start():

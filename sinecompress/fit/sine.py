@@ -87,7 +87,7 @@ class WhitenedSquare(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, e: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        eg = e @ g
+        eg = (e.to(g.dtype) @ g).to(e.dtype)  # a bfloat16 Gram (``gram_dtype``) takes E in bfloat16 too
         ctx.save_for_backward(eg)
         return (e * eg).sum()
 
@@ -97,15 +97,27 @@ class WhitenedSquare(torch.autograd.Function):
         return 2 * grad * eg, None
 
 
-def gram_square(G64: torch.Tensor, rank: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+def fast_bf16(device: torch.device | str) -> bool:
+    """Whether bfloat16 products are native on ``device``: a CUDA device that has them, or a CPU with
+    AVX512-BF16. Elsewhere they are emulated, and slower than float32."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)  # private, hence the guard
+    return dev.type == "cpu" and probe is not None and bool(probe())
+
+
+def gram_square(G64: torch.Tensor, rank: int | None = None,
+                dtype: torch.dtype = torch.float32) -> Callable[[torch.Tensor], torch.Tensor]:
     """E ↦ tr(E G Eᵀ), exactly (``rank`` None, or not below n) or with G replaced by its top ``rank``
     eigenpairs plus the mean of the rest times I: G ≈ Q (Λ − μ) Qᵀ + μI. The truncated form costs two
     m×n×rank products a step instead of one m×n×n: for a wide layer (an LLM's down projection) that product
-    is most of a fit step."""
+    is most of a fit step. ``dtype``: of the m×n×n product (bfloat16 halves its time where it is native;
+    the sum stays float32)."""
     n = G64.shape[0]
     if rank is None or rank >= n:
-        G32 = G64.float()
-        return lambda e: WhitenedSquare.apply(e, G32)
+        G = G64.to(dtype)
+        return lambda e: WhitenedSquare.apply(e, G)
     evals, evecs = torch.linalg.eigh(G64)
     mu = float(evals[: n - rank].clamp_min(0).mean())
     q = evecs[:, n - rank:].float().contiguous()
@@ -158,11 +170,13 @@ def fit_sine(w: torch.Tensor, rank: int, omega: float, linear_rank: int = 0, amp
 
 def fit_hybrid(w: torch.Tensor, L: torch.Tensor, rank: int, linear_rank: int, omega: float,
                steps: int = 300, lr: float = FIT_LR, seed: int = 0, amp_scale: float = 1.0,
-               phase: str = "residual", phase_std: float = PHASE_STD, gram_rank: int | None = None) -> dict:
+               phase: str = "residual", phase_std: float = PHASE_STD, gram_rank: int | None = None,
+               gram_dtype: torch.dtype | None = None) -> dict:
     """Fit ``A Bᵀ + a ⊙ sin(ω U Vᵀ)`` (total rank ``rank``, linear rank ``linear_rank``) to ``w`` in the
     whitened metric ‖(Ŵ − W) L‖. ``phase``: "residual" (default) or "random" start of the sine part.
-    ``gram_rank``: optimise against the Gram truncated to that many eigenpairs (``gram_square``); the
-    returned ``act_error`` is still the exact one.
+    ``gram_rank``: optimise against the Gram truncated to that many eigenpairs (``gram_square``);
+    ``gram_dtype``: of the loss's Gram product (None: bfloat16 where it is native, ``fast_bf16``, else
+    float32). Either way the returned ``act_error`` is the exact one, in float32.
     Returns float32 factors, ``act_error``, the start's ``start_act_error`` (relative), and the whitened SVD
     at the whole rank that the start comes from (``wsvd_u``, ``wsvd_v``, ``wsvd_act_error``): the linear fit
     with the same parameters (one amplitude vector fewer), for the caller to keep when it is the better one."""
@@ -194,11 +208,15 @@ def fit_hybrid(w: torch.Tensor, L: torch.Tensor, rank: int, linear_rank: int, om
     L64 = L.to(dev, torch.float64)
     G64 = L64 @ L64.T
     del L64, L32, target_w
-    truncated = gram_rank is not None and gram_rank < n
-    square = gram_square(G64, gram_rank)
-    exact = gram_square(G64) if truncated else square  # one float32 copy of the Gram when not truncated
+    if gram_dtype is None:
+        gram_dtype = torch.bfloat16 if fast_bf16(dev) else torch.float32
+    approx = (gram_rank is not None and gram_rank < n) or gram_dtype != torch.float32
+    exact = gram_square(G64)
     with torch.no_grad():
         wsvd_err = float(exact(wu @ wv.T - w) / norm2)
+    if approx:  # one copy of the Gram at a time: the exact one comes back for the closing measure
+        del exact
+    square = gram_square(G64, gram_rank, gram_dtype) if approx else exact
 
     def loss_fn():
         return square(sine_weight(u, v, omega, amp, lin_u, lin_v) - w) / norm2
@@ -206,8 +224,10 @@ def fit_hybrid(w: torch.Tensor, L: torch.Tensor, rank: int, linear_rank: int, om
     params = [u, v, amp] + ([lin_u, lin_v] if lin_u is not None else [])
     loss, values = adam_fit(params, loss_fn, steps, lr, cosine=True)
     out = _factors(values, lin_u is not None)
-    if truncated:
-        with torch.no_grad():  # the truncated loss is not the error: measure the kept factors exactly
+    if approx:
+        del square
+        exact = gram_square(G64)
+        with torch.no_grad():  # the approximate loss is not the error: measure the kept factors exactly
             loss = float(exact(sine_weight(out["u"], out["v"], omega, out["amp"], out["lin_u"],
                                                       out["lin_v"]) - w) / norm2)
     # tr(E G Eᵀ) in float32 can round a hair below zero on an exact fit; non-finite means diverged
@@ -219,7 +239,7 @@ def fit_hybrid(w: torch.Tensor, L: torch.Tensor, rank: int, linear_rank: int, om
 
 def fit_calibrated(w: torch.Tensor, gram: torch.Tensor, method: str, rank: int, linear_rank: int = 0,
                    omega: float | None = None, steps: int = 300, seed: int = 0, lr: float = FIT_LR,
-                   gram_rank: int | None = None) -> dict:
+                   gram_rank: int | None = None, gram_dtype: torch.dtype | None = None) -> dict:
     """One layer's activation-aware fit. ``method``: "wsvd" (closed form) or "sine" (hybrid).
 
     Returns float32 factors (u, v[, amp, lin_u, lin_v]), ``act_error`` (‖(Ŵ−W)L‖/‖WL‖) and
@@ -230,4 +250,5 @@ def fit_calibrated(w: torch.Tensor, gram: torch.Tensor, method: str, rank: int, 
         u, v = gram_whitened_svd(w, gram, rank)
         err = activation_error(LowRankRows(u, v), w, gram)  # by blocks of rows: no full product
         return {"u": u, "v": v, "act_error": err, "start_act_error": err}
-    return fit_hybrid(w, chol(gram), rank, linear_rank, omega, steps=steps, lr=lr, seed=seed, gram_rank=gram_rank)
+    return fit_hybrid(w, chol(gram), rank, linear_rank, omega, steps=steps, lr=lr, seed=seed, gram_rank=gram_rank,
+                      gram_dtype=gram_dtype)
