@@ -42,7 +42,7 @@ BLOCK_STEPS = {"cpu": 64, "cuda": 200}
 TUNE_ROWS = 8  # calibration rows per block-tuning step
 # Relative tuning step: 0.01 measured best on MiniLM (global); a whole-model tune of SmolLM2 needed 0.001
 # (BENCHMARKS.md smollm_ppl_global, smollm_ppl_global_lr). Block tuning's steps of 8 rows: 0.005 ended SmolLM2's
-# blocks 0, 15 and 29 at 0.0081, 0.0027 and 0.0047 against 0.0080, 0.0033 and 0.0051 at 0.01 (docs/fitting.md).
+# blocks 0, 15 and 29 at 0.00805, 0.00271 and 0.00466 against 0.00804, 0.00325 and 0.00514 at 0.01 (block_time_lr*).
 FINETUNE_LR, GLOBAL_LM_LR, BLOCK_LR = 1e-2, 1e-3, 5e-3
 MAX_SEED = 2**63 - 1
 # ω outside this range is a typo: the paper's values span 20-1400, and the fitted phase is a gauge (docs/fitting.md).
