@@ -11,6 +11,7 @@ from sinecompress.fit.sine import (
     fit_calibrated,
     fit_hybrid,
     fit_sine,
+    gram_dtype_on,
     gram_square,
     phase_factors,
 )
@@ -174,9 +175,10 @@ def test_a_bfloat16_gram_square_is_close_to_float32_and_its_gradient_stays_float
 
 
 def test_fast_bf16_is_false_where_there_is_nothing_to_multiply():
-    assert fast_bf16("meta") is False
+    assert fast_bf16("meta") is False and gram_dtype_on("meta") == torch.float32
     probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
     assert fast_bf16("cpu") is (probe is not None and bool(probe()))
+    assert gram_dtype_on("cpu") == (torch.bfloat16 if fast_bf16("cpu") else torch.float32)
 
 
 def test_weight_space_sine_fit_improves_on_its_svd_start():

@@ -107,6 +107,11 @@ def fast_bf16(device: torch.device | str) -> bool:
     return dev.type == "cpu" and probe is not None and bool(probe())
 
 
+def gram_dtype_on(device: torch.device | str) -> torch.dtype:
+    """The dtype of a calibrated sine fit's Gram product on ``device`` unless told: bfloat16 where native."""
+    return torch.bfloat16 if fast_bf16(device) else torch.float32
+
+
 def gram_square(G64: torch.Tensor, rank: int | None = None,
                 dtype: torch.dtype = torch.float32) -> Callable[[torch.Tensor], torch.Tensor]:
     """E ↦ tr(E G Eᵀ), exactly (``rank`` None, or not below n) or with G replaced by its top ``rank``
@@ -175,8 +180,7 @@ def fit_hybrid(w: torch.Tensor, L: torch.Tensor, rank: int, linear_rank: int, om
     """Fit ``A Bᵀ + a ⊙ sin(ω U Vᵀ)`` (total rank ``rank``, linear rank ``linear_rank``) to ``w`` in the
     whitened metric ‖(Ŵ − W) L‖. ``phase``: "residual" (default) or "random" start of the sine part.
     ``gram_rank``: optimise against the Gram truncated to that many eigenpairs (``gram_square``);
-    ``gram_dtype``: of the loss's Gram product (None: bfloat16 where it is native, ``fast_bf16``, else
-    float32). Either way the returned ``act_error`` is the exact one, in float32.
+    ``gram_dtype``: of the loss's Gram product (None: ``gram_dtype_on`` the device). Either way the returned ``act_error`` is the exact one, in float32.
     Returns float32 factors, ``act_error``, the start's ``start_act_error`` (relative), and the whitened SVD
     at the whole rank that the start comes from (``wsvd_u``, ``wsvd_v``, ``wsvd_act_error``): the linear fit
     with the same parameters (one amplitude vector fewer), for the caller to keep when it is the better one."""
@@ -209,7 +213,7 @@ def fit_hybrid(w: torch.Tensor, L: torch.Tensor, rank: int, linear_rank: int, om
     G64 = L64 @ L64.T
     del L64, L32, target_w
     if gram_dtype is None:
-        gram_dtype = torch.bfloat16 if fast_bf16(dev) else torch.float32
+        gram_dtype = gram_dtype_on(dev)
     approx = (gram_rank is not None and gram_rank < n) or gram_dtype != torch.float32
     exact = gram_square(G64)
     with torch.no_grad():

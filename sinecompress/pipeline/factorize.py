@@ -12,7 +12,7 @@ from torch import nn
 
 from ..config import FactorizeConfig, make_config, resolve_device
 from ..errors import InputError, OutputError, UsageError
-from ..fit.sine import fast_bf16
+from ..fit.sine import gram_dtype_on
 from ..io.atomic import claim_output, held_here
 from ..io.format import ALL_SUFFIXES, read_metadata
 from ..io.hf_model import is_causal_lm, is_causal_lm_dir
@@ -197,8 +197,8 @@ def _run(src: Source, out: Path, config: FactorizeConfig, progress: Progress, mo
     summary = summarize(src, plan, factors, out, time.perf_counter() - t0)
     summary["calibration"] = {**record, "note": note}
     if record.get("used") and (plan.method == "sine" or any(lp.method == "sine" for lp in plan.layers)):
-        # bfloat16 where it is native (fit/sine.py): the same command can fit a hair differently elsewhere
-        summary["calibration"]["gram_product"] = "bfloat16" if fast_bf16(device) else "float32"
+        # bfloat16 where it is native: the same command can fit a hair differently on another machine
+        summary["calibration"]["gram_product"] = str(gram_dtype_on(device)).removeprefix("torch.")
     summary["finetune"] = tune
     summary["allocation"] = allocation
     summary["sequential"] = sequential
