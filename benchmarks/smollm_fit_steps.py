@@ -23,7 +23,7 @@ from _bench import machine_info, machine_line, write_section  # noqa: E402
 
 from sinecompress.calib.blocks import block_inputs, run_block  # noqa: E402
 from sinecompress.calib.data import load_calibration  # noqa: E402
-from sinecompress.fit.sine import FIT_LR, fast_bf16, fit_calibrated  # noqa: E402
+from sinecompress.fit.sine import FIT_LR, fit_calibrated, gram_dtype_on  # noqa: E402
 from sinecompress.io.open import open_source  # noqa: E402
 from sinecompress.nn.skeleton import materialize, materialize_on_use, move_real, release  # noqa: E402
 from sinecompress.pipeline.plan import LINEAR_FRACTION, rank_for_ratio, split_rank  # noqa: E402
@@ -85,7 +85,7 @@ def main():
     grams, data = block_grams(args.blocks, args.samples, args.seq_len, args.pack)
     print(f"calibration {data}: {time.perf_counter() - t0:.0f} s", flush=True)
     mid = sorted(args.steps)[len(args.steps) // 2]
-    auto = "bfloat16" if fast_bf16("cpu") else "float32"  # what the tool's fits use here
+    auto = str(gram_dtype_on("cpu")).removeprefix("torch.")  # what the tool's fits use here
     variants = [("wsvd", 0, None, None, None, None, None)]
     variants += [("sine", s, 100.0, lr, None, None, auto) for s in args.steps for lr in args.lrs]
     variants += [("sine", mid, om, FIT_LR, None, None, auto) for om in args.omegas if om != 100.0]
@@ -101,7 +101,7 @@ def main():
                 m, n = w.shape
                 k = rank_for_ratio(m, n, args.param_ratio, method)
                 t = time.perf_counter()
-                lin = 0 if method != "sine" else split_rank(k) if share is None else split_rank(k, share)
+                lin = split_rank(k, LINEAR_FRACTION if share is None else share) if method == "sine" else 0
                 r = fit_calibrated(w, g, method, k, lin, om, steps=steps,
                                    lr=FIT_LR if lr is None else lr, gram_rank=None if frac is None else int(n * frac),
                                    gram_dtype=None if dtype is None else getattr(torch, dtype))
