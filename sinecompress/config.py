@@ -43,8 +43,10 @@ TUNE_ROWS = 8  # calibration rows per block-tuning step
 # Relative tuning step: 0.01 measured best on MiniLM (global); a whole-model tune of SmolLM2 needed 0.001
 # (BENCHMARKS.md smollm_ppl_global, smollm_ppl_global_lr). Block tuning's steps of 8 rows: 0.005 ended SmolLM2's
 # blocks 0, 15 and 29 at 0.00805, 0.00271 and 0.00466 against 0.00804, 0.00325 and 0.00514 at 0.01 (block_time_lr*),
-# but whitened SVD's layers tuned better at 0.01 (40 % removed: perplexity 81.10 against 85.27), so block tuning
-# steps each layer by its stored form: BLOCK_LR for sine layers, BLOCK_LINEAR_LR for low-rank ones.
+# but whitened SVD tuned better at 0.01 (perplexity 48.13 against 49.62 at 20 % removed, 81.10 against 85.27
+# at 40 %). So a run's rate follows its layers: BLOCK_LR with any sine layer, BLOCK_LINEAR_LR when all are
+# linear. A sine run's layers that fall back to whitened SVD keep BLOCK_LR: at 0.01 they left its blocks
+# higher (block_time_lr_by_form).
 FINETUNE_LR, GLOBAL_LM_LR, BLOCK_LR, BLOCK_LINEAR_LR = 1e-2, 1e-3, 5e-3, 1e-2
 MAX_SEED = 2**63 - 1
 # ω outside this range is a typo: the paper's values span 20-1400, and the fitted phase is a gauge (docs/fitting.md).
@@ -127,8 +129,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Calibration rows per block-tuning step (a piece of one batch): more, smaller steps tuned SmolLM2's "
             "blocks better in less time (docs/fitting.md).", flag="--tune-rows"),
     Setting("lr", "finetune.lr", "auto", "finetune.lr",
-            f"Fine-tune learning rate, relative to each factor's RMS; auto: {BLOCK_LR:g} for block tuning of sine layers "
-            f"({BLOCK_LINEAR_LR:g} of low-rank ones), "
+            f"Fine-tune learning rate, relative to each factor's RMS; auto: {BLOCK_LR:g} for block tuning with sine layers "
+            f"({BLOCK_LINEAR_LR:g} when all are wsvd or svd), "
             f"{GLOBAL_LM_LR:g} for a whole-model tune of a causal LM, {FINETUNE_LR:g} for one of another model."),
     Setting("overwrite", "output.overwrite", False, None, "Replace an existing output."),
     Setting("resume", "output.resume", False, None, "Continue an interrupted run from the layers it already "
@@ -289,14 +291,14 @@ class FinetuneConfig:
         if self.lr != "auto":
             object.__setattr__(self, "lr", _finite("finetune.lr", self.lr, 0.0))
 
-    def lr_for(self, mode: str, causal_lm: bool, kind: str = "sine") -> float:
-        """The learning rate this run tunes with: ``lr``, or under "auto" for block tuning BLOCK_LR for a sine
-        layer and BLOCK_LINEAR_LR for a low-rank one (``kind``), FINETUNE_LR for a whole-model tune, except of a
-        causal LM: on SmolLM2 that tune at 0.01 ended worse and was undone, at 0.001 it was kept."""
+    def lr_for(self, mode: str, causal_lm: bool, sine: bool = True) -> float:
+        """The learning rate this run tunes with: ``lr``, or under "auto" for block tuning BLOCK_LR when the run
+        has ``sine`` layers and BLOCK_LINEAR_LR when all are linear, FINETUNE_LR for a whole-model tune, except
+        of a causal LM: on SmolLM2 that tune at 0.01 ended worse and was undone, at 0.001 it was kept."""
         if self.lr != "auto":
             return self.lr
         if mode == "block":
-            return BLOCK_LINEAR_LR if kind == "lowrank" else BLOCK_LR
+            return BLOCK_LR if sine else BLOCK_LINEAR_LR
         return GLOBAL_LM_LR if causal_lm else FINETUNE_LR
 
     def steps_on(self, device: str, mode: str = "global") -> int:

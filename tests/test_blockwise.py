@@ -82,7 +82,9 @@ def test_every_mode_writes_a_model_that_loads_as_it_inflates(llama_dir, tmp_path
     assert s["calibration"]["used"]
     assert s["finetune"]["mode"] == mode
     if mode != "none":  # --lr auto: a whole-model tune of a causal LM steps 5x smaller than a block's
-        assert s["finetune"]["lr"] == (1e-3 if mode == "global" else {"sine": 5e-3, "lowrank": 1e-2})
+        assert s["finetune"]["lr"] == (1e-3 if mode == "global" else 5e-3)
+        wsvd = sinecompress.factorize(llama_dir, tmp_path / "wsvd", finetune=mode, method="wsvd", **SMALL)
+        assert wsvd["finetune"]["lr"] == (1e-3 if mode == "global" else 1e-2)  # a linear run's block rate
         assert s["calibration"]["gram_product"] == ("bfloat16" if fast_bf16("cpu") else "float32")
     sinecompress.inflate(out, dense)
     from transformers import AutoModelForCausalLM
@@ -252,54 +254,6 @@ def test_each_block_is_tuned_towards_the_chosen_target(llama_dir, tmp_path, monk
                 torch.testing.assert_close(t0, y0, rtol=1e-4, atol=1e-5)
                 torch.testing.assert_close(t1, y1, rtol=1e-4, atol=1e-5)
                 assert not torch.allclose(x1, y0, atol=1e-3)  # block 1 itself runs on the compressed stream
-
-
-def test_block_tuning_steps_each_layer_at_its_stored_forms_rate(llama_dir, tmp_path, monkeypatch):
-    """``--lr auto``: sine layers at BLOCK_LR, low-rank ones (whitened SVD, a sine fit that fell back) at
-    BLOCK_LINEAR_LR; a given ``--lr`` serves every layer."""
-    from sinecompress.config import BLOCK_LINEAR_LR, BLOCK_LR
-    from sinecompress.pipeline import blockwise
-
-    rates = []
-    real = blockwise.tune_block
-
-    def spy(block, modules, *a, lr, **k):
-        rates.append(dict(zip(modules, lr, strict=True)))
-        return real(block, modules, *a, lr=lr, **k)
-
-    monkeypatch.setattr(blockwise, "tune_block", spy)
-    for method, extra, want in (("wsvd", {}, {BLOCK_LINEAR_LR}), ("sine", {"fallback": False}, {BLOCK_LR}),
-                                ("sine", {"lr": 0.02}, {0.02})):
-        rates.clear()
-        s = sinecompress.factorize(llama_dir, tmp_path / f"{method}-{len(extra)}-{extra.get('lr')}", ft_steps=2,
-                                   **{**SMALL, "method": method, **extra})
-        assert len(rates) == 2 and {r for block in rates for r in block.values()} == want
-    # With the fallback on, each layer's rate follows the form it was stored in.
-    rates.clear()
-    s = sinecompress.factorize(llama_dir, tmp_path / "mixed", ft_steps=2,
-                               **{**SMALL, "method": "sine", "rank": 8, "steps": 30})  # 7 of 14 fall back
-    fell = {x["name"] for x in s["layers"] if x.get("fell_back")}
-    got = {f"model.layers.{i}.{name}": r for i, block in enumerate(rates) for name, r in block.items()}
-    assert fell and set(got) - fell  # both forms occur, or this part would test nothing
-    assert got == {name: BLOCK_LINEAR_LR if name in fell else BLOCK_LR for name in got}
-
-
-def test_tune_block_takes_one_rate_per_module(llama_dir):
-    from transformers import AutoModel
-
-    from sinecompress.calib.blocks import block_inputs, run_block
-    from sinecompress.nn.skeleton import find_blocks
-    from sinecompress.pipeline.blockwise import tune_block
-
-    model = AutoModel.from_pretrained(str(llama_dir)).eval()
-    _, blocks = find_blocks(model)
-    inputs = block_inputs(model, blocks[0], [{"input_ids": token_batch(2, 9)}])
-    own, _ = run_block(blocks[0], inputs)
-    up, down = (blocks[0].get_submodule(n).weight.detach().clone() for n in ("mlp.up_proj", "mlp.down_proj"))
-    tuned = tune_block(blocks[0], ["mlp.up_proj", "mlp.down_proj"], inputs, [1.1 * t for t in own], [None],
-                       steps=4, lr=[0.0, 0.05], seed=0, device="cpu")
-    assert not tuned["undone"]
-    assert torch.equal(blocks[0].mlp.up_proj.weight, up) and not torch.equal(blocks[0].mlp.down_proj.weight, down)
 
 
 def test_a_llama_blocks_q_k_v_and_gate_up_share_their_grams(llama_dir):

@@ -83,10 +83,10 @@ def test_auto_lr_depends_on_the_tune_and_a_given_lr_on_nothing():
     assert auto.lr == "auto" and auto.lr_for("global", causal_lm=True) == 1e-3
     assert auto.lr_for("global", causal_lm=False) == 1e-2
     assert auto.lr_for("block", causal_lm=True) == auto.lr_for("block", causal_lm=False) == 5e-3
-    assert auto.lr_for("block", causal_lm=True, kind="lowrank") == 1e-2  # whitened SVD tunes better at 0.01
+    assert auto.lr_for("block", causal_lm=True, sine=False) == 1e-2  # whitened SVD tunes better at 0.01
     given = make_config(rank=4, lr="0.2").finetune  # a number given as text (YAML 1.1, the CLI) is read
     assert given.lr == 0.2 and given.lr_for("global", causal_lm=True) == given.lr_for("block", causal_lm=True) == 0.2
-    assert given.lr_for("block", causal_lm=True, kind="lowrank") == 0.2
+    assert given.lr_for("block", causal_lm=True, sine=False) == 0.2
 
 
 @pytest.mark.parametrize("key", sorted(VALUES))

@@ -47,21 +47,16 @@ def _placeholder(p: nn.Parameter) -> nn.Parameter:
 
 
 def tune_block(block: nn.Module, modules: list[str], inputs: list[tuple[torch.Tensor, dict]],
-               targets: list[torch.Tensor], masks: list, *, steps: int, lr: float | list[float], seed: int,
+               targets: list[torch.Tensor], masks: list, *, steps: int, lr: float, seed: int,
                device: str, rows: int | None = None, per_token: bool = True) -> dict:
     """Adam on the compressed ``modules`` of ``block`` so that it reproduces ``targets`` on ``inputs``.
-    ``lr``: one rate, or one per module. Each step takes ``rows`` rows of one batch (a piece of it; None: the
-    whole batch); ``per_token``: how ``relative_error`` weighs the tokens.
+    Each step takes ``rows`` rows of one batch (a piece of it; None: the whole batch); ``per_token``: how
+    ``relative_error`` weighs the tokens.
     ``outputs``: the tuned block's outputs (CPU, float32) from the tune's closing loss pass, which are the
     next block's inputs (one pass over the data fewer per block); None when the tune was undone."""
     for p in block.parameters():
         p.requires_grad_(False)
-    rates = lr if isinstance(lr, list) else [lr] * len(modules)
-    params, per_param = [], []
-    for name, r in zip(modules, rates, strict=True):
-        for p in block.get_submodule(name).parameters():
-            params.append(p)
-            per_param.append(r)
+    params = [p for name in modules for p in block.get_submodule(name).parameters()]
     dev, owner = [], []  # the pieces, and which batch each came from
     for b, ((x, kw), t, m) in enumerate(zip(inputs, targets, masks)):
         tokens = (rows or x.shape[0]) * (x.shape[1] if x.dim() > 2 else 1)
@@ -79,7 +74,7 @@ def tune_block(block: nn.Module, modules: list[str], inputs: list[tuple[torch.Te
             kept[i] = y.detach().to("cpu", torch.float32)
         return relative_error(y, t, m, per_token)
 
-    record = adam_tune(params, loss_of, len(dev), steps=steps, lr=per_param, seed=seed, stage=None)
+    record = adam_tune(params, loss_of, len(dev), steps=steps, lr=lr, seed=seed, stage=None)
     done = steps > 0 and not record["undone"] and len(kept) == len(dev)
     outputs = None
     if done:
@@ -93,7 +88,12 @@ def tune_target(target: str, plan: Plan) -> str:
     from perplexity 117.3 to 102.9, but the sine defaults from 85.7 to 106.8 (docs/fitting.md)."""
     if target != "auto":
         return target
-    return "block" if any(lp.kind == "sine" for lp in plan.compressed) else "model"
+    return "block" if has_sine(plan) else "model"
+
+
+def has_sine(plan: Plan) -> bool:
+    """Whether any layer is planned sine (a fit that falls back to whitened SVD does not change it)."""
+    return any(lp.kind == "sine" for lp in plan.compressed)
 
 
 def tuning_means(finetune: dict | None) -> tuple[float, float, int, int] | None:
@@ -118,8 +118,7 @@ def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str,
     by_block, outside = st.split(plan.compressed)
     factors, blocks_done = {}, []
     index = {lp.name: i for i, lp in enumerate(plan.layers)}
-    # Block tuning's rate depends on each layer's stored form, not on the model's kind.
-    lr = {kind: config.finetune.lr_for("block", causal_lm=True, kind=kind) for kind in ("sine", "lowrank")}
+    lr = config.finetune.lr_for("block", causal_lm=True, sine=has_sine(plan))  # not on the model's kind
     per_token = tokens_alike(st.model)
 
     def spill(lps):
@@ -160,8 +159,7 @@ def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str,
                 swap_module(comp, name, build_module(lp.record(factors[lp.name].get("omega")), factors[lp.name], bias,
                                                      dtype=torch.float32).to(device))
             if tune_steps > 0:
-                tuned = tune_block(comp, local, inputs, targets, masks, steps=tune_steps,
-                                   lr=[lr[lp.kind] for lp in layers], seed=config.seed,
+                tuned = tune_block(comp, local, inputs, targets, masks, steps=tune_steps, lr=lr, seed=config.seed,
                                    device=device, rows=config.finetune.rows, per_token=per_token)
                 record.update(loss_start=round(tuned["loss_start"], 6), loss_end=round(tuned["loss_end"], 6),
                               undone=tuned["undone"], tune_seconds=round(tuned["seconds"], 3))

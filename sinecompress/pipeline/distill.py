@@ -82,12 +82,11 @@ def distill_loss(student_h: list[torch.Tensor], teacher_h: list[torch.Tensor], m
 
 
 def adam_tune(params: list[torch.Tensor], loss_of: Callable[[int], torch.Tensor], n: int, *, steps: int,
-              lr: float | list[float], seed: int = 0, progress: Progress = QUIET, stage: str | None = "fine-tuning",
+              lr: float, seed: int = 0, progress: Progress = QUIET, stage: str | None = "fine-tuning",
               time_budget: float | None = None) -> dict:
     """Adam on ``params`` for ``steps`` steps; step ``t`` minimises ``loss_of(i)`` for one of the ``n`` items,
     taken in a seeded random order. ``lr`` is relative: each tensor moves by about ``lr`` times its own RMS
-    per step, so one value serves factors of very different scales (a list: one per tensor); the step is
-    annealed by a cosine.
+    per step, so one value serves factors of very different scales; the step is annealed by a cosine.
     A tune that ends with a higher mean loss than it started from is undone: the parameters are put back
     (a sharp fit can be knocked off its optimum by the first full-size steps; measured on SmolLM2, where
     block tuning raised the mean block-output error 0.0011 → 0.0021 before this guard).
@@ -96,9 +95,8 @@ def adam_tune(params: list[torch.Tensor], loss_of: Callable[[int], torch.Tensor]
     t0 = time.perf_counter()
     for p in params:
         p.requires_grad_(True)
-    rates = lr if isinstance(lr, list) else [lr] * len(params)
-    groups = [{"params": [p], "lr": r * float(p.detach().float().pow(2).mean().sqrt().clamp_min(1e-6))}
-              for p, r in zip(params, rates, strict=True)]
+    groups = [{"params": [p], "lr": lr * float(p.detach().float().pow(2).mean().sqrt().clamp_min(1e-6))}
+              for p in params]
     opt = torch.optim.Adam(groups)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(steps, 1))))
     g = torch.Generator().manual_seed(seed)
