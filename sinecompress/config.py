@@ -36,10 +36,10 @@ TUNE_TARGETS = ("auto", "block", "model")
 FINETUNE_STEPS = {"cpu": 200, "cuda": 1000}  # --finetune global: steps over the whole model
 # --finetune block: steps per block. A deep LM repeats them per block: at 200 per block on the CPU, SmolLM2's
 # 30 blocks had not finished after 25 minutes (benchmarks/smollm_ppl.py).
-# 64 steps of 8 rows beat 32 of 32 on SmolLM2 blocks 0 and 15 (block-output error 0.0109 → 0.0084 and
-# 0.0041 → 0.0034) in 27 % less tuning time (docs/fitting.md).
-BLOCK_STEPS = {"cpu": 64, "cuda": 200}
-TUNE_ROWS = 8  # calibration rows per block-tuning step
+# More, smaller steps tune better: on SmolLM2 at 20 % removed, 128 steps of 4 rows reached perplexity 40.57
+# against 41.34 for 64 of 8, in 26.5 instead of 24.4 minutes (96 of 8: 41.05 in 28.3; docs/fitting.md).
+BLOCK_STEPS = {"cpu": 128, "cuda": 200}
+TUNE_ROWS = 4  # calibration rows per block-tuning step
 # Relative tuning step: 0.01 measured best on MiniLM (global); a whole-model tune of SmolLM2 needed 0.001
 # (BENCHMARKS.md smollm_ppl_global, smollm_ppl_global_lr). Block tuning's steps of 8 rows: 0.005 ended SmolLM2's
 # blocks 0, 15 and 29 at 0.00805, 0.00271 and 0.00466 against 0.00804, 0.00325 and 0.00514 at 0.01 (block_time_lr*),

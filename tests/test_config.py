@@ -74,7 +74,7 @@ def test_defaults_are_the_settings_table():
     # the CLI's defaults everywhere: ω chosen per layer, device picked, fine-tune steps by device
     assert c.omega == "auto" and c.device == "auto" and c.finetune.steps == "auto"
     assert c.finetune.steps_on("cpu") == 200 and c.finetune.steps_on("cuda") == 1000
-    assert c.finetune.steps_on("cpu", "block") == 64 and c.finetune.steps_on("cuda", "block") == 200
+    assert c.finetune.steps_on("cpu", "block") == 128 and c.finetune.steps_on("cuda", "block") == 200
     assert FactorizeConfig(rank=4) == c
 
 

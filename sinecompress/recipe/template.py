@@ -47,8 +47,8 @@ calibration:
 # everything in memory) or none.
 finetune:
   mode: block
-  steps: auto           # auto: global 200 on CPU, 1000 on CUDA; block 64, 200 per block
-  rows: 8               # calibration rows per block-tuning step
+  steps: auto           # auto: global 200 on CPU, 1000 on CUDA; block 128, 200 per block
+  rows: 4               # calibration rows per block-tuning step
 
 seed: 0                 # the same recipe and seed give byte-identical output on the same machine
 device: auto            # auto (CUDA when available), cpu or cuda
