@@ -37,7 +37,7 @@ FINETUNE_STEPS = {"cpu": 200, "cuda": 1000}  # --finetune global: steps over the
 # --finetune block: steps per block. A deep LM repeats them per block: at 200 per block on the CPU, SmolLM2's
 # 30 blocks had not finished after 25 minutes (benchmarks/smollm_ppl.py).
 # More, smaller steps tune better: on SmolLM2 at 20 % removed, 128 steps of 4 rows reached perplexity 40.57
-# against 41.34 for 64 of 8, in 26.5 instead of 24.4 minutes (96 of 8: 41.05 in 28.3; docs/fitting.md).
+# against 41.34 for 64 of 8, in 26.5 instead of 24.4 minutes (96 of 8: 41.05, in about as much time; docs/fitting.md).
 BLOCK_STEPS = {"cpu": 128, "cuda": 200}
 TUNE_ROWS = 4  # calibration rows per block-tuning step
 # Relative tuning step: 0.01 measured best on MiniLM (global); a whole-model tune of SmolLM2 needed 0.001
