@@ -126,8 +126,8 @@ SETTINGS: tuple[Setting, ...] = (
             "auto: block when any layer is sine, model otherwise (measured on SmolLM2, docs/fitting.md).",
             flag="--tune-target"),
     Setting("tune_rows", "finetune.rows", TUNE_ROWS, "finetune.rows",
-            "Calibration rows per block-tuning step (a piece of one batch): more, smaller steps tuned SmolLM2's "
-            "blocks better in less time (docs/fitting.md).", flag="--tune-rows"),
+            "Calibration rows per block-tuning step (a piece of one batch): 128 steps of 4 rows tuned SmolLM2 "
+            "better than 64 of 8 for 9 % more run time (docs/fitting.md).", flag="--tune-rows"),
     Setting("lr", "finetune.lr", "auto", "finetune.lr",
             f"Fine-tune learning rate, relative to each factor's RMS; auto: {BLOCK_LR:g} for block tuning with sine layers "
             f"({BLOCK_LINEAR_LR:g} when all are wsvd or svd), "

@@ -118,7 +118,7 @@ def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str,
     by_block, outside = st.split(plan.compressed)
     factors, blocks_done = {}, []
     index = {lp.name: i for i, lp in enumerate(plan.layers)}
-    lr = config.finetune.lr_for("block", causal_lm=True, sine=has_sine(plan))  # not on the model's kind
+    lr = config.finetune.lr_for("block", causal_lm=True, sine=has_sine(plan))  # by the run's layers, not the model's kind
     per_token = tokens_alike(st.model)
 
     def spill(lps):
