@@ -59,7 +59,7 @@ def one(route: str, m: int, n: int, rank: int) -> dict:
         u, v = whitened_svd(w, L, rank)
         err = whitened_error(u @ v.T, w, L)
     else:
-        u, v = gram_whitened_svd(w, gram, rank)
+        u, v, _ = gram_whitened_svd(w, gram, rank)
         err = activation_error(u @ v.T, w, gram)
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

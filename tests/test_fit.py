@@ -50,17 +50,19 @@ def test_the_gram_route_gives_the_whitened_svds_factors_and_error(shape):
     w, _, gram = _layer(*shape)
     L = chol(gram)
     u, v = whitened_svd(w, L, 6)
-    gu, gv = gram_whitened_svd(w, gram, 6)
+    gu, gv, gerr = gram_whitened_svd(w, gram, 6)
     assert torch.allclose(gu @ gv.T, u @ v.T, atol=1e-5)
     assert torch.allclose(gu.norm(dim=0), u.norm(dim=0), rtol=1e-4)  # the same balanced split
     assert activation_error(u @ v.T, w, gram) == pytest.approx(whitened_error(u @ v.T, w, L), rel=1e-5)
+    # the error read off the eigenvalues is the error measured from the Gram
+    assert gerr == pytest.approx(activation_error(gu @ gv.T, w, gram), rel=1e-4)
 
 
 def test_the_gram_routes_leave_directions_a_weight_lacks_empty():
     g = torch.Generator().manual_seed(1)
     w = torch.randn(40, 3, generator=g) @ torch.randn(3, 60, generator=g)  # rank 3, asked for 6
     _, _, gram = _layer(60, 60)
-    for u, v in (gram_whitened_svd(w, gram, 6), gram_whitened_svd(w.T.contiguous(), gram[:40, :40], 6),
+    for u, v in (gram_whitened_svd(w, gram, 6)[:2], gram_whitened_svd(w.T.contiguous(), gram[:40, :40], 6)[:2],
                  truncated_svd_by_gram(w, 6), truncated_svd_by_gram(w.T, 6)):
         assert torch.count_nonzero(u[:, 3:]) == 0 and torch.count_nonzero(v[:, 3:]) == 0
     u, v = truncated_svd_by_gram(w, 6)
@@ -246,8 +248,8 @@ def test_a_float32_gram_gives_the_float64_fit_across_column_blocks():
     x = torch.randn(3000, 1500, dtype=torch.float64) * torch.linspace(0.1, 3, 1500, dtype=torch.float64)
     g64 = x.T @ x
     w = torch.randn(40, 1500)  # wide: W G Wᵀ, with G read in two column blocks
-    u64, v64 = gram_whitened_svd(w, g64, 12)
-    u32, v32 = gram_whitened_svd(w, g64.float(), 12)
+    u64, v64, _ = gram_whitened_svd(w, g64, 12)
+    u32, v32, _ = gram_whitened_svd(w, g64.float(), 12)
     assert torch.allclose(u32 @ v32.T, u64 @ v64.T, rtol=0, atol=1e-5 * float((u64 @ v64.T).abs().max()))
     e64, e32 = activation_error(u64 @ v64.T, w, g64), activation_error(u64 @ v64.T, w, g64.float())
     assert e32 == pytest.approx(e64, rel=1e-6)

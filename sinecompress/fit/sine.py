@@ -20,8 +20,8 @@ from collections.abc import Callable
 import torch
 
 from ..weights import sine_weight
-from .svd import LowRankRows, truncated_svd
-from .whiten import activation_error, chol, gram_whitened_svd, whitened_svd
+from .svd import truncated_svd
+from .whiten import chol, gram_whitened_svd, whitened_svd
 
 # Relative Adam step of the hybrid fit: 0.1 reached 4-11 % lower activation error than 0.01 in 300 steps
 # on MiniLM layers (docs/fitting.md); at 0.01 the random phase barely moves and the sine part is wasted.
@@ -251,8 +251,7 @@ def fit_calibrated(w: torch.Tensor, gram: torch.Tensor, method: str, rank: int, 
     """
     w = w.float()
     if method in ("wsvd", "svd"):
-        u, v = gram_whitened_svd(w, gram, rank)
-        err = activation_error(LowRankRows(u, v), w, gram)  # by blocks of rows: no full product
+        u, v, err = gram_whitened_svd(w, gram, rank)
         return {"u": u, "v": v, "act_error": err, "start_act_error": err}
     return fit_hybrid(w, chol(gram), rank, linear_rank, omega, steps=steps, lr=lr, seed=seed, gram_rank=gram_rank,
                       gram_dtype=gram_dtype)

@@ -63,11 +63,15 @@ def _times_gram(a: torch.Tensor, gram: torch.Tensor, cols: int = 1024) -> torch.
 
 def _gram_trace(a: torch.Tensor, gram: torch.Tensor, lam: float, b: torch.Tensor | None = None,
                 rows: int = 256) -> float:
-    """tr(E (G + λI) Eᵀ), E = A − B, in float64, a block of rows at a time (no m×n copies)."""
+    """tr(E (G + λI) Eᵀ), E = A − B, a block of rows at a time (no m×n copies). E G is a float32 product and
+    the sum is float64: E is formed first, so nothing cancels, and a float64 product (reading a float32 G in
+    float64 a block at a time) cost 4× the time. This is a measurement, not a fit: on Llama-2-7B's shape it
+    had taken more time than the fits it measured (section llm_memory_7b_fast_errors)."""
+    g = gram.float()  # no copy for the float32 Grams that calibration captures
     total = 0.0
     for i in range(0, a.shape[0], rows):
-        c = a[i:i + rows].double() if b is None else a[i:i + rows].double() - b[i:i + rows].double()
-        total += float((_times_gram(c, gram) * c).sum() + lam * (c * c).sum())
+        c = a[i:i + rows].float() if b is None else a[i:i + rows].float() - b[i:i + rows].float()
+        total += float(((c @ g) * c).sum(dtype=torch.float64) + lam * (c * c).sum(dtype=torch.float64))
     return total
 
 
@@ -84,7 +88,9 @@ def activation_error(w_hat: torch.Tensor, w: torch.Tensor, gram: torch.Tensor, d
 
 def gram_whitened_svd(w: torch.Tensor, gram: torch.Tensor, rank: int, damp: float = DEFAULT_DAMP,
                       rows: int = 256):
-    """``whitened_svd(w, chol(gram), rank)`` through an eigendecomposition of the smaller side.
+    """``whitened_svd(w, chol(gram), rank)`` through an eigendecomposition of the smaller side. Returns
+    (u, v, error): the error ‖(Ŵ − W) L‖ / ‖W L‖ of the optimum comes from the eigenvalues, the share of
+    the trace they drop (Eckart–Young), so no second pass over W and G measures it.
 
     With σᵢ², Uᵢ the eigenpairs of W G Wᵀ (G damped), the optimum is Uₖ Uₖᵀ W: u = U σ^½, v = Wᵀ U σ^-½,
     the same balanced factors as the SVD's. When W is taller than wide, (W L)ᵀ(W L) = Lᵀ (WᵀW) L is the
@@ -102,6 +108,7 @@ def gram_whitened_svd(w: torch.Tensor, gram: torch.Tensor, rank: int, damp: floa
             p = _times_gram(wi, gram).add_(wi, alpha=lam)
             for j in range(0, m, 1024):
                 k_mat[i:i + rows, j:j + 1024] = p @ w[j:j + 1024].double().T
+        total = float(k_mat.diagonal().sum())
         evecs, root, inv_root = top_eigen(k_mat, rank)
         del k_mat
         left = evecs * inv_root
@@ -109,11 +116,12 @@ def gram_whitened_svd(w: torch.Tensor, gram: torch.Tensor, rank: int, damp: floa
         v = torch.empty(n, left.shape[1], dtype=torch.float32, device=dev)  # Wᵀ U σ^-½, by columns of W
         for j in range(0, n, 1024):
             v[j:j + 1024] = (w[:, j:j + 1024].double().T @ left).float()
-        return u, v
+        return u, v, _dropped_share(total, root)
     L64 = chol(gram, damp)
     wtw = row_gram(w, rows)
     k_mat = L64.T @ wtw @ L64
     del wtw
+    total = float(k_mat.diagonal().sum())
     evecs, root, inv_root = top_eigen(k_mat, rank)
     del k_mat
     right = L64 @ (evecs * inv_root)
@@ -121,7 +129,13 @@ def gram_whitened_svd(w: torch.Tensor, gram: torch.Tensor, rank: int, damp: floa
     for i in range(0, m, rows):
         u[i:i + rows] = (w[i:i + rows].double() @ right).float()
     v = torch.linalg.solve_triangular(L64.T, evecs * root, upper=True)
-    return u, v.float()
+    return u, v.float(), _dropped_share(total, root)
+
+
+def _dropped_share(total: float, root: torch.Tensor) -> float:
+    """√(1 − Σ kept σ² / ‖W L‖²) from ``top_eigen``'s σ^½ (σ² = root⁴) and the trace of W L's Gram."""
+    kept = float((root.double() ** 4).sum())
+    return math.sqrt(max(total - kept, 0.0) / max(total, 1e-300))
 
 
 def whitened_svd(w: torch.Tensor, L: torch.Tensor, rank: int):
