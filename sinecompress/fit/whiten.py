@@ -64,9 +64,9 @@ def _times_gram(a: torch.Tensor, gram: torch.Tensor, cols: int = 1024) -> torch.
 def _gram_trace(a: torch.Tensor, gram: torch.Tensor, lam: float, b: torch.Tensor | None = None,
                 rows: int = 256) -> float:
     """tr(E (G + λI) Eᵀ), E = A − B, a block of rows at a time (no m×n copies). E G is a float32 product and
-    the sum is float64: E is formed first, so nothing cancels, and a float64 product (reading a float32 G in
-    float64 a block at a time) cost 4× the time. This is a measurement, not a fit: on Llama-2-7B's shape it
-    had taken more time than the fits it measured (section llm_memory_7b_fast_errors)."""
+    the sum is float64: E is formed first, so nothing cancels. In float64 (G read in float64 a block at a
+    time) the errors of a Llama-2-7B-shaped block had taken longer than its fits (cProfile, this repo's
+    ``llm_memory.py`` shape)."""
     g = gram.float()  # no copy for the float32 Grams that calibration captures
     total = 0.0
     for i in range(0, a.shape[0], rows):
