@@ -90,7 +90,9 @@ def gram_whitened_svd(w: torch.Tensor, gram: torch.Tensor, rank: int, damp: floa
                       rows: int = 256):
     """``whitened_svd(w, chol(gram), rank)`` through an eigendecomposition of the smaller side. Returns
     (u, v, error): the error ‖(Ŵ − W) L‖ / ‖W L‖ of the optimum comes from the eigenvalues, the share of
-    the trace they drop (Eckart–Young), so no second pass over W and G measures it.
+    the trace they drop (Eckart–Young), so no second pass over W and G measures it. It is the error in the
+    Gram as damped for the fit: where ``chol`` had to add damping, it can differ a little from
+    ``activation_error``'s, which the reported errors use.
 
     With σᵢ², Uᵢ the eigenpairs of W G Wᵀ (G damped), the optimum is Uₖ Uₖᵀ W: u = U σ^½, v = Wᵀ U σ^-½,
     the same balanced factors as the SVD's. When W is taller than wide, (W L)ᵀ(W L) = Lᵀ (WᵀW) L is the
