@@ -95,6 +95,7 @@ def main():
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--work", type=Path, default=None, help="where to write the checkpoints (default: a temp dir)")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--section", default=None, help="BENCHMARKS.md section (default: llm_memory_SHAPE)")
     args = ap.parse_args()
     info = {**machine_info(), "load": " ".join(f"{x:.2f}" for x in os.getloadavg())}
     work = Path(tempfile.mkdtemp(prefix="llm_memory-", dir=args.work))
@@ -124,7 +125,8 @@ def main():
             shutil.rmtree(out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    lines = [f"## llm_memory_{args.shape}", "",
+    section = args.section or f"llm_memory_{args.shape}"
+    lines = [f"## {section}", "",
              f"Random-weight Llama of {args.shape} shape (bf16 on disk), `sinecompress factorize DIR --method "
              f"{args.method} --param-ratio 0.8 --finetune {args.finetune} --fit-steps {args.fit_steps} "
              f"--calib-samples {args.samples} --seq-len {args.seq_len}`; peak RSS of that process against the "
@@ -137,8 +139,8 @@ def main():
                      f"{r['seconds'] / 60:.1f} min | {r['peak_rss_mib']:,.0f} MiB | {r['bound_mib']:,.0f} MiB | "
                      f"{r['import_mib']:,.0f} MiB | {r['block_fp32_mib']:,.0f} MiB | {r['acts_mib']:,.0f} MiB |")
     lines += ["", f"Command: `PYTHONPATH=. python benchmarks/llm_memory.py --shape {args.shape} --blocks "
-              f"{' '.join(map(str, args.blocks))}`."]
-    publish(f"llm_memory_{args.shape}", lines, write=not args.no_write)
+              f"{' '.join(map(str, args.blocks))}" + (f" --section {section}" if args.section else "") + "`."]
+    publish(section, lines, write=not args.no_write)
 
 
 if __name__ == "__main__":
