@@ -116,9 +116,11 @@ def main():
             tokens = summary["calibration"]["samples"] * args.seq_len
             acts = 3 * tokens * h * 4 / MIB  # block inputs, the original block's outputs, the next inputs
             bound = base + 2 * block_params * 4 / MIB + acts + 300
+            per_block = [(b["rss_mib"], b["peak_rss_mib"]) for b in summary["finetune"]["blocks"]]
             rows.append({"blocks": blocks, "disk_gib": disk / 2**30, "write_s": written, **r, "bound_mib": bound,
                          "import_mib": base, "block_fp32_mib": block_params * 4 / MIB, "acts_mib": acts,
-                         "params": summary["model_params_before"]})
+                         "params": summary["model_params_before"], "per_block": per_block,
+                         "fit_peak_mib": summary["finetune"]["peak_rss_mib"]})
             row = {k: v for k, v in rows[-1].items() if k != "stdout"}
             print(json.dumps(row), flush=True)
             shutil.rmtree(d)
@@ -138,6 +140,10 @@ def main():
         lines.append(f"| {r['blocks']} | {r['params'] / 1e9:.2f} B | {r['disk_gib']:.1f} GiB | "
                      f"{r['seconds'] / 60:.1f} min | {r['peak_rss_mib']:,.0f} MiB | {r['bound_mib']:,.0f} MiB | "
                      f"{r['import_mib']:,.0f} MiB | {r['block_fp32_mib']:,.0f} MiB | {r['acts_mib']:,.0f} MiB |")
+    for r in rows:  # where the peak is reached: a block, the fits outside the stack, or writing
+        lines += ["", f"{r['blocks']} blocks, resident set after each block is dropped / peak so far (MiB): "
+                  + "; ".join(f"{rss:,} / {peak:,}" for rss, peak in r["per_block"])
+                  + f". Peak at the end of fitting (the head included): {r['fit_peak_mib']:,} MiB."]
     lines += ["", f"Command: `PYTHONPATH=. python benchmarks/llm_memory.py --shape {args.shape} --blocks "
               f"{' '.join(map(str, args.blocks))}" + (f" --section {section}" if args.section else "") + "`."]
     publish(section, lines, write=not args.no_write)

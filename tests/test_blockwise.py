@@ -50,6 +50,10 @@ def test_block_tuning_lowers_every_blocks_loss(llama_dir, tmp_path):
     assert all(b["loss_end"] < b["loss_start"] for b in blocks), blocks
     # where each block's time went: its whole, its fits and its tune
     assert all(b["seconds"] >= b["fit_seconds"] + b["tune_seconds"] > 0 for b in blocks), blocks
+    # and its memory: the resident set after the block is dropped, never above the peak so far, which only grows
+    peaks = [b["peak_rss_mib"] for b in blocks]
+    assert peaks == sorted(peaks) and peaks[-1] <= s["finetune"]["peak_rss_mib"]
+    assert all(0 < b["rss_mib"] <= b["peak_rss_mib"] for b in blocks), blocks
     assert s["finetune"]["outside_stack"] == ["lm_head"]  # an untied head is a target, fitted to its weight
 
 

@@ -22,7 +22,6 @@ Targets outside the stack (a pooler, an untied head) are fitted to their weights
 from __future__ import annotations
 
 import copy
-import resource
 import time
 
 import torch
@@ -30,7 +29,7 @@ from torch import nn
 
 from ..calib.blocks import block_output, row_pieces, run_block, to_device
 from ..config import FactorizeConfig
-from ..heap import trim_heap
+from ..heap import peak_rss_mib, rss_mib, trim_heap
 from ..io.sources import Source
 from ..nn.skeleton import materialize, release
 from ..nn.surgery import build_module, swap_module
@@ -181,7 +180,9 @@ def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str,
         del targets, outs, grams
         release(block)
         trim_heap()
-        blocks_done.append({**record, "seconds": round(time.perf_counter() - t_block, 3)})
+        # Memory after the block is dropped, and the peak so far: where a deep run's peak grows shows here.
+        blocks_done.append({**record, "seconds": round(time.perf_counter() - t_block, 3), "rss_mib": rss_mib(),
+                            "peak_rss_mib": peak_rss_mib()})
     progress.advance(len(blocks))
     for lp in outside:  # not inside the block stack: fitted to its weights
         factors[lp.name] = fit_layer(src.get(lp.name + ".weight"), lp, plan, device=device)
@@ -191,4 +192,4 @@ def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str,
                          "tokens": "alike" if per_token else "energy"} if tune_steps > 0 else {}),
                      "samples": data.samples, "blocks": blocks_done, "outside_stack": [lp.name for lp in outside],
                      "seconds": round(time.perf_counter() - t0, 3),
-                     "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}
+                     "peak_rss_mib": peak_rss_mib()}
