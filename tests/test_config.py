@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -192,3 +193,13 @@ def test_cli_bad_values_are_one_line_errors_naming_the_flag(tiny_file, tmp_path,
     line = assert_one_line_error(code, err, 2, flag)
     assert line.startswith(f"error: {flag} ") and out == ""
     assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_readme_states_the_step_defaults_the_config_has():
+    """The README's `--steps` line went stale once (it said 32 per block after the default became 128)."""
+    from sinecompress.config import BLOCK_STEPS, FINETUNE_STEPS, TUNE_ROWS
+
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    assert (f"`auto`: {FINETUNE_STEPS['cpu']} on CPU and {FINETUNE_STEPS['cuda']} on CUDA for global; "
+            f"{BLOCK_STEPS['cpu']} and {BLOCK_STEPS['cuda']} per block for block, each of `--tune-rows` {TUNE_ROWS} "
+            "calibration rows") in readme
