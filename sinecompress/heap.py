@@ -12,6 +12,7 @@ import ctypes
 import ctypes.util
 import os
 import resource
+import sys
 from functools import cache
 
 
@@ -32,8 +33,8 @@ def trim_heap() -> None:
 
 
 def peak_rss_mib() -> int:
-    """The process's peak resident set so far, MiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    """The process's peak resident set so far, MiB (ru_maxrss is in KiB on Linux, in bytes on macOS)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // (2**20 if sys.platform == "darwin" else 1024)
 
 
 def rss_mib() -> int | None:
