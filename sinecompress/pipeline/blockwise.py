@@ -180,7 +180,7 @@ def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str,
         del targets, outs, grams
         release(block)
         trim_heap()
-        # Memory after the block is dropped, and the peak so far: where a deep run's peak grows shows here.
+        # What the block left behind, and the peak so far: which block set a deep run's peak shows here.
         blocks_done.append({**record, "seconds": round(time.perf_counter() - t_block, 3), "rss_mib": rss_mib(),
                             "peak_rss_mib": peak_rss_mib()})
     progress.advance(len(blocks))
