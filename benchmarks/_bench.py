@@ -9,21 +9,33 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
+# Environment variables that cap the vector ISA of torch's kernels, oneDNN and MKL (to time a smaller CPU's
+# kernels on a bigger one).
+CAP_VARS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 
 
 def machine_info() -> dict:
     import torch
 
-    cpu = platform.processor() or platform.machine()
+    cpu, flags = platform.processor() or platform.machine(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+            if cpu and flags:
                 break
     except OSError:
         pass
-    # The same CPU name has come with and without AVX-512, which the fits' matrix products lean on.
-    info = {"cpu": cpu, "isa": torch.backends.cpu.get_cpu_capability(), "cores": os.cpu_count(),
+    # The same CPU name has come with and without AVX-512, which the fits' matrix products lean on. A run
+    # with the kernels capped (CAP_VARS) names the caps: torch then reports the capped ISA, not the CPU's.
+    isa = torch.backends.cpu.get_cpu_capability()
+    caps = [f"{k}={os.environ[k]}" for k in CAP_VARS if os.environ.get(k)]
+    if caps:
+        own = "AVX512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "?"
+        isa = f"{own} CPU, kernels capped at {isa}: " + " ".join(caps)
+    info = {"cpu": cpu, "isa": isa, "cores": os.cpu_count(),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(), "python": platform.python_version(), "device": "cpu"}
     if torch.cuda.is_available():

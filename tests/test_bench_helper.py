@@ -24,3 +24,12 @@ def test_write_section_creates_replaces_and_keeps_others(tmp_path):
 def test_machine_info_fields():
     info = machine_info()
     assert {"cpu", "cores", "torch", "device"} <= set(info)
+
+
+def test_machine_info_names_an_isa_cap(monkeypatch):
+    # A run with the kernels capped must not pass for a run on a CPU that has only the capped ISA.
+    for var in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS"):
+        monkeypatch.delenv(var, raising=False)
+    assert "capped" not in machine_info()["isa"]
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert "kernels capped" in machine_info()["isa"] and "ONEDNN_MAX_CPU_ISA=AVX2" in machine_info()["isa"]

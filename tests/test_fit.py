@@ -183,6 +183,18 @@ def test_fast_bf16_is_false_where_there_is_nothing_to_multiply():
     assert gram_dtype_on("cpu") == (torch.bfloat16 if fast_bf16("cpu") else torch.float32)
 
 
+def test_fast_bf16_honours_a_onednn_isa_cap_below_avx512_bf16(monkeypatch):
+    # Under ONEDNN_MAX_CPU_ISA=AVX2 oneDNN multiplies bfloat16 on a reference kernel, far slower than float32.
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    native = probe is not None and bool(probe())
+    for cap, allowed in [("AVX2", False), ("avx512_core", False), ("AVX512_CORE_BF16", True), ("all", True)]:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+        assert fast_bf16("cpu") is (native and allowed), cap
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", "AVX2")  # oneDNN's older name for the same cap
+    assert fast_bf16("cpu") is False and gram_dtype_on("cpu") == torch.float32
+
+
 def test_weight_space_sine_fit_improves_on_its_svd_start():
     w, _, _ = _layer()
     u, v = truncated_svd(w, 5)

@@ -15,6 +15,7 @@ both starts put the phase at order one. ``rank`` is always the total rank; the s
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 
 import torch
@@ -97,14 +98,21 @@ class WhitenedSquare(torch.autograd.Function):
         return 2 * grad * eg, None
 
 
+# oneDNN ISA caps (``ONEDNN_MAX_CPU_ISA``) that still include AVX512-BF16. Below them oneDNN runs a bfloat16
+# product on a reference kernel: 160x slower than float32 on an AVX-512 EPYC (a 1536x576x576 product).
+_BF16_ISAS = {"ALL", "DEFAULT", "AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16",
+              "AVX10_1_512", "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2"}
+
+
 def fast_bf16(device: torch.device | str) -> bool:
     """Whether bfloat16 products are native on ``device``: a CUDA device that has them, or a CPU with
-    AVX512-BF16. Elsewhere they are emulated, and slower than float32."""
+    AVX512-BF16 that oneDNN is allowed to use. Elsewhere they are emulated, and slower than float32."""
     dev = torch.device(device)
     if dev.type == "cuda":
         return torch.cuda.is_bf16_supported()
     probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)  # private, hence the guard
-    return dev.type == "cpu" and probe is not None and bool(probe())
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL"
+    return dev.type == "cpu" and probe is not None and bool(probe()) and cap.strip().upper() in _BF16_ISAS
 
 
 def gram_dtype_on(device: torch.device | str) -> torch.dtype:
