@@ -43,6 +43,12 @@ def machine_info() -> dict:
     return info
 
 
+def cap_prefix() -> str:
+    """The ISA caps of this run as a command prefix ("VAR=value ... "), so that a section's command reruns
+    with them; empty when none is set."""
+    return "".join(f"{k}={os.environ[k]} " for k in CAP_VARS if os.environ.get(k))
+
+
 def machine_line(info: dict | None = None) -> str:
     i = info or machine_info()
     threads = f" ({i['threads']} torch threads)" if "threads" in i else ""

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _bench import machine_line, write_section  # noqa: E402
+from _bench import cap_prefix, machine_line, write_section  # noqa: E402
 
 
 def main():
@@ -58,7 +58,7 @@ def main():
                   "activation error, before the tune): " + (", ".join(
                       f"{x['name'].removeprefix('model.layers.')} (sine {x['sine_act_error']:.4f}, whitened SVD "
                       f"{x['start_act_error']:.4f})" for x in fell) or "none") + "."]
-    lines += ["", f"Command: `PYTHONPATH=. python benchmarks/block_time.py {' '.join(sys.argv[1:])}`."]
+    lines += ["", f"Command: `{cap_prefix()}PYTHONPATH=. python benchmarks/block_time.py {' '.join(sys.argv[1:])}`."]
     print("\n".join(lines))
     if not args.no_write:
         write_section(args.section, "\n".join(lines))

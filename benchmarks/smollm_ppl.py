@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _bench import machine_info, machine_line, write_section  # noqa: E402
+from _bench import cap_prefix, machine_info, machine_line, write_section  # noqa: E402
 
 from sinecompress.report.evaluate import evaluate  # noqa: E402
 
@@ -103,7 +103,7 @@ def table(rows: list[dict], dense: dict, info: dict) -> str:
             continue
         lines.append(f"| {r['removed']} % | {r['method']} | {r['perplexity']:.4g} | {r['ratio']:.3g} | "
                      f"{r['seconds'] / 60:.1f} min | {r['peak_rss_mib']:,} MiB | `{r['flags']}` |")
-    lines += ["", f"Command: `PYTHONPATH=. python benchmarks/smollm_ppl.py {' '.join(sys.argv[1:])}`.".replace(" `.", "`.")]
+    lines += ["", f"Command: `{cap_prefix()}PYTHONPATH=. python benchmarks/smollm_ppl.py {' '.join(sys.argv[1:])}`.".replace(" `.", "`.")]
     return "\n".join(lines)
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
-from _bench import machine_info, write_section  # noqa: E402
+from _bench import cap_prefix, machine_info, write_section  # noqa: E402
 
 
 def test_write_section_creates_replaces_and_keeps_others(tmp_path):
@@ -33,3 +33,4 @@ def test_machine_info_names_an_isa_cap(monkeypatch):
     assert "capped" not in machine_info()["isa"]
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     assert "kernels capped" in machine_info()["isa"] and "ONEDNN_MAX_CPU_ISA=AVX2" in machine_info()["isa"]
+    assert cap_prefix() == "ONEDNN_MAX_CPU_ISA=AVX2 "  # the section's command reruns with the cap
