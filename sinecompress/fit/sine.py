@@ -99,7 +99,7 @@ class WhitenedSquare(torch.autograd.Function):
 
 
 # oneDNN ISA caps (``ONEDNN_MAX_CPU_ISA``) that still include AVX512-BF16. Below them oneDNN runs a bfloat16
-# product on a reference kernel: 160x slower than float32 on an AVX-512 EPYC (a 1536x576x576 product).
+# product on a reference kernel: 72x slower than float32 on an AVX-512 EPYC (BENCHMARKS.md, isa_cap_products).
 _BF16_ISAS = {"ALL", "DEFAULT", "AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16",
               "AVX10_1_512", "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2"}
 
