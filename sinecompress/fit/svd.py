@@ -31,8 +31,11 @@ def truncated_svd(w: torch.Tensor, rank: int, exact: bool | None = None, seed: i
     return (u * root).to(dtype), (v * root).to(dtype)
 
 
-def rel_error(w_hat: torch.Tensor, w: torch.Tensor, rows: int = 1024) -> float:
-    """‖Ŵ − W‖ / ‖W‖, a block of rows at a time (no full-size difference)."""
+def rel_error(w_hat: torch.Tensor, w: torch.Tensor, rows: int | None = None) -> float:
+    """‖Ŵ − W‖ / ‖W‖, a block of rows at a time (no full-size difference). By default a block is about 2**20
+    entries (8 MiB in float64 per temporary): 1,024 rows of a 5632-wide layer made four 44 MiB temporaries, the
+    highest point of a 1.1B-shaped block's fits (``benchmarks/peak_profile.py``)."""
+    rows = rows or max(1, (1 << 20) // max(w.shape[1], 1))
     num = den = 0.0
     for i in range(0, w.shape[0], rows):
         c = w[i:i + rows].double()

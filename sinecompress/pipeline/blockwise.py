@@ -137,6 +137,7 @@ def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str,
         same = original is inputs  # nothing compressed yet: one stream
         outs, grams = run_block(block, inputs, device, local, masks)
         targets = outs if same else run_block(block, original, device)[0]  # the original model's, at this block
+        trim_heap()  # each phase's freed temporaries would otherwise stay resident under the next one's
         if layers:
             outs = None  # the tune aims at ``targets``; the next inputs come from the compressed block
         record = {"block": i, "layers": len(layers)}
@@ -148,6 +149,7 @@ def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str,
                 layers[j] = fitted(lp, factors[lp.name])
                 if tune_steps <= 0:  # only a tune measures again; a shared Gram goes with its last layer
                     grams[name]["gram"] = None
+                trim_heap()
             record["fit_seconds"] = round(time.perf_counter() - t_fit, 3)
             # The copy shares nothing with the block, and the weights about to be swapped out are not copied.
             comp = copy.deepcopy(block, {id(block.get_submodule(n).weight): _placeholder(block.get_submodule(n).weight)
