@@ -9,6 +9,7 @@ the wire; only errors and the temporary output name are exchanged. Single-proces
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -95,7 +96,15 @@ def from_env() -> Dist:
             dist.init_process_group("nccl" if use_nccl else "gloo")
         except (ValueError, RuntimeError) as e:
             raise UsageError(f"cannot join the process group described by RANK/WORLD_SIZE/MASTER_ADDR ({e})") from None
+        # A group left to the interpreter's teardown can abort a rank ("terminate called without an active
+        # exception", exit -6) after its work is done: the suite's two-rank gloo run did once.
+        atexit.register(_leave, dist)
     return Dist(dist.get_rank(), dist.get_world_size())
+
+
+def _leave(dist) -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def share(layers: list[tuple[int, LayerPlan]], world: int) -> list[list[tuple[int, LayerPlan]]]:
