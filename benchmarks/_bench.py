@@ -22,9 +22,8 @@ def machine_info() -> dict:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
+            elif line.startswith("flags"):  # after the first CPU's model name
                 flags = set(line.split(":", 1)[1].split())
-            if cpu and flags:
                 break
     except OSError:
         pass
