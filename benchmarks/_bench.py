@@ -30,10 +30,10 @@ def machine_info() -> dict:
     # The same CPU name has come with and without AVX-512, which the fits' matrix products lean on. A run
     # with the kernels capped (CAP_VARS) names the caps: torch then reports the capped ISA, not the CPU's.
     isa = torch.backends.cpu.get_cpu_capability()
-    caps = [f"{k}={os.environ[k]}" for k in CAP_VARS if os.environ.get(k)]
+    caps = cap_prefix().strip()
     if caps:
         own = "AVX512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "?"
-        isa = f"{own} CPU, kernels capped at {isa}: " + " ".join(caps)
+        isa = f"{own} CPU, kernels capped at {isa}: {caps}"
     info = {"cpu": cpu, "isa": isa, "cores": os.cpu_count(),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(), "python": platform.python_version(), "device": "cpu"}
