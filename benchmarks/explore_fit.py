@@ -1,4 +1,4 @@
-"""Exploration of fit designs on all 12 MLP matrices of all-MiniLM-L6-v2 (the table in docs/fitting.md).
+"""Exploration of fit designs on all 12 MLP matrices of all-MiniLM-L6-v2 (the table in docs/fitting-measurements.md).
 
 Each row: a fit variant at one total budget k (parameters ≤ a rank-k linear factorisation), scored by
 the mean whitened (activation) error over the 12 layers and, optionally, the held-out embedding cosine.

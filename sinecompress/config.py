@@ -29,15 +29,15 @@ DEVICES = ("auto", "cpu", "cuda")
 # activations in memory), "global" fits every layer and tunes them together against the whole model's
 # outputs (everything in memory), "none" fits block by block without tuning; "auto" is block for causal
 # LMs (memory grows with depth) and global otherwise (on MiniLM it measured better and faster).
-# docs/fitting.md and BENCHMARKS.md (readme_minilm) measure them.
+# docs/tuning.md and BENCHMARKS.md (readme_minilm) measure them.
 FINETUNE_MODES = ("auto", "block", "global", "none")
 TUNE_TARGETS = ("auto", "block", "model")
-# Fine-tune steps when none are given: what fits the time budget on each device (docs/fitting.md).
+# Fine-tune steps when none are given: what fits the time budget on each device (docs/tuning.md).
 FINETUNE_STEPS = {"cpu": 200, "cuda": 1000}  # --finetune global: steps over the whole model
 # --finetune block: steps per block. A deep LM repeats them per block: at 200 per block on the CPU, SmolLM2's
 # 30 blocks had not finished after 25 minutes (benchmarks/smollm_ppl.py).
 # More, smaller steps tune better: on SmolLM2 at 20 % removed, 128 steps of 4 rows reached perplexity 40.57
-# against 41.34 for 64 of 8, in 26.5 instead of 24.4 minutes (96 of 8: 41.05, in about as much time; docs/fitting.md).
+# against 41.34 for 64 of 8, in 26.5 instead of 24.4 minutes (96 of 8: 41.05, in about as much time; docs/tuning.md).
 BLOCK_STEPS = {"cpu": 128, "cuda": 200}
 TUNE_ROWS = 4  # calibration rows per block-tuning step
 # Relative tuning step: 0.01 measured best on MiniLM (global); a whole-model tune of SmolLM2 needed 0.001
@@ -49,7 +49,7 @@ TUNE_ROWS = 4  # calibration rows per block-tuning step
 # higher (block_time_lr_by_form).
 FINETUNE_LR, GLOBAL_LM_LR, BLOCK_LR, BLOCK_LINEAR_LR = 1e-2, 1e-3, 5e-3, 1e-2
 MAX_SEED = 2**63 - 1
-# ω outside this range is a typo: the paper's values span 20-1400, and the fitted phase is a gauge (docs/fitting.md).
+# ω outside this range is a typo: the paper's values span 20-1400, and the fitted phase is a gauge (docs/fitting-measurements.md).
 OMEGA_RANGE = (1e-6, 1e6)  # torch.manual_seed takes a 64-bit integer
 
 
@@ -123,11 +123,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("tune_target", "finetune.target", "auto", "finetune.target",
             "What --finetune block tunes each block towards: model (the original model's output of each block, so each block also "
             "corrects the earlier blocks' error), block (the original block's output on the compressed inputs), "
-            "auto: block when any layer is sine, model otherwise (measured on SmolLM2, docs/fitting.md).",
+            "auto: block when any layer is sine, model otherwise (measured on SmolLM2, docs/tuning.md).",
             flag="--tune-target"),
     Setting("tune_rows", "finetune.rows", TUNE_ROWS, "finetune.rows",
             "Calibration rows per block-tuning step (a piece of one batch): 128 steps of 4 rows tuned SmolLM2 "
-            "better than 64 of 8 for 9 % more run time (docs/fitting.md).", flag="--tune-rows"),
+            "better than 64 of 8 for 9 % more run time (docs/tuning.md).", flag="--tune-rows"),
     Setting("lr", "finetune.lr", "auto", "finetune.lr",
             f"Fine-tune learning rate, relative to each factor's RMS; auto: {BLOCK_LR:g} for block tuning with sine layers "
             f"({BLOCK_LINEAR_LR:g} when all are wsvd or svd), "

@@ -25,10 +25,10 @@ from .svd import truncated_svd
 from .whiten import chol, gram_whitened_svd, whitened_svd
 
 # Relative Adam step of the hybrid fit: 0.1 reached 4-11 % lower activation error than 0.01 in 300 steps
-# on MiniLM layers (docs/fitting.md); at 0.01 the random phase barely moves and the sine part is wasted.
+# on MiniLM layers (docs/fitting-measurements.md); at 0.01 the random phase barely moves and the sine part is wasted.
 FIT_LR = 0.1
 WEIGHT_FIT_LR = 2e-2  # the weight-space fit's relative step
-PHASE_STD = 1.0  # rad: std of the residual-phase start (docs/fitting.md: 1 and 2 close, 0.5 worse)
+PHASE_STD = 1.0  # rad: std of the residual-phase start (docs/fitting-measurements.md: 1 and 2 close, 0.5 worse)
 FACTOR_KEYS = ("u", "v", "amp", "lin_u", "lin_v")
 
 

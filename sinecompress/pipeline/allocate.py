@@ -9,7 +9,7 @@ until the budget is spent (greedy) is optimal for this separable model, up to th
 With calibration data each layer's share is also weighted by how much the model's outputs move
 when that layer's output is perturbed (``output_sensitivity``): relative error in the first
 layers' outputs costs far more than in the last ones'. The linear spectrum stands in for the sine
-layers too. Whether this helps is measured in docs/fitting.md (``benchmarks/minilm_allocation.py``).
+layers too. Whether this helps is measured in docs/allocation.md and docs/fitting-measurements.md (``benchmarks/minilm_allocation.py``).
 """
 
 from __future__ import annotations

@@ -84,7 +84,7 @@ def tune_block(block: nn.Module, modules: list[str], inputs: list[tuple[torch.Te
 def tune_target(target: str, plan: Plan) -> str:
     """``auto``: the original block's output ("block") when any layer is sine, the original model's ("model")
     otherwise. Measured on SmolLM2 at 20 % removed: aiming at the model's output took wsvd + block tuning
-    from perplexity 117.3 to 102.9, but the sine defaults from 85.7 to 106.8 (docs/fitting.md)."""
+    from perplexity 117.3 to 102.9, but the sine defaults from 85.7 to 106.8 (docs/tuning.md)."""
     if target != "auto":
         return target
     return "block" if has_sine(plan) else "model"

@@ -18,7 +18,7 @@ from ..matching import compile_patterns, select_targets
 from ..weights import break_even, factor_params
 
 # Linear share of a sine layer's rank. Half, for both fit paths: with calibration, 50 % measured better
-# than 75 % once the sine part could move (docs/fitting.md).
+# than 75 % once the sine part could move (docs/fitting-measurements.md).
 LINEAR_FRACTION = 0.5
 
 
