@@ -1,5 +1,5 @@
-"""The process's memory: hand freed heap memory back to the operating system between blocks, and read
-the resident set (current and peak) for the per-block records.
+"""The process's memory: hand freed heap memory back to the operating system between blocks, read the
+resident set (current and peak) for the per-block records, and the GPU's peak on a CUDA run.
 
 glibc keeps freed chunks below its mmap threshold in its arenas; over a block-by-block run the holes
 add up (the peak RSS of a 22-block 1.1B-shaped run crept up by about 30 MiB a block, and trimming at a
@@ -14,6 +14,8 @@ import os
 import resource
 import sys
 from functools import cache
+
+import torch
 
 
 @cache
@@ -44,3 +46,23 @@ def rss_mib() -> int | None:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 2**20
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _on_cuda(device: str) -> bool:
+    return str(device).startswith("cuda") and torch.cuda.is_available()
+
+
+def reset_gpu_peak(device: str) -> None:
+    """Start ``device``'s peak-memory counters afresh (a run reports its own peak, not an earlier one's)."""
+    if _on_cuda(device):
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_gpu_mib(device: str) -> dict | None:
+    """Peak GPU memory on ``device`` since ``reset_gpu_peak``, MiB: what tensors held (``allocated``) and what
+    torch's caching allocator took from the card (``reserved``, the nearer to what nvidia-smi shows, which
+    adds the CUDA context). None off CUDA."""
+    if not _on_cuda(device):
+        return None
+    return {"allocated": torch.cuda.max_memory_allocated(device) // 2**20,
+            "reserved": torch.cuda.max_memory_reserved(device) // 2**20}

@@ -56,6 +56,23 @@ def test_block_tuning_lowers_every_blocks_loss(llama_dir, tmp_path):
     assert peaks == sorted(peaks) and peaks[-1] <= s["finetune"]["peak_rss_mib"]
     assert all(0 < b["rss_mib"] <= b["peak_rss_mib"] for b in blocks), blocks
     assert s["finetune"]["outside_stack"] == ["lm_head"]  # an untied head is a target, fitted to its weight
+    # a CPU run has no GPU peak to report, in the blocks or the summary
+    assert "peak_gpu_mib" not in s and not any("peak_gpu_mib" in b for b in blocks)
+
+
+@pytest.mark.gpu
+def test_a_cuda_block_run_reports_the_cards_peak_memory(llama_dir, tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    s = sinecompress.factorize(llama_dir, tmp_path / "out", ft_steps=5, device="cuda", **SMALL)
+    blocks = s["finetune"]["blocks"]
+    assert s["finetune"]["mode"] == "block" and all(b["loss_end"] <= b["loss_start"] for b in blocks)
+    peaks = [b["peak_gpu_mib"]["allocated"] for b in blocks]
+    assert peaks == sorted(peaks) and 0 <= peaks[-1] <= s["peak_gpu_mib"]["allocated"]
+    assert s["peak_gpu_mib"]["allocated"] <= s["peak_gpu_mib"]["reserved"]
+    code, _, err = cli("factorize", llama_dir, "--rank", "4", "--steps", "3", "--calib-samples", "8", "--seq-len",
+                       "16", "--device", "cuda", "--out", tmp_path / "o2")
+    assert code == 0 and "peak GPU memory:" in err, err
 
 
 @pytest.mark.parametrize("method", ["wsvd", "sine"])

@@ -5,6 +5,8 @@ import json
 
 import pytest
 
+import sinecompress
+
 from .helpers import assert_one_line_error, cli, run_cli
 
 
@@ -160,3 +162,14 @@ def test_narrow_summaries_keep_the_block_index_and_list_blocks_in_order():
     names = ["model.layers.10.mlp", "model.layers.2.mlp", "lm_head", "model.layers.1.mlp"]
     assert sorted(names, key=natural_key) == ["lm_head", "model.layers.1.mlp", "model.layers.2.mlp",
                                               "model.layers.10.mlp"]
+
+
+def test_the_summary_names_the_gpu_peak_of_a_cuda_run(tiny_file, tmp_path, capsys):
+    from sinecompress.cli.summary_view import print_summary
+
+    s = sinecompress.factorize(tiny_file, tmp_path / "o", rank=4, fit_steps=2)
+    assert "peak_gpu_mib" not in s  # a CPU run
+    print_summary({**s, "peak_gpu_mib": {"allocated": 1234, "reserved": 2048}})  # as a CUDA run records it
+    assert "peak GPU memory: 1,234 MiB in tensors, 2,048 MiB taken from the card" in capsys.readouterr().err
+    print_summary(s)
+    assert "peak GPU" not in capsys.readouterr().err

@@ -35,3 +35,22 @@ def test_resident_set_counts_touched_memory_and_the_peak_keeps_it():
     assert before <= held <= peak_rss_mib()
     del block
     assert peak_rss_mib() >= held  # the peak never comes down
+
+
+def test_gpu_peak_reads_torchs_counters_on_cuda_and_nothing_elsewhere(monkeypatch):
+    """On a CUDA run the summary carries the card's peak (CI has no GPU: torch's counters are stood in for;
+    tests/test_blockwise.py runs the real thing where a GPU is there)."""
+    import torch
+
+    from sinecompress.heap import peak_gpu_mib, reset_gpu_peak
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d: calls.append(d))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d: 300 * 2**20 + 5)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda d: 512 * 2**20)
+    reset_gpu_peak("cuda:1")
+    assert calls == ["cuda:1"]
+    assert peak_gpu_mib("cuda:1") == {"allocated": 300, "reserved": 512}
+    reset_gpu_peak("cpu")
+    assert calls == ["cuda:1"] and peak_gpu_mib("cpu") is None  # a CPU run reads nothing, GPU or not

@@ -106,6 +106,10 @@ def print_summary(s: dict) -> None:
         basis = "whitened spectra × measured output sensitivity" if alloc.get("weights") else "weight spectra"
         err_console.print(f"ranks allocated by {basis}: {moved} of {len(alloc['ranks'])} layers moved, "
                           f"budget {alloc['budget']:,} params", highlight=False)
+    gpu = s.get("peak_gpu_mib")
+    if gpu:
+        err_console.print(f"peak GPU memory: {gpu['allocated']:,} MiB in tensors, {gpu['reserved']:,} MiB taken from "
+                          "the card", highlight=False)
     if s.get("sequential"):
         err_console.print("layers fitted in order, each to the outputs of the already compressed ones "
                           "(--sequential)", highlight=False)

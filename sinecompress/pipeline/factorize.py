@@ -13,6 +13,7 @@ from torch import nn
 from ..config import FactorizeConfig, make_config, resolve_device
 from ..errors import InputError, OutputError, UsageError
 from ..fit.sine import gram_dtype_on
+from ..heap import peak_gpu_mib, reset_gpu_peak
 from ..io.atomic import claim_output, held_here
 from ..io.format import ALL_SUFFIXES, read_metadata
 from ..io.hf_model import is_causal_lm, is_causal_lm_dir
@@ -127,6 +128,7 @@ def _run(src: Source, out: Path, config: FactorizeConfig, progress: Progress, mo
     t0 = time.perf_counter()
     dist = from_env()
     device = resolve_device(config.device)
+    reset_gpu_peak(device)
     check_targets(src, config.targets)
     plan = build_plan(src, config)
     if dist.rank == 0:
@@ -202,4 +204,7 @@ def _run(src: Source, out: Path, config: FactorizeConfig, progress: Progress, mo
     summary["finetune"] = tune
     summary["allocation"] = allocation
     summary["sequential"] = sequential
+    gpu = peak_gpu_mib(device)
+    if gpu is not None:
+        summary["peak_gpu_mib"] = gpu  # the whole run's, on a CUDA device
     return summary
