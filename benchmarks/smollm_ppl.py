@@ -14,6 +14,10 @@ held-out text with its defaults (the same numbers `sinecompress eval` prints):
     PYTHONPATH=. python benchmarks/smollm_ppl.py                     # 20/40/60 %, writes BENCHMARKS.md
     PYTHONPATH=. python benchmarks/smollm_ppl.py --removed 20 --methods wsvd+ft sine+ft --no-write
     PYTHONPATH=. python benchmarks/smollm_ppl.py --removed 40 60 --methods svd wsvd wsvd+ft sine --section smollm_ppl_40_60
+
+On a GPU machine without the package, `--model PATH` names the GGUF file itself, and `--extra --device cuda`
+runs the fits and tunes there; the table then has the card's peak memory from each row's summary
+(benchmarks/device_smollm.sh runs it in one call).
 """
 
 from __future__ import annotations
@@ -46,24 +50,35 @@ METHODS = {
 
 
 def timed_cli(args: list[str], summary: Path | None = None) -> dict:
-    """Run the CLI under /usr/bin/time; wall seconds and peak RSS (MiB) of that process. With ``summary``,
-    what the command printed (the ``--json`` summary) is kept there."""
-    with tempfile.NamedTemporaryFile(suffix=".time") as tf:
-        cmd = ["/usr/bin/time", "-f", "%e %M", "-o", tf.name, sys.executable, "-m", "sinecompress", *args]
-        r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        if r.returncode != 0:
-            raise SystemExit(f"{' '.join(args)} failed ({r.returncode}):\n{r.stderr[-3000:]}")
-        wall, rss_kib = Path(tf.name).read_text().split()[-2:]
+    """Run the CLI in a child process; wall seconds and peak RSS (MiB) of that process, and the card's peak
+    memory where its ``--json`` summary has one. With ``summary``, what the command printed is kept there."""
+    cmd = [sys.executable, "-m", "sinecompress", *args]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        child = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=env)
+        _, status, usage = os.wait4(child.pid, 0)  # that child's own rusage, as /usr/bin/time reads it
+        child.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - t0
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if child.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed ({child.returncode}):\n{stderr[-3000:]}")
     if summary is not None:
         summary.parent.mkdir(parents=True, exist_ok=True)
-        summary.write_text(r.stdout)
-    return {"seconds": float(wall), "peak_rss_mib": int(rss_kib) // 1024}
+        summary.write_text(stdout)
+    try:
+        gpu = json.loads(stdout).get("peak_gpu_mib")
+    except ValueError:
+        gpu = None
+    return {"seconds": round(wall, 1), "peak_rss_mib": usage.ru_maxrss // 1024,
+            **({"peak_gpu_mib": gpu} if gpu else {})}
 
 
 def run(args, on_row=lambda rows, dense: None) -> list[dict]:
     """Every row; ``on_row(rows so far, dense)`` after each, so a long run that is stopped keeps its rows."""
     rows = []
-    dense = evaluate(MODEL)
+    dense = evaluate(args.model)
     rows.append({"method": "dense", "removed": 0, "perplexity": dense["model"]["perplexity"], "ratio": 1.0})
     work = Path(tempfile.mkdtemp(prefix="smollm_ppl-"))
     try:
@@ -71,7 +86,7 @@ def run(args, on_row=lambda rows, dense: None) -> list[dict]:
             for method in args.methods:
                 out = work / f"{method}-{removed}"
                 extra = [*METHODS[method], *args.extra]
-                t = timed_cli(["factorize", MODEL, "--param-ratio", f"{1 - removed / 100:g}", "--out", str(out),
+                t = timed_cli(["factorize", args.model, "--param-ratio", f"{1 - removed / 100:g}", "--out", str(out),
                                "--json", *extra],
                               None if args.summaries is None else args.summaries / f"{method}-{removed}.json")
                 r = evaluate(str(out))
@@ -87,22 +102,27 @@ def run(args, on_row=lambda rows, dense: None) -> list[dict]:
     return rows, dense
 
 
-def table(rows: list[dict], dense: dict, info: dict) -> str:
+def table(rows: list[dict], dense: dict, info: dict, model: str = MODEL) -> str:
+    gpu = any(r.get("peak_gpu_mib") for r in rows)
+    if model != MODEL:
+        model = Path(model).name
     lines = ["## smollm_ppl", "",
              f"SmolLM2-135M-Instruct (bundled Q4_1 GGUF, dequantized to float32), all 210 linear layers; perplexity "
              f"on {dense['model']['scored_tokens']:,} tokens of the built-in held-out text (`sinecompress eval` "
-             f"defaults: window {dense['settings']['window']}). Each row is `sinecompress factorize example:smollm2 "
+             f"defaults: window {dense['settings']['window']}). Each row is `sinecompress factorize {model} "
              "--param-ratio R` with the flags shown, then `sinecompress eval`; time and peak RSS of the factorize "
-             "process (`/usr/bin/time`).", "",
-             f"{machine_line(info)} Load average at the start: {info['load']}.", "",
-             "| removed | method | perplexity | × dense | time | peak RSS | flags |",
-             "|---|---|---|---|---|---|---|"]
+             "process" + (", and the card's peak memory from its summary (allocated / reserved)" if gpu else "") + ".",
+             "", f"{machine_line(info)} Load average at the start: {info['load']}.", "",
+             "| removed | method | perplexity | × dense | time | peak RSS |" + (" peak GPU |" if gpu else "") + " flags |",
+             "|---|---|---|---|---|---|" + ("---|" if gpu else "") + "---|"]
     for r in rows:
         if r["method"] == "dense":
-            lines.append(f"| 0 % | dense | {r['perplexity']:.2f} | 1.00 | | | |")
+            lines.append(f"| 0 % | dense | {r['perplexity']:.2f} | 1.00 | | |" + (" |" if gpu else "") + " |")
             continue
+        g = r.get("peak_gpu_mib")
+        card = (f" {g['allocated']:,} / {g['reserved']:,} MiB |" if g else " |") if gpu else ""
         lines.append(f"| {r['removed']} % | {r['method']} | {r['perplexity']:.4g} | {r['ratio']:.3g} | "
-                     f"{r['seconds'] / 60:.1f} min | {r['peak_rss_mib']:,} MiB | `{r['flags']}` |")
+                     f"{r['seconds'] / 60:.1f} min | {r['peak_rss_mib']:,} MiB |{card} `{r['flags']}` |")
     lines += ["", f"Command: `{cap_prefix()}PYTHONPATH=. python benchmarks/smollm_ppl.py {' '.join(sys.argv[1:])}`.".replace(" `.", "`.")]
     return "\n".join(lines)
 
@@ -115,6 +135,7 @@ def main():
     ap.add_argument("--summaries", type=Path, help="keep each row's `factorize --json` summary in this folder")
     ap.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     ap.add_argument("--section", default="smollm_ppl", help="BENCHMARKS.md section to (re)write")
+    ap.add_argument("--model", default=MODEL, help="the model to compress: example:smollm2, or its GGUF file's path")
     args = ap.parse_args()
     info = {**machine_info(), "load": " ".join(f"{x:.2f}" for x in os.getloadavg())}
     t0 = time.time()
@@ -123,7 +144,7 @@ def main():
     def save(rows, dense, done=False):
         tail = (f"Whole run: {(time.time() - t0) / 60:.0f} min." if done else
                 f"Partial: {len(rows) - 1} of {total} rows after {(time.time() - t0) / 60:.0f} min (the run goes on).")
-        md = table(rows, dense, info) + "\n\n" + tail
+        md = table(rows, dense, info, args.model) + "\n\n" + tail
         if not args.no_write:
             write_section(args.section, md.replace("## smollm_ppl", f"## {args.section}", 1))
         return md
