@@ -90,6 +90,16 @@ class SineCompressHfQuantizer(HfQuantizer):
         replace_layers(model, records)
         return model
 
+    def update_missing_keys(self, model, missing_keys: list[str], prefix: str) -> list[str]:
+        # transformers 4.x passes no checkpoint files to the hook above (5.x does), so the missing-factor
+        # check happens here instead, on the keys the load found missing: the same one clear error.
+        missing = {k.removeprefix(f"{prefix}.") for k in missing_keys}
+        for rec in self.quantization_config.records.values():
+            for key, tensor in rec.tensor_names.items():
+                if tensor in missing or tensor.removeprefix(f"{prefix}.") in missing:
+                    raise InputError(_factor_error(tensor, None, rec.shapes[key]))
+        return missing_keys
+
     def _process_model_after_weight_loading(self, model, **kwargs):
         # The factors are ordinary float parameters: unlike integer-quantized weights they may be cast, so
         # .half()/.float() (refused for is_quantized models) stay allowed, as for a model from load().
@@ -170,9 +180,13 @@ def check_checkpoint(files: list, layers: dict[str, LayerRecord]) -> None:
         for key, tensor in rec.tensor_names.items():
             want, got = rec.shapes[key], shapes.get(tensor)
             if got != want:
-                raise InputError(f"{tensor}: {'missing from' if got is None else f'shape {list(got)} in'} the "
-                                 f"checkpoint, config.json quantization_config implies {list(want)}; "
-                                 "the compressed directory is incomplete or inconsistent")
+                raise InputError(_factor_error(tensor, got, want))
+
+
+def _factor_error(tensor: str, got, want) -> str:
+    return (f"{tensor}: {'missing from' if got is None else f'shape {list(got)} in'} the checkpoint, "
+            f"config.json quantization_config implies {list(want)}; the compressed directory is incomplete or "
+            "inconsistent")
 
 
 def attach(model) -> None:
