@@ -58,12 +58,12 @@ def timed_cli(args: list[str], summary: Path | None = None) -> dict:
         t0 = time.perf_counter()
         child = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=env)
         _, status, usage = os.wait4(child.pid, 0)  # that child's own rusage, as /usr/bin/time reads it
-        child.returncode = os.waitstatus_to_exitcode(status)
+        code = child.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
         wall = time.perf_counter() - t0
         out.seek(0), err.seek(0)
         stdout, stderr = out.read(), err.read()
-    if child.returncode != 0:
-        raise SystemExit(f"{' '.join(args)} failed ({child.returncode}):\n{stderr[-3000:]}")
+    if code != 0:
+        raise SystemExit(f"{' '.join(args)} failed ({code}):\n{stderr[-3000:]}")
     if summary is not None:
         summary.parent.mkdir(parents=True, exist_ok=True)
         summary.write_text(stdout)
