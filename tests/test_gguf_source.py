@@ -112,10 +112,11 @@ def test_config_is_transformers_config(tiny):
     cfg = src.config()
     assert cfg.pop("architectures") == ["LlamaForCausalLM"]
     loaded = json.loads(model.config.to_json_string(use_diff=True))
-    # What loading adds, and how, depends on the transformers version: the GGUF quantizer's record (5.x) and
-    # the load dtype ("dtype" in 5.x, "torch_dtype" in 4.x). The source's output has neither.
-    assert loaded.pop("quantization_config", {"quant_method": "gguf"})["quant_method"] == "gguf"
-    assert loaded.pop("dtype", None) in ("float32", None) and loaded.pop("torch_dtype", None) in ("float32", None)
+    # What loading adds: the GGUF quantizer's record and the load dtype; the source's output has neither.
+    # (4.57 records no quantizer for a GGUF load.)
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        assert loaded.pop("quantization_config")["quant_method"] == "gguf"
+    assert loaded.pop("dtype") == "float32"
     assert cfg == loaded
 
 
