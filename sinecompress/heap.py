@@ -66,3 +66,9 @@ def peak_gpu_mib(device: str) -> dict | None:
         return None
     return {"allocated": torch.cuda.max_memory_allocated(device) // 2**20,
             "reserved": torch.cuda.max_memory_reserved(device) // 2**20}
+
+
+def gpu_record(device: str) -> dict:
+    """``{"peak_gpu_mib": peak_gpu_mib(device)}`` for a summary or a block's record; {} off CUDA."""
+    peak = peak_gpu_mib(device)
+    return {} if peak is None else {"peak_gpu_mib": peak}

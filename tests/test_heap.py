@@ -42,7 +42,7 @@ def test_gpu_peak_reads_torchs_counters_on_cuda_and_nothing_elsewhere(monkeypatc
     tests/test_blockwise.py runs the real thing where a GPU is there)."""
     import torch
 
-    from sinecompress.heap import peak_gpu_mib, reset_gpu_peak
+    from sinecompress.heap import gpu_record, peak_gpu_mib, reset_gpu_peak
 
     calls = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -52,5 +52,6 @@ def test_gpu_peak_reads_torchs_counters_on_cuda_and_nothing_elsewhere(monkeypatc
     reset_gpu_peak("cuda:1")
     assert calls == ["cuda:1"]
     assert peak_gpu_mib("cuda:1") == {"allocated": 300, "reserved": 512}
+    assert gpu_record("cuda:1") == {"peak_gpu_mib": {"allocated": 300, "reserved": 512}}
     reset_gpu_peak("cpu")
-    assert calls == ["cuda:1"] and peak_gpu_mib("cpu") is None  # a CPU run reads nothing, GPU or not
+    assert calls == ["cuda:1"] and peak_gpu_mib("cpu") is None and gpu_record("cpu") == {}  # nothing read, GPU or not

@@ -29,7 +29,7 @@ from torch import nn
 
 from ..calib.blocks import block_output, row_pieces, run_block, to_device
 from ..config import FactorizeConfig
-from ..heap import peak_gpu_mib, peak_rss_mib, rss_mib, trim_heap
+from ..heap import gpu_record, peak_rss_mib, rss_mib, trim_heap
 from ..io.sources import Source
 from ..nn.skeleton import materialize, release
 from ..nn.surgery import build_module, swap_module
@@ -184,7 +184,7 @@ def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str,
         trim_heap()
         # What the block left behind, and the peak so far: which block set a deep run's peak shows here.
         blocks_done.append({**record, "seconds": round(time.perf_counter() - t_block, 3), "rss_mib": rss_mib(),
-                            "peak_rss_mib": peak_rss_mib(), **_gpu(device)})
+                            "peak_rss_mib": peak_rss_mib(), **gpu_record(device)})
     progress.advance(len(blocks))
     for lp in outside:  # not inside the block stack: fitted to its weights
         factors[lp.name] = fit_layer(src.get(lp.name + ".weight"), lp, plan, device=device)
@@ -194,10 +194,4 @@ def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str,
                          "tokens": "alike" if per_token else "energy"} if tune_steps > 0 else {}),
                      "samples": data.samples, "blocks": blocks_done, "outside_stack": [lp.name for lp in outside],
                      "seconds": round(time.perf_counter() - t0, 3),
-                     "peak_rss_mib": peak_rss_mib(), **_gpu(device)}
-
-
-def _gpu(device: str) -> dict:
-    """The GPU's peak so far, on a CUDA run: ``peak_gpu_mib`` {allocated, reserved}."""
-    peak = peak_gpu_mib(device)
-    return {} if peak is None else {"peak_gpu_mib": peak}
+                     "peak_rss_mib": peak_rss_mib(), **gpu_record(device)}

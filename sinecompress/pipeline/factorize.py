@@ -13,7 +13,7 @@ from torch import nn
 from ..config import FactorizeConfig, make_config, resolve_device
 from ..errors import InputError, OutputError, UsageError
 from ..fit.sine import gram_dtype_on
-from ..heap import peak_gpu_mib, reset_gpu_peak
+from ..heap import gpu_record, reset_gpu_peak
 from ..io.atomic import claim_output, held_here
 from ..io.format import ALL_SUFFIXES, read_metadata
 from ..io.hf_model import is_causal_lm, is_causal_lm_dir
@@ -204,7 +204,5 @@ def _run(src: Source, out: Path, config: FactorizeConfig, progress: Progress, mo
     summary["finetune"] = tune
     summary["allocation"] = allocation
     summary["sequential"] = sequential
-    gpu = peak_gpu_mib(device)
-    if gpu is not None:
-        summary["peak_gpu_mib"] = gpu  # the whole run's, on a CUDA device
+    summary.update(gpu_record(device))  # the whole run's peak, on a CUDA device
     return summary
