@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 
 import pytest
 import torch
@@ -107,6 +108,21 @@ def test_auto_tunes_causal_lms_block_by_block_and_encoders_whole(tiny_bert_dir, 
     small = {**SMALL, "ft_steps": 2, "steps": 2, "calib_samples": 4, "seq_len": 8}
     assert sinecompress.factorize(llama_dir, tmp_path / "lm", **small)["finetune"]["mode"] == "block"
     assert sinecompress.factorize(tiny_bert_dir, tmp_path / "enc", **small)["finetune"]["mode"] == "global"
+
+
+def test_a_whole_model_tune_of_an_encoder_reads_all_the_builtin_text_by_default(tiny_bert_dir, tmp_path):
+    """``--calib-samples auto``: every built-in text for the whole-model tune; 256 when nothing is tuned
+    (the sequential fit reruns the models on every row once per layer)."""
+    from sinecompress.calib.text import builtin_texts
+
+    small = {"rank": 4, "steps": 2, "seq_len": 8}
+    tuned = sinecompress.factorize(tiny_bert_dir, tmp_path / "tuned", ft_steps=2, **small)
+    assert tuned["finetune"]["mode"] == "global"
+    assert tuned["calibration"]["samples"] == len(builtin_texts("calib"))
+    assert tuned["finetune"]["teacher_states"] == {"held": math.ceil(len(builtin_texts("calib")) / 32),
+                                                   "recomputed": 0}
+    untuned = sinecompress.factorize(tiny_bert_dir, tmp_path / "untuned", ft_steps=0, finetune="global", **small)
+    assert untuned["calibration"]["samples"] == 256 and untuned["sequential"]
 
 
 @pytest.mark.parametrize("mode", ["none", "block", "global"])

@@ -265,3 +265,20 @@ def test_an_empty_text_file_packs_to_a_one_line_error(tmp_path):
     code, _, err = cli("factorize", d, "--rank", "2", "--calib", tmp_path / "empty.txt", "--out", tmp_path / "out")
     assert code != 0 and "empty.txt" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_auto_samples_take_all_the_builtin_texts_for_a_whole_model_tune_of_an_encoder(tmp_path, tiny_bert_dir):
+    from sinecompress.calib.text import builtin_texts
+    from sinecompress.config import CalibrationConfig
+    from sinecompress.io.open import open_source
+    from sinecompress.pipeline.calibrate import calibration_data
+
+    from .helpers import tiny_llama
+
+    enc, auto = open_source(tiny_bert_dir), CalibrationConfig(seq_len=16)
+    everything = len(builtin_texts("calib"))
+    assert 256 < everything <= 2048
+    assert calibration_data(enc, auto, whole_model=True).samples == everything
+    assert calibration_data(enc, auto).samples == 256  # block by block: every block reruns every row
+    packed = calibration_data(open_source(tiny_llama(tmp_path)), auto, whole_model=True)
+    assert packed.samples == 256 and "packed into 256 rows" in packed.description

@@ -173,3 +173,13 @@ def test_the_summary_names_the_gpu_peak_of_a_cuda_run(tiny_file, tmp_path, capsy
     assert "peak GPU memory: 1,234 MiB in tensors, 2,048 MiB taken from the card" in capsys.readouterr().err
     print_summary(s)
     assert "peak GPU" not in capsys.readouterr().err
+
+
+def test_the_finetune_line_says_when_the_teachers_states_were_rerun():
+    from sinecompress.cli.summary_view import finetune_line
+
+    ft = {"mode": "global", "steps": 200, "device": "cpu", "loss_start": 0.2, "loss_end": 0.1, "seconds": 9.0,
+          "teacher_states": {"held": 58, "recomputed": 0}}
+    assert finetune_line(ft) == "fine-tune: 200 steps on cpu, distillation loss 0.2000 → 0.1000 (9.0 s)"
+    rerun = finetune_line({**ft, "teacher_states": {"held": 40, "recomputed": 18}})
+    assert rerun.endswith("; the teacher's states on 18 of 58 batches rerun at each use (over 1,024 MiB)")

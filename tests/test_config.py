@@ -79,6 +79,16 @@ def test_defaults_are_the_settings_table():
     assert FactorizeConfig(rank=4) == c
 
 
+def test_auto_calibration_samples_read_all_the_text_only_for_a_whole_model_tune_of_texts():
+    from sinecompress.config import CALIB_SAMPLES, WHOLE_MODEL_TEXTS
+
+    auto = make_config(rank=4).calibration
+    assert auto.samples == "auto" and auto.rows_for(whole_model=True, per_text=True) == WHOLE_MODEL_TEXTS
+    assert auto.rows_for(True, per_text=False) == auto.rows_for(False, True) == CALIB_SAMPLES == 256
+    given = make_config(rank=4, calib_samples=64).calibration
+    assert given.rows_for(True, True) == given.rows_for(False, False) == 64
+
+
 def test_auto_lr_depends_on_the_tune_and_a_given_lr_on_nothing():
     auto = make_config(rank=4).finetune
     assert auto.lr == "auto" and auto.lr_for("global", causal_lm=True) == 1e-3
@@ -177,6 +187,7 @@ def test_parse_size_and_resolve_device():
     (["--rank", "4", "--lr", "0"], "--lr"),
     (["--rank", "4", "--lr", "nan"], "--lr"),
     (["--rank", "4", "--calib-samples", "0"], "--calib-samples"),
+    (["--rank", "4", "--calib-samples", "all"], "--calib-samples"),
     (["--rank", "4", "--seq-len", "0"], "--seq-len"),
     (["--rank", "4", "--workers", "0"], "--workers"),
     (["--rank", "4", "--seed", "-1"], "--seed"),

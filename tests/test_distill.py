@@ -106,3 +106,50 @@ def test_distill_records_how_it_weighed_the_tokens(tiny_bert_dir):
     batches = load_calibration(None, tiny_bert_dir, 4, 16).batches
     r = distill(student, teacher, batches, ["encoder.layer.0.intermediate.dense"], steps=4, lr=1e-2)
     assert r["tokens"] == "energy" and r["loss_end"] < r["loss_start"]
+
+
+def _tiny_pair(tiny_bert_dir, texts: int):
+    import copy
+
+    from transformers import AutoModel
+
+    from sinecompress.calib.data import load_calibration
+
+    teacher = AutoModel.from_pretrained(tiny_bert_dir).eval()
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():
+        student.encoder.layer[0].intermediate.dense.weight.mul_(0.9)
+    return teacher, student, load_calibration(None, tiny_bert_dir, texts, 16, batch_size=4).batches
+
+
+def test_teacher_states_are_held_up_to_the_budget_and_none_after(tiny_bert_dir):
+    from sinecompress.calib.capture import forward_hidden
+    from sinecompress.pipeline.distill import teacher_targets
+
+    teacher, _, batches = _tiny_pair(tiny_bert_dir, 12)
+    sizes = [sum(h.numel() * h.element_size() for h in forward_hidden(teacher, b)) for b in batches]
+    assert len(batches) == 3
+    every = teacher_targets(teacher, batches, "cpu")
+    assert all(t is not None for t in every)
+    first = teacher_targets(teacher, batches, "cpu", budget_mib=(sizes[0] + sizes[1] - 1) / 2**20)
+    assert first[0] is not None and first[1:] == [None, None]
+    assert all(torch.equal(a, b) for a, b in zip(first[0], every[0]))
+    exact = teacher_targets(teacher, batches, "cpu", budget_mib=(sizes[0] + sizes[1]) / 2**20)
+    assert [t is not None for t in exact] == [True, True, False]
+    assert teacher_targets(teacher, batches, "cpu", budget_mib=0) == [None] * 3
+
+
+def test_a_tune_past_the_budget_reruns_the_teacher_and_tunes_identically(tiny_bert_dir):
+    """Recomputing the teacher's states instead of holding them changes the memory, not the result."""
+    from sinecompress.pipeline.distill import distill
+
+    name = "encoder.layer.0.intermediate.dense"
+    runs = []
+    for held_mib in (1024, 0):
+        teacher, student, batches = _tiny_pair(tiny_bert_dir, 12)
+        r = distill(student, teacher, batches, [name], steps=6, lr=1e-2, held_mib=held_mib)
+        runs.append((r, student.get_submodule(name).weight.detach().clone()))
+    (held, w_held), (rerun, w_rerun) = runs
+    assert held["teacher_states"] == {"held": 3, "recomputed": 0}
+    assert rerun["teacher_states"] == {"held": 0, "recomputed": 3}
+    assert torch.equal(w_held, w_rerun) and held["loss_end"] == rerun["loss_end"] < held["loss_start"]

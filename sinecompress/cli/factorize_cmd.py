@@ -37,7 +37,7 @@ def factorize_cmd(
     exclude: list[str] = option("exclude"),
     # --- calibration and fitting (docs/fitting.md) ---
     calib: Path = option("calib"),
-    calib_samples: int = option("calib_samples"),
+    calib_samples: str = option("calib_samples"),
     seq_len: int = option("seq_len"),
     calib_pack: bool = option("calib_pack", "--calib-pack/--no-calib-pack", show_default=False),
     sequential: bool = option("sequential", "--sequential/--no-sequential", show_default=False),
@@ -63,8 +63,10 @@ def factorize_cmd(
 ):
     """Factorise the chosen dense layers of a checkpoint into sine low-rank form."""
     given = given_settings(ctx)
-    if "finetune_steps" in given and given["finetune_steps"] != "auto":
-        given["finetune_steps"] = _int_or_auto(given["finetune_steps"])
+    for key, flag, what in (("finetune_steps", "--steps", "a non-negative"),
+                            ("calib_samples", "--calib-samples", "a positive")):
+        if key in given and given[key] != "auto":
+            given[key] = _int_or_auto(given[key], flag, what)
     if "lr" in given and given["lr"] != "auto":
         given["lr"] = _number(given["lr"])  # anything else: the config's check names --lr and the value
     try:
@@ -100,8 +102,8 @@ def _number(text: str) -> float | str:
         return text
 
 
-def _int_or_auto(text: str) -> int | str:
+def _int_or_auto(text: str, flag: str, what: str) -> int | str:
     try:
         return int(text)
     except ValueError:
-        raise UsageError(f"--steps must be a non-negative integer or 'auto', got {text!r}") from None
+        raise UsageError(f"{flag} must be {what} integer or 'auto', got {text!r}") from None

@@ -12,7 +12,7 @@ PARAM_TO_KEY = {"no_calib": "calibration"}  # typer parameters whose name is not
 # What --help shows as each option's value (typer would show the Python type, e.g. <list[str]>).
 METAVARS = {"method": "sine|svd|wsvd", "rank": "K", "param_ratio": "R", "omega": "ω|auto", "targets": "REGEX",
             "exclude": "REGEX", "allocate": "uniform|sensitivity", "seed": "N", "device": "auto|cpu|cuda",
-            "fit_steps": "N", "finetune": "auto|block|global|none", "tune_target": "auto|block|model", "tune_rows": "N", "calib": "FILE", "calib_samples": "N", "seq_len": "TOKENS", "finetune_steps": "N|auto",
+            "fit_steps": "N", "finetune": "auto|block|global|none", "tune_target": "auto|block|model", "tune_rows": "N", "calib": "FILE", "calib_samples": "N|auto", "seq_len": "TOKENS", "finetune_steps": "N|auto",
             "lr": "LR|auto", "max_shard_size": "SIZE", "workers": "N"}
 
 

@@ -7,6 +7,7 @@ import re
 from rich.table import Table
 
 from ..pipeline.blockwise import tuning_means
+from ..pipeline.distill import HELD_STATES_MIB
 from ._console import err_console
 
 WIDE = 120  # from this many columns on, every column is shown
@@ -44,8 +45,11 @@ def finetune_line(ft: dict) -> str:
             line += f"; {len(ft['outside_stack'])} layer(s) outside the block stack fitted to their weights"
         return line
     undone = f"; undone: it ended at {ft['loss_tuned']:.4f}, worse than it started" if ft.get("undone") else ""
+    states = ft.get("teacher_states") or {}
+    rerun = (f"; the teacher's states on {states['recomputed']} of {states['held'] + states['recomputed']} batches "
+             f"rerun at each use (over {HELD_STATES_MIB:,} MiB)") if states.get("recomputed") else ""
     return (f"fine-tune: {ft['steps']} steps on {ft['device']}, distillation loss "
-            f"{ft['loss_start']:.4f} → {ft['loss_end']:.4f} ({ft['seconds']:.1f} s){undone}")
+            f"{ft['loss_start']:.4f} → {ft['loss_end']:.4f} ({ft['seconds']:.1f} s){undone}{rerun}")
 
 
 def print_summary(s: dict) -> None:

@@ -65,8 +65,9 @@ def check_token_ids(data: CalibData, model: nn.Module, where: str) -> None:
                              f"model's vocabulary of {vocab}; were they made with another tokenizer?")
 
 
-def calibration_data(src: Source, cfg: CalibrationConfig) -> CalibData:
-    """The calibration batches ``cfg`` asks for. Text is packed into full rows (``calibration.pack``) by
+def calibration_data(src: Source, cfg: CalibrationConfig, whole_model: bool = False) -> CalibData:
+    """The calibration batches ``cfg`` asks for (``whole_model``: for a whole-model tune, which reads more
+    texts under ``samples: auto``, ``CalibrationConfig.rows_for``). Text is packed into full rows (``calibration.pack``) by
     default for a causal LM, which reads text as one stream: one docstring sentence per row gave SmolLM2
     rows of 19 tokens on average, against the 1,024-token windows it is evaluated on (docs/fitting.md)."""
     tensors = cfg.source is not None and Path(cfg.source).suffix == ".safetensors"
@@ -75,17 +76,20 @@ def calibration_data(src: Source, cfg: CalibrationConfig) -> CalibData:
                          "rows; drop --calib-pack")
     side = None if tensors else src.side_dir()
     pack = cfg.pack if cfg.pack is not None else is_causal_lm_dir(side)
-    return load_calibration(cfg.source, side, cfg.samples, cfg.seq_len, pack=pack)
+    rows = cfg.rows_for(whole_model, per_text=not (tensors or pack))
+    return load_calibration(cfg.source, side, rows, cfg.seq_len, pack=pack)
 
 
 def calibrate(src: Source, names: list[str], cfg: CalibrationConfig = CalibrationConfig(), *,
-              model: nn.Module | None = None, device: str = "cpu") -> tuple[Calibration | None, str]:
+              model: nn.Module | None = None, device: str = "cpu",
+              whole_model: bool = False) -> tuple[Calibration | None, str]:
     """The calibrate stage (``decide`` says whether). Returns (calibration or None, a one-line note for
-    the summary). ``model`` supplies the network for sources without a config.json."""
+    the summary). ``model`` supplies the network for sources without a config.json; ``whole_model``: the
+    run tunes the whole model afterwards (``calibration_data``)."""
     wanted, note = decide(src, cfg, model)
     if not wanted:
         return None, note
-    data = calibration_data(src, cfg)  # first: a bad file fails before the model is built
+    data = calibration_data(src, cfg, whole_model)  # first: a bad file fails before the model is built
     if model is None:
         model = dense_model(src)
     check_token_ids(data, model, cfg.source or "the built-in text")

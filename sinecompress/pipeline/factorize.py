@@ -141,11 +141,11 @@ def _run(src: Source, out: Path, config: FactorizeConfig, progress: Progress, mo
     if not calibrated and any(lp.method == "wsvd" for lp in plan.compressed):  # a recipe rule's wsvd
         raise UsageError(f"--method wsvd needs calibration data, and {decide(src, config.calibration)[1]}")
     cal, note = None, decide(src, config.calibration, model)[1]
+    ft_steps = config.finetune.steps_on(device, mode)
     if calibrated and mode == "global":  # the whole model, in memory
         progress.stage("calibrating")
         cal, note = calibrate(src, [lp.name for lp in plan.compressed], config.calibration, model=model,
-                              device=device)
-    ft_steps = config.finetune.steps_on(device, mode)
+                              device=device, whole_model=ft_steps > 0)
     tune, work, spill, sequential, record = None, None, None, False, {"used": False}
     allocation = {"mode": "uniform"}
     try:

@@ -38,7 +38,7 @@ exclude: []
 # Calibration: fit what each layer sees on real inputs (default on for models with a tokenizer).
 calibration:
   # source: calib.txt   # text lines, JSONL {"text": ...} or a .safetensors file of input tensors
-  samples: 256
+  samples: auto         # auto: up to 2048 texts for a global tune of unpacked text, else 256
   seq_len: 128
   # pack: true          # join the texts into full rows of seq_len tokens; default: on for causal LMs
 
