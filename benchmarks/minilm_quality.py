@@ -25,6 +25,7 @@ from _bench import machine_info, machine_line, write_section  # noqa: E402
 from _minilm import embed, experiment, layer_module, quality  # noqa: E402
 from explore_fit import fit_variant  # noqa: E402
 
+from sinecompress.config import WHOLE_MODEL_TEXTS  # noqa: E402
 from sinecompress.fit.omega import AUTO_OMEGA  # noqa: E402
 from sinecompress.fit.sine import fit_calibrated  # noqa: E402
 from sinecompress.nn.surgery import swap_module  # noqa: E402
@@ -56,6 +57,7 @@ def fit_sine_default(w, gram, k: int, steps: int, fallback: bool = True):
 def run(args) -> list[dict]:
     e = experiment(args.calib, args.heldout)
     model, names, calib, held, grams, ref, mods = e.model, e.names, e.calib, e.held, e.grams, e.ref, e.mods
+    args.calib_texts = sum(b["input_ids"].shape[0] for b in calib)  # the built-in text may hold fewer
     rows = []
     for k in args.k:
         for method in args.methods:
@@ -84,7 +86,7 @@ def run(args) -> list[dict]:
 
 
 def table(rows, args) -> str:
-    lines = [f"{machine_line(machine_info())} Calibration {args.calib} texts, held-out {args.heldout} texts, "
+    lines = [f"{machine_line(machine_info())} Calibration {args.calib_texts} texts, held-out {args.heldout} texts, "
              f"fit steps {args.fit_steps}, fine-tune steps {args.ft_steps}"
              + (" (×3 for wsvd+ft×3)" if "wsvd+ft×3" in args.methods else "") + ".", "",
              "`seconds`: fit + fine-tune + held-out embedding of the row; `peak RSS MB`: the process's peak so far "
@@ -105,7 +107,8 @@ def main():
     ap.add_argument("--k", type=int, nargs="+", default=[32, 64, 128, 192])
     ap.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
     ap.add_argument("--section", default="minilm_quality", help="BENCHMARKS.md section to write")
-    ap.add_argument("--calib", type=int, default=256)
+    ap.add_argument("--calib", type=int, default=WHOLE_MODEL_TEXTS,
+                    help="calibration texts at most (default: as many as `factorize` reads for a whole-model tune)")
     ap.add_argument("--heldout", type=int, default=1000)
     ap.add_argument("--fit-steps", type=int, default=300)
     ap.add_argument("--ft-steps", type=int, default=200)

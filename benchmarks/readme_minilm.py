@@ -5,7 +5,7 @@ Each row runs, as a user would,
     sinecompress factorize example:minilm --rank 32 --target 'encoder\\.layer\\.\\d+\\.(intermediate|output)\\.dense'
                  --out DIR --finetune MODE
 
-in a subprocess under /usr/bin/time (wall time, peak RSS), then `sinecompress.report.evaluate(DIR,
+in a subprocess (wall time, and peak RSS from its rusage), then `sinecompress.report.evaluate(DIR,
 against="example:minilm")` on the built-in held-out text: mean / worst cosine between compressed and original
 sentence embeddings, and top-1 nearest-neighbour agreement. MODE "block" tunes each encoder block against the
 original block's outputs as the calibration walks the model; "global" (what `--finetune auto`, the default,
@@ -15,6 +15,7 @@ the calibrated fits.
     PYTHONPATH=. python benchmarks/readme_minilm.py                        # all three modes, writes BENCHMARKS.md
     PYTHONPATH=. python benchmarks/readme_minilm.py --modes block --no-write
     PYTHONPATH=. python benchmarks/readme_minilm.py --modes global --section readme_minilm_default
+    PYTHONPATH=. python benchmarks/readme_minilm.py --modes global --extra "--calib-samples 256" --section S
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -44,7 +46,7 @@ def run(args) -> list[dict]:
     try:
         for mode in args.modes:
             out = work / mode
-            t = timed_cli([*README, "--out", str(out), "--finetune", mode, "--json"])
+            t = timed_cli([*README, "--out", str(out), "--finetune", mode, *shlex.split(args.extra), "--json"])
             q = evaluate(str(out), against="example:minilm")["agreement"]
             row = {"finetune": mode, **t, **{k: q[k] for k in ("cosine", "cosine_min", "nn_agreement", "texts")}}
             print(json.dumps(row), flush=True)
@@ -55,19 +57,19 @@ def run(args) -> list[dict]:
     return rows
 
 
-def table(rows: list[dict], info: dict) -> str:
+def table(rows: list[dict], info: dict, args) -> str:
     lines = ["## readme_minilm", "",
              "The README's first command (all 12 MLP matrices of all-MiniLM-L6-v2, total rank 32: 7,077,888 → "
              "748,800 parameters) under each `--finetune` mode, then `sinecompress eval --against example:minilm` "
              f"on the built-in held-out text ({rows[0]['texts']} texts). Time and peak RSS of the factorize process "
-             "(`/usr/bin/time`).", "",
+             "(its rusage)." + (f" Extra flags: `{args.extra}`." if args.extra else ""), "",
              f"{machine_line(info)} Load average at the start: {info['load']}.", "",
              "| --finetune | time | peak RSS | mean cosine | worst cosine | NN agreement |",
              "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['finetune']} | {r['seconds'] / 60:.1f} min | {r['peak_rss_mib']:,} MiB | "
                      f"{r['cosine']:.4f} | {r['cosine_min']:.4f} | {r['nn_agreement']:.3f} |")
-    lines += ["", f"Command: `PYTHONPATH=. python benchmarks/readme_minilm.py {' '.join(sys.argv[1:])}`.".replace(" `.", "`.")]
+    lines += ["", f"Command: `PYTHONPATH=. python benchmarks/readme_minilm.py {shlex.join(sys.argv[1:])}`.".replace(" `.", "`.")]
     return "\n".join(lines)
 
 
@@ -75,11 +77,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--modes", nargs="+", default=["block", "global", "none"], choices=["block", "global", "none"])
     ap.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    ap.add_argument("--extra", default="", help="more factorize flags for every row, e.g. \"--calib-samples 256\"")
     ap.add_argument("--section", default="readme_minilm", help="BENCHMARKS.md section to (re)write")
     args = ap.parse_args()
     info = {**machine_info(), "load": " ".join(f"{x:.2f}" for x in os.getloadavg())}
     t0 = time.time()
-    md = table(run(args), info) + f"\n\nWhole run: {(time.time() - t0) / 60:.0f} min."
+    md = table(run(args), info, args) + f"\n\nWhole run: {(time.time() - t0) / 60:.0f} min."
     print(md)
     if not args.no_write:
         write_section(args.section, md.replace("## readme_minilm", f"## {args.section}", 1))

@@ -2,7 +2,7 @@
 parameters of all 210 linear layers removed (the SVD-LLM convention: 20 % removed = --param-ratio 0.8).
 
 Every row runs the tool itself, as a user would (`sinecompress factorize ...` in a subprocess, timed
-with /usr/bin/time for wall time and peak RSS), then `sinecompress.report.evaluate` on the built-in
+by its own rusage, read with os.wait4: wall time and peak RSS), then `sinecompress.report.evaluate` on the built-in
 held-out text with its defaults (the same numbers `sinecompress eval` prints):
 
 * svd        plain truncated SVD of each weight (no calibration)
