@@ -30,6 +30,24 @@ def test_builtin_text_is_deterministic_and_heldout_is_disjoint():
     assert all(30 <= len(t) <= 300 for t in a)
 
 
+def test_builtin_text_ignores_what_other_libraries_patch_into_the_stdlib(monkeypatch):
+    """transformers adds methods to logging.Logger; their docstrings made the text depend on what had been
+    imported (1,849 passages after importing transformers, 1,843 before)."""
+    import logging
+
+    import transformers.utils.logging  # noqa: F401  (patches logging.Logger)
+
+    before = builtin_texts("calib")
+    assert not any("TRANSFORMERS_NO_ADVISORY_WARNINGS" in t for t in before)
+
+    def shout_once(self):
+        """Shout this message to every handler, but only the first time it is seen by the patched logger."""
+
+    shout_once.__module__ = "some_library.logging"
+    monkeypatch.setattr(logging.Logger, "shout_once", shout_once, raising=False)
+    assert builtin_texts("calib") == before
+
+
 def test_read_texts_lines_and_jsonl(tmp_path):
     (tmp_path / "c.txt").write_text("first line\n\nsecond line\n")
     assert read_texts(tmp_path / "c.txt") == ["first line", "second line"]
