@@ -46,9 +46,14 @@ def run(args) -> list[dict]:
     try:
         for mode in args.modes:
             out = work / mode
-            t = timed_cli([*README, "--out", str(out), "--finetune", mode, *shlex.split(args.extra), "--json"])
+            summary = work / f"{mode}.json"
+            t = timed_cli([*README, "--out", str(out), "--finetune", mode, *shlex.split(args.extra), "--json"],
+                          summary=summary)
+            s = json.loads(summary.read_text())
             q = evaluate(str(out), against="example:minilm")["agreement"]
-            row = {"finetune": mode, **t, **{k: q[k] for k in ("cosine", "cosine_min", "nn_agreement", "texts")}}
+            row = {"finetune": mode, **t, **{k: q[k] for k in ("cosine", "cosine_min", "nn_agreement", "texts")},
+                   "calib_samples": s["calibration"]["samples"],
+                   "teacher_states": (s["finetune"] or {}).get("teacher_states")}
             print(json.dumps(row), flush=True)
             rows.append(row)
             shutil.rmtree(out)
@@ -64,11 +69,15 @@ def table(rows: list[dict], info: dict, args) -> str:
              f"on the built-in held-out text ({rows[0]['texts']} texts). Time and peak RSS of the factorize process "
              "(its rusage)." + (f" Extra flags: `{args.extra}`." if args.extra else ""), "",
              f"{machine_line(info)} Load average at the start: {info['load']}.", "",
-             "| --finetune | time | peak RSS | mean cosine | worst cosine | NN agreement |",
-             "|---|---|---|---|---|---|"]
+             "`calibration`: the samples read; `teacher states`: the whole-model tune's teacher states held "
+             "(batches, MiB) and rerun (batches).", "",
+             "| --finetune | calibration | teacher states | time | peak RSS | mean cosine | worst cosine | NN agreement |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['finetune']} | {r['seconds'] / 60:.1f} min | {r['peak_rss_mib']:,} MiB | "
-                     f"{r['cosine']:.4f} | {r['cosine_min']:.4f} | {r['nn_agreement']:.3f} |")
+        ts = r["teacher_states"]
+        held = "-" if not ts else f"{ts['held']}, {ts['held_mib']:,.0f} MiB; {ts['recomputed']} rerun"
+        lines.append(f"| {r['finetune']} | {r['calib_samples']:,} | {held} | {r['seconds'] / 60:.1f} min | "
+                     f"{r['peak_rss_mib']:,} MiB | {r['cosine']:.4f} | {r['cosine_min']:.4f} | {r['nn_agreement']:.3f} |")
     lines += ["", f"Command: `PYTHONPATH=. python benchmarks/readme_minilm.py {shlex.join(sys.argv[1:])}`.".replace(" `.", "`.")]
     return "\n".join(lines)
 

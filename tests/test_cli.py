@@ -179,7 +179,7 @@ def test_the_finetune_line_says_when_the_teachers_states_were_rerun():
     from sinecompress.cli.summary_view import finetune_line
 
     ft = {"mode": "global", "steps": 200, "device": "cpu", "loss_start": 0.2, "loss_end": 0.1, "seconds": 9.0,
-          "teacher_states": {"held": 58, "recomputed": 0}}
+          "teacher_states": {"held": 58, "recomputed": 0, "held_mib": 364.0}}
     assert finetune_line(ft) == "fine-tune: 200 steps on cpu, distillation loss 0.2000 → 0.1000 (9.0 s)"
-    rerun = finetune_line({**ft, "teacher_states": {"held": 40, "recomputed": 18}})
+    rerun = finetune_line({**ft, "teacher_states": {"held": 40, "recomputed": 18, "held_mib": 1020.5}})
     assert rerun.endswith("; the teacher's states on 18 of 58 batches rerun at each use (over 1,024 MiB)")

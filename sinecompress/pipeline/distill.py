@@ -159,7 +159,7 @@ def distill(student: nn.Module, teacher: nn.Module, batches: list[dict], modules
     """Tune the compressed ``modules`` of ``student`` (factors and biases) for ``steps`` Adam steps against
     the teacher's hidden states (``adam_tune``; tokens weighed as ``tokens_alike(teacher)``), held up to
     ``held_mib`` and recomputed past it. Returns ``{"loss_start", "loss_end", "steps", "seconds", "device",
-    "tokens", "teacher_states"}``: "alike" or "energy"; {"held", "recomputed"} batches."""
+    "tokens", "teacher_states"}``: "alike" or "energy"; batches held and recomputed, and the MiB held."""
     per_token = tokens_alike(teacher)
     device = resolve_device(device)
     t0 = time.perf_counter()
@@ -180,7 +180,8 @@ def distill(student: nn.Module, teacher: nn.Module, batches: list[dict], modules
 
     record = adam_tune(params, loss_of, len(dev_batches), steps=steps, lr=lr, seed=seed, progress=progress,
                        time_budget=None if time_budget is None else time_budget - (time.perf_counter() - t0))
-    held = sum(t is not None for t in targets)
+    held = [t for t in targets if t is not None]
+    mib = sum(h.numel() * h.element_size() for t in held for h in t) / 2**20
     return {**record, "seconds": time.perf_counter() - t0, "device": device,
             "tokens": "alike" if per_token else "energy",
-            "teacher_states": {"held": held, "recomputed": len(targets) - held}}
+            "teacher_states": {"held": len(held), "recomputed": len(targets) - len(held), "held_mib": round(mib, 3)}}
