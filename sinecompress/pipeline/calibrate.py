@@ -67,9 +67,10 @@ def check_token_ids(data: CalibData, model: nn.Module, where: str) -> None:
 
 def calibration_data(src: Source, cfg: CalibrationConfig, whole_model: bool = False) -> CalibData:
     """The calibration batches ``cfg`` asks for (``whole_model``: for a whole-model tune, which reads more
-    texts under ``samples: auto``, ``CalibrationConfig.rows_for``). Text is packed into full rows (``calibration.pack``) by
-    default for a causal LM, which reads text as one stream: one docstring sentence per row gave SmolLM2
-    rows of 19 tokens on average, against the 1,024-token windows it is evaluated on (docs/fitting.md)."""
+    texts under ``samples: auto``, ``CalibrationConfig.rows_for``). Text is packed into full rows
+    (``calibration.pack``) by default for a causal LM, which reads text as one stream: one docstring sentence
+    per row gave SmolLM2 rows of 19 tokens on average, against the 1,024-token windows it is evaluated on
+    (docs/fitting.md)."""
     tensors = cfg.source is not None and Path(cfg.source).suffix == ".safetensors"
     if tensors and cfg.pack:
         raise InputError(f"{cfg.source}: --calib-pack packs text, and this file holds input tensors, already in "

@@ -1,10 +1,10 @@
 """End-to-end calibration fine-tune: tune every factor against the original model's outputs.
 
 The teacher's hidden states on the calibration batches are computed once and held, up to
-``HELD_STATES_MIB`` (tokens × width × layers: 360 MiB for all-MiniLM-L6-v2 on all 1,843 built-in texts), so
-a step costs one student forward and backward; the batches past that are rerun through the teacher when
-used, which bounds the memory of a larger encoder or more text at the cost of one teacher forward a step. The loss is
-the mean, over the teacher's hidden states (every block's output when the model exposes them), of
+``HELD_STATES_MIB`` (tokens × width × layers: 360 MiB for all-MiniLM-L6-v2 on all 1,843 built-in texts),
+so a step costs one student forward and backward; the batches past that are rerun through the teacher when
+used, which bounds the memory of a larger encoder or more text at the cost of one teacher forward a step.
+The loss is the mean, over the teacher's hidden states (every block's output when the model exposes them), of
 the squared error relative to the teacher's energy on real tokens (``relative_error``): matching each
 block keeps errors from compounding through the depth.
 
