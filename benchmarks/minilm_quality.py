@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import resource
 import sys
 import time
@@ -86,7 +87,7 @@ def run(args) -> list[dict]:
 
 
 def table(rows, args) -> str:
-    lines = [f"{machine_line(machine_info())} Calibration {args.calib_texts} texts, held-out {args.heldout} texts, "
+    lines = [f"{machine_line(machine_info())} Load average at the start: {args.load}. Calibration {args.calib_texts} texts, held-out {args.heldout} texts, "
              f"fit steps {args.fit_steps}, fine-tune steps {args.ft_steps}"
              + (" (×3 for wsvd+ft×3)" if "wsvd+ft×3" in args.methods else "") + ".", "",
              "`seconds`: fit + fine-tune + held-out embedding of the row; `peak RSS MB`: the process's peak so far "
@@ -116,6 +117,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="k=32 only, small text sets, few steps")
     ap.add_argument("--json", action="store_true", help="print the rows as JSON on stdout")
     args = ap.parse_args()
+    args.load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     if args.quick:
         args.k, args.calib, args.heldout, args.fit_steps, args.ft_steps = [32], 64, 200, 20, 10
     rows = run(args)

@@ -43,8 +43,9 @@ TUNE_ROWS = 4  # calibration rows per block-tuning step
 # Calibration samples when none are given. A whole-model tune of an encoder reads one text per row, and all
 # the built-in text (1,843 texts) tuned all-MiniLM-L6-v2 better than 256 in the same steps (the README
 # command's mean cosine 0.8095 against 0.7956 in 7 % more time, docs/tuning.md); its teacher's states are
-# held up to distill.HELD_STATES_MIB and recomputed past it. Packed LM rows, tensor files and block-by-block
-# runs keep 256 (each block reruns every row).
+# held up to distill.HELD_STATES_MIB and recomputed past it. Packed LM rows, tensor files, block-by-block
+# runs (each block reruns every row) and runs without a tune (the sequential fit reruns the models on every
+# row once per layer) keep 256.
 CALIB_SAMPLES, WHOLE_MODEL_TEXTS = 256, 2048
 # Relative tuning step: 0.01 measured best on MiniLM (global); a whole-model tune of SmolLM2 needed 0.001
 # (BENCHMARKS.md smollm_ppl_global, smollm_ppl_global_lr). Block tuning's steps of 8 rows: 0.005 ended SmolLM2's
