@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import platform
 import re
+import shlex
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +55,18 @@ def machine_line(info: dict | None = None) -> str:
     threads = f" ({i['threads']} torch threads)" if "threads" in i else ""
     isa = f" ({i['isa']})" if i.get("isa") else ""
     return f"Machine: {i['cpu']}{isa}, {i['cores']} cores{threads}, torch {i['torch']}, device {i['device']}."
+
+
+def load_average() -> str:
+    """The 1, 5 and 15-minute load averages as ``uptime`` prints them (read it before the run starts)."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def provenance(load: str) -> str:
+    """"Command: `...`. Machine: .... Load average at the start: ...." for a section: this script, its arguments
+    quoted as given, the machine and ``load`` (``load_average()`` taken when the run began)."""
+    return (f"Command: `PYTHONPATH=. python benchmarks/{Path(sys.argv[0]).name} {shlex.join(sys.argv[1:])}`. "
+            f"{machine_line(machine_info())} Load average at the start: {load}.")
 
 
 def write_section(name: str, markdown: str, path: Path | None = None) -> Path:

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _bench import machine_info, machine_line, write_section  # noqa: E402
+from _bench import load_average, provenance, write_section  # noqa: E402
 from _minilm import embed, experiment, layer_module, quality  # noqa: E402
 from minilm_quality import fit_sine_default  # noqa: E402
 
@@ -66,7 +66,7 @@ def main():
     ap.add_argument("--lr", type=float, default=1e-2)
     ap.add_argument("--section", default="explore_loss")
     args = ap.parse_args()
-    load = " ".join(f"{x:.2f}" for x in __import__("os").getloadavg())
+    load = load_average()
     e = experiment(args.calib, args.heldout)
     texts = sum(b["input_ids"].shape[0] for b in e.calib)
     rows = []
@@ -87,8 +87,7 @@ def main():
                          "undone": r["undone"], "seconds": round(time.perf_counter() - t0, 1)})
             print(json.dumps(rows[-1]), flush=True)
     lines = [f"## {args.section}", "",
-             f"Command: `PYTHONPATH=. python benchmarks/explore_loss.py {' '.join(sys.argv[1:])}`. "
-             f"{machine_line(machine_info())} Load average at the start: {load}. Calibration {texts} texts, "
+             f"{provenance(load)} Calibration {texts} texts, "
              f"held-out {args.heldout}, fit steps {args.fit_steps} (once per k), fine-tune steps {args.ft_steps} "
              f"at rate {args.lr:g}.", "",
              "| k | loss | cosine | NN agreement | undone | tune seconds |", "|---|---|---|---|---|---|"]

@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import resource
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _bench import machine_info, machine_line, write_section  # noqa: E402
+from _bench import load_average, machine_info, machine_line, write_section  # noqa: E402
 from _minilm import embed, experiment, layer_module, quality  # noqa: E402
 from explore_fit import fit_variant  # noqa: E402
 
@@ -117,7 +116,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="k=32 only, small text sets, few steps")
     ap.add_argument("--json", action="store_true", help="print the rows as JSON on stdout")
     args = ap.parse_args()
-    args.load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    args.load = load_average()
     if args.quick:
         args.k, args.calib, args.heldout, args.fit_steps, args.ft_steps = [32], 64, 200, 20, 10
     rows = run(args)

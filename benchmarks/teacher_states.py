@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _bench import machine_info, machine_line, write_section  # noqa: E402
+from _bench import load_average, provenance, write_section  # noqa: E402
 from _minilm import embed, experiment, layer_module, quality  # noqa: E402
 from minilm_quality import fit_sine_default  # noqa: E402
 
@@ -58,7 +57,7 @@ def main():
     if args.one is not None:
         print(json.dumps(one(args)))
         return
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    load = load_average()
     rows = []
     for budget in args.held_mib:
         cmd = [sys.executable, __file__, "--one", str(budget), "--k", str(args.k), "--fit-steps", str(args.fit_steps),
@@ -67,8 +66,7 @@ def main():
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
     lines = [f"## {args.section}", "",
-             f"Command: `PYTHONPATH=. python benchmarks/teacher_states.py {' '.join(sys.argv[1:])}`. "
-             f"{machine_line(machine_info())} Load average at the start: {load}. all-MiniLM-L6-v2, 12 MLP "
+             f"{provenance(load)} all-MiniLM-L6-v2, 12 MLP "
              f"matrices as sine at k = {args.k} ({args.fit_steps} fit steps), then {args.ft_steps} tuning steps on "
              f"{WHOLE_MODEL_TEXTS} texts at most (all the built-in text); one process per budget.", "",
              "| held budget MiB | batches held | MiB held | batches rerun | tune seconds | mean cosine | "
