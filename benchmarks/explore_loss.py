@@ -23,12 +23,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _bench import load_average, provenance, write_section  # noqa: E402
-from _minilm import embed, experiment, layer_module, quality  # noqa: E402
-from minilm_quality import fit_sine_default  # noqa: E402
+from _minilm import embed, experiment, quality  # noqa: E402
+from minilm_quality import sine_student  # noqa: E402
 
 import sinecompress.pipeline.distill as D  # noqa: E402
 from sinecompress.config import WHOLE_MODEL_TEXTS  # noqa: E402
-from sinecompress.nn.surgery import swap_module  # noqa: E402
 
 TOOL_LOSS = D.distill_loss
 
@@ -71,11 +70,7 @@ def main():
     texts = sum(b["input_ids"].shape[0] for b in e.calib)
     rows = []
     for k in args.k:
-        fitted = copy.deepcopy(e.model)
-        for name in e.names:
-            w = e.mods[name].weight.detach().float()
-            kind, f, _err, omega = fit_sine_default(w, e.grams[name]["gram"], k, args.fit_steps)
-            swap_module(fitted, name, layer_module(kind, f, e.mods[name].bias.detach(), omega))
+        fitted = sine_student(e, k, args.fit_steps)
         for variant in args.variants:
             student = copy.deepcopy(fitted)
             D.distill_loss = VARIANTS[variant]

@@ -54,6 +54,15 @@ def fit_sine_default(w, gram, k: int, steps: int, fallback: bool = True):
     return "sine", {x: f[x] for x in ("u", "v", "amp", "lin_u", "lin_v")}, f["act_error"], omega
 
 
+def sine_student(e, k: int, steps: int):
+    """A copy of the experiment's model with every MLP matrix fitted by ``fit_sine_default`` (not tuned)."""
+    student = copy.deepcopy(e.model)
+    for name in e.names:
+        kind, f, _err, omega = fit_sine_default(e.mods[name].weight.detach().float(), e.grams[name]["gram"], k, steps)
+        swap_module(student, name, layer_module(kind, f, e.mods[name].bias.detach(), omega))
+    return student
+
+
 def run(args) -> list[dict]:
     e = experiment(args.calib, args.heldout)
     model, names, calib, held, grams, ref, mods = e.model, e.names, e.calib, e.held, e.grams, e.ref, e.mods
@@ -86,7 +95,8 @@ def run(args) -> list[dict]:
 
 
 def table(rows, args) -> str:
-    lines = [f"{machine_line(machine_info())} Load average at the start: {args.load}. Calibration {args.calib_texts} texts, held-out {args.heldout} texts, "
+    lines = [f"{machine_line(machine_info())} Load average at the start: {args.load}. "
+             f"Calibration {args.calib_texts} texts, held-out {args.heldout} texts, "
              f"fit steps {args.fit_steps}, fine-tune steps {args.ft_steps}"
              + (" (×3 for wsvd+ft×3)" if "wsvd+ft×3" in args.methods else "") + ".", "",
              "`seconds`: fit + fine-tune + held-out embedding of the row; `peak RSS MB`: the process's peak so far "

@@ -9,7 +9,6 @@ runs in its own process, so its peak RSS is its own.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import resource
 import subprocess
@@ -19,21 +18,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _bench import load_average, provenance, write_section  # noqa: E402
-from _minilm import embed, experiment, layer_module, quality  # noqa: E402
-from minilm_quality import fit_sine_default  # noqa: E402
+from _minilm import embed, experiment, quality  # noqa: E402
+from minilm_quality import sine_student  # noqa: E402
 
 from sinecompress.config import WHOLE_MODEL_TEXTS  # noqa: E402
-from sinecompress.nn.surgery import swap_module  # noqa: E402
 from sinecompress.pipeline.distill import distill  # noqa: E402
 
 
 def one(args) -> dict:
     e = experiment(WHOLE_MODEL_TEXTS, args.heldout)
-    student = copy.deepcopy(e.model)
-    for name in e.names:
-        w = e.mods[name].weight.detach().float()
-        kind, f, _err, omega = fit_sine_default(w, e.grams[name]["gram"], args.k, args.fit_steps)
-        swap_module(student, name, layer_module(kind, f, e.mods[name].bias.detach(), omega))
+    student = sine_student(e, args.k, args.fit_steps)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     t0 = time.perf_counter()
     r = distill(student, e.model, e.calib, e.names, steps=args.ft_steps, held_mib=args.one)
