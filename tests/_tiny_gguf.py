@@ -68,9 +68,12 @@ def gguf_name(hf: str) -> str:
 
 def write_tiny_gguf(path: Path, arch: str = "llama", types: dict[str, str] | None = None, heads: int = 4,
                     kv_heads: int = 2, extra: dict[str, np.ndarray] | None = None, name: str = "tiny",
+                    block_count: int | None = None, context_length: int = 256, tokenizer: bool = True,
                     **kw) -> dict[str, np.ndarray]:
     """Write a GGUF of ``hf_weights(arch, ...)``; ``types`` maps a GGUF leaf (``attn_q``, ``token_embd``...)
-    to a ggml type name (default F32). Returns the weights written, under their transformers names."""
+    to a ggml type name (default F32). Returns the weights written, under their transformers names.
+    ``block_count`` and ``context_length`` set the metadata, e.g. to values that lie about the file;
+    ``tokenizer=False`` leaves out the tokenizer metadata."""
     import gguf
     from gguf import GGMLQuantizationType as Q
 
@@ -80,8 +83,8 @@ def write_tiny_gguf(path: Path, arch: str = "llama", types: dict[str, str] | Non
     tokens, merges, token_types = byte_level_vocab()
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_name(name)
-    writer.add_block_count(layers)
-    writer.add_context_length(256)
+    writer.add_block_count(layers if block_count is None else block_count)
+    writer.add_context_length(context_length)
     writer.add_embedding_length(hidden)
     writer.add_feed_forward_length(w["model.layers.0.mlp.up_proj.weight"].shape[0])
     writer.add_head_count(heads)
@@ -90,15 +93,16 @@ def write_tiny_gguf(path: Path, arch: str = "llama", types: dict[str, str] | Non
     writer.add_rope_dimension_count(hidden // heads)
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_vocab_size(len(tokens))
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("qwen2" if arch == "qwen2" else "smollm")
-    writer.add_token_list(tokens)
-    writer.add_token_types(token_types)
-    writer.add_token_merges(merges)
-    writer.add_bos_token_id(tokens.index("<|im_start|>"))
-    writer.add_eos_token_id(tokens.index("<|im_end|>"))
-    writer.add_add_bos_token(False)
-    writer.add_chat_template("{% for m in messages %}<|im_start|>{{ m['content'] }}<|im_end|>{% endfor %}")
+    if tokenizer:
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre("qwen2" if arch == "qwen2" else "smollm")
+        writer.add_token_list(tokens)
+        writer.add_token_types(token_types)
+        writer.add_token_merges(merges)
+        writer.add_bos_token_id(tokens.index("<|im_start|>"))
+        writer.add_eos_token_id(tokens.index("<|im_end|>"))
+        writer.add_add_bos_token(False)
+        writer.add_chat_template("{% for m in messages %}<|im_start|>{{ m['content'] }}<|im_end|>{% endfor %}")
     types = types or {}
     for hf, arr in w.items():
         g = gguf_name(hf)

@@ -227,6 +227,23 @@ def test_incomplete_model(tmp_path, good):
     one_line_input_error(path, "incomplete llama model: 1 tensors missing, e.g. 'model.layers.1.mlp.up_proj.weight'")
 
 
+@pytest.mark.parametrize("meta, needle", [
+    ({"block_count": 2**32 - 1}, "block_count is 4294967295, but the file holds tensors for 2 blocks"),
+    ({"kv_heads": 3}, "head_count_kv is 3, which does not divide head_count 4"),
+    ({"context_length": 1}, "context_length is 1"),
+])
+def test_metadata_that_lies_is_refused_at_open(tmp_path, meta, needle):
+    path = tmp_path / "lies.gguf"
+    write_tiny_gguf(path, **meta)
+    one_line_input_error(path, needle)  # a lying block_count used to allocate names without bound
+
+
+def test_a_gguf_file_without_its_suffix_is_read_as_gguf(tmp_path, good):
+    path = tmp_path / "model-q4"
+    path.write_bytes(good)
+    assert open_source(path).kind == "gguf"  # it used to be refused as "not a valid safetensors file"
+
+
 def test_unsupported_architecture(tmp_path):
     path = tmp_path / "falcon.gguf"
     write_tiny_gguf(path, arch="falcon")
@@ -298,3 +315,12 @@ def test_calibrated_block_path_and_eval_on_a_gguf(tiny, tmp_path):
     dense, compressed = r["against"]["perplexity"], r["model"]["perplexity"]
     assert math.isfinite(dense) and math.isfinite(compressed)
     assert r["perplexity_ratio"] == pytest.approx(compressed / dense, rel=1e-6)
+
+
+def test_eval_of_a_gguf_without_a_tokenizer_says_so(tmp_path):
+    from sinecompress.report.evaluate import evaluate
+
+    path = tmp_path / "notok.gguf"
+    write_tiny_gguf(path, tokenizer=False)
+    with pytest.raises(InputError, match=r"notok.gguf: this GGUF file has no tokenizer \(no tokenizer.ggml.\* "):
+        evaluate(str(path), max_tokens=64, window=32)

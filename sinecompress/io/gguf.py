@@ -304,6 +304,17 @@ def _map_names(path: Path, arch: str, meta: dict, raw: list[_Stored]) -> tuple[d
                    (f"{arch}.attention.head_count_kv", kv_heads)):
         if type(v) is not int or v < 1:
             raise InputError(f"{path}: GGUF metadata {key} is {v!r}; a positive integer is needed")
+    if heads % kv_heads:
+        raise InputError(f"{path}: GGUF metadata {arch}.attention.head_count_kv is {kv_heads}, which does not "
+                         f"divide head_count {heads}; grouped-query attention needs whole groups")
+    ctx = meta.get(f"{arch}.context_length")
+    if ctx is not None and (type(ctx) is not int or ctx < 2):
+        raise InputError(f"{path}: GGUF metadata {arch}.context_length is {ctx!r}; a model needs at least 2 positions")
+    # Checked before names are listed per block: a lying block_count must not allocate billions of names.
+    blocks_held = len({m[1] for s in raw if (m := _BLK.fullmatch(s.gguf_name))})
+    if n_layers > blocks_held:
+        raise InputError(f"{path}: GGUF metadata {arch}.block_count is {n_layers}, but the file holds tensors "
+                         f"for {blocks_held} blocks; the file is incomplete or its metadata is wrong")
     stored, dropped = {}, []
     for s in raw:
         hf, leaf = _TOP.get(s.gguf_name), None

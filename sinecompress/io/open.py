@@ -17,8 +17,8 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 def open_source(spec: str | Path, allow_pickle: bool = False) -> Source:
     """Open a checkpoint for lazy reading; raise InputError naming the path if it cannot be read.
 
-    A spec is a ``.safetensors`` file, a sharded or Hugging Face model directory, a ``.gguf`` file,
-    ``example:NAME`` (minilm, smollm2) or ``timm:NAME``. Pickle checkpoints (``.bin``/``.pt``/``.pth``) are refused unless
+    A spec is a ``.safetensors`` file, a sharded or Hugging Face model directory, a ``.gguf`` file (or
+    any file starting with GGUF's magic bytes), ``example:NAME`` (minilm, smollm2) or ``timm:NAME``. Pickle checkpoints (``.bin``/``.pt``/``.pth``) are refused unless
     ``allow_pickle``, and even then are loaded with ``torch.load(weights_only=True)``, which never
     runs code from the file.
     """
@@ -44,7 +44,7 @@ def open_source(spec: str | Path, allow_pickle: bool = False) -> Source:
             raise InputError(f"{path}: only pickle weights (.bin/.pt) found; convert them to safetensors "
                              "or pass --allow-pickle to load them with weights_only=True")
         raise InputError(f"{path}: no {SINGLE_NAME} or {INDEX_NAME} in this directory")
-    if path.suffix.lower() == ".gguf":
+    if path.suffix.lower() == ".gguf" or _starts_with(path, b"GGUF"):
         return open_gguf(path)
     if path.suffix in PICKLE_SUFFIXES:
         if allow_pickle:
@@ -52,3 +52,14 @@ def open_source(spec: str | Path, allow_pickle: bool = False) -> Source:
         raise InputError(f"{path}: pickle-based checkpoint refused; convert it to safetensors "
                          "or pass --allow-pickle to load it with weights_only=True")
     return open_file(path)
+
+
+def _starts_with(path: Path, magic: bytes) -> bool:
+    """Whether a regular file starts with ``magic`` (a GGUF file named without its suffix)."""
+    try:
+        if not path.is_file():  # a FIFO or device must not be opened here
+            return False
+        with open(path, "rb") as f:
+            return f.read(len(magic)) == magic
+    except OSError:
+        return False  # the reader chosen by suffix reports why it cannot be read

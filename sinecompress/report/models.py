@@ -68,7 +68,7 @@ def load_for_eval(spec: str, device: str = "cpu") -> Loaded:
     if side is None:
         model_dir(spec, src)  # raises the one-line error
     kind = config_kind(spec)
-    tokenizer = _tokenizer(side, spec)
+    tokenizer = _tokenizer(side, spec, gguf=src.kind == "gguf")
     compressed = read_metadata(src.metadata, src.display) is not None
     try:
         model = load(spec) if compressed else dense_model(src)
@@ -88,7 +88,10 @@ def _has_lm_head(model: nn.Module) -> bool:
     return callable(getattr(model, "get_output_embeddings", None)) and model.get_output_embeddings() is not None
 
 
-def _tokenizer(directory: Path, spec: str):
+def _tokenizer(directory: Path, spec: str, gguf: bool = False):
+    if gguf and not has_tokenizer(directory):
+        raise InputError(f"{spec}: this GGUF file has no tokenizer (no tokenizer.ggml.* metadata); eval tokenizes "
+                         "the text with the model's own tokenizer, so use a GGUF file that includes it")
     if not has_tokenizer(directory):
         raise InputError(f"{spec}: no tokenizer files (tokenizer.json, vocab.txt, ...); eval tokenizes the "
                          "text with the model's own tokenizer, so copy them into the model directory")
@@ -101,4 +104,4 @@ def _tokenizer(directory: Path, spec: str):
 
 
 def _short(e: Exception) -> str:
-    return " ".join(str(e).split())[:200]
+    return " ".join(str(e).split())[:400]
