@@ -455,7 +455,9 @@ def _build(values: dict) -> FactorizeConfig:
 
 
 def resolve_device(device: str) -> str:
-    """``auto`` → ``cuda`` when a GPU is there, else ``cpu``; ``cuda`` without a GPU is a usage error."""
+    """``auto`` → ``cuda`` when a GPU is there, else ``cpu``; ``cuda`` without a GPU is a usage error.
+    (One GPU of several is chosen with ``CUDA_VISIBLE_DEVICES``, as in most tools.)"""
+    _choice("device", device, DEVICES)
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():

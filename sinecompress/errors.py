@@ -35,6 +35,10 @@ class InputError(SineCompressError):
     exit_code = 3
 
 
+class NonFiniteOutput(InputError):
+    """A model's outputs are NaN or infinite: broken weights, with no perplexity or agreement to measure."""
+
+
 class OutputError(SineCompressError):
     """The output cannot be written: no space, a read-only file system, no permission."""
 

@@ -111,6 +111,52 @@ def test_perplexity_settings_are_checked(llama):
         perplexity(llama, ids[:1], window=4, stride=2)
 
 
+def variant(llama_dir: Path, dest: Path, weights=None, **config) -> Path:
+    """A copy of the tiny Llama directory with some weights scaled (name -> factor or NaN) or config keys set."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(llama_dir, dest)
+    sd = load_file(str(dest / "model.safetensors"))
+    for name, f in (weights or {}).items():
+        sd[name] = sd[name] * f if math.isfinite(f) else sd[name].clone().fill_(f)
+    save_file(sd, str(dest / "model.safetensors"), metadata={"format": "pt"})
+    cfg = json.loads((dest / "config.json").read_text())
+    (dest / "config.json").write_text(json.dumps({**cfg, **config}))
+    return dest
+
+
+def test_perplexity_of_a_broken_model_is_infinite_or_refused_never_an_overflow(llama_dir, text_file, tmp_path):
+    from sinecompress.errors import NonFiniteOutput
+
+    huge = variant(llama_dir, tmp_path / "huge", {"lm_head.weight": 1e5})  # finite logits, nll past exp's range
+    r = evaluate(str(huge), text=text_file, window=8)
+    assert r["model"]["perplexity"] == math.inf and 709 < r["model"]["nll"] < math.inf
+    nan = variant(llama_dir, tmp_path / "nan", {"model.norm.weight": math.nan})
+    with pytest.raises(NonFiniteOutput, match=r"nan: its logits are not finite \(NaN or infinite\)"):
+        evaluate(str(nan), text=text_file, window=8)
+
+
+def test_a_tokenizer_past_the_models_vocabulary_is_named(llama_dir, text_file, tmp_path):
+    small = variant(llama_dir, tmp_path / "small", vocab_size=8)
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(small / "model.safetensors"))
+    sd = {k: v[:8] if k in ("model.embed_tokens.weight", "lm_head.weight") else v for k, v in sd.items()}
+    save_file(sd, str(small / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(InputError, match=r"its tokenizer gives token id \d+, but the model has 8 token embeddings"):
+        evaluate(str(small), text=text_file, window=8)
+
+
+def test_a_config_that_does_not_fit_its_weights_is_refused_before_it_is_built(llama_dir, tmp_path):
+    cfg = json.loads((llama_dir / "config.json").read_text())
+    bare = variant(llama_dir, tmp_path / "bare")
+    keep = ("architectures", "model_type", "vocab_size", "num_hidden_layers")
+    (bare / "config.json").write_text(json.dumps({k: cfg[k] for k in keep}))  # sizes default to Llama-7B's
+    with pytest.raises(InputError, match=r"weight '[\w.]+' has shape \[43, 32\], but the model "
+                       r"config.json describes needs \[43, 4096\]"):
+        evaluate(str(bare), window=8)
+
+
 def test_evaluate_scores_the_joined_text_with_the_models_tokenizer(llama, llama_dir, text_file):
     from transformers import AutoTokenizer
 
@@ -251,6 +297,10 @@ def bad_inputs(tmp_path, llama_dir):
     (no_config / "model.safetensors").write_bytes((llama_dir / "model.safetensors").read_bytes())
     jsonl = tmp_path / "bad.jsonl"
     jsonl.write_text('{"txt": "x"}\n')
+    one_token = tmp_path / "one.txt"
+    one_token.write_text("file\n")
+    short_context = variant(llama_dir, tmp_path / "short", max_position_embeddings=1)
+    bad_groups = variant(llama_dir, tmp_path / "groups", num_key_value_heads=3)
     return [
         (["--text", tmp_path / "missing.txt"], 3, "missing.txt: evaluation text file not found"),
         (["--text", empty], 3, "no evaluation text found"),
@@ -261,16 +311,34 @@ def bad_inputs(tmp_path, llama_dir):
         (["--window", "8", "--stride", "9"], 2, "--stride 9"),
         (["--max-tokens", "1"], 2, "--max-tokens 1"),
         (["--window", "257"], 2, "longer than"),
+        (["--stride", "0"], 2, "--stride 0: must be at least 1 token"),
+        (["--device", "tpu"], 2, "--device must be one of auto, cpu, cuda, got 'tpu'"),
+        (["--text", one_token], 3, f"{one_token}: 1 token(s) under {llama_dir}'s tokenizer"),
+        (["--against", short_context], 3, "its config's max_position_embeddings is 1"),
+        (["--against", bad_groups], 3, "num_key_value_heads 3, which does not divide num_attention_heads 4"),
         (["--against", no_config], 3, "no config.json"),
         (["--against", llama_dir / "model.safetensors"], 3, "needs a model directory with config.json"),
     ]
+
+
+def test_cli_eval_json_is_strict_for_an_infinite_perplexity(capsys, llama_dir, text_file, tmp_path):
+    huge = variant(llama_dir, tmp_path / "huge", {"lm_head.weight": 1e5})
+    code, out, err = cli(capsys, "eval", huge, "--text", text_file, "--window", "8", "--json")
+    assert code == 0, err
+
+    def refuse(token):
+        raise ValueError(token)
+
+    r = json.loads(out, parse_constant=refuse)  # no NaN/Infinity tokens, which JSON does not have
+    assert r["model"]["perplexity"] is None and r["model"]["nll"] > 709
+    assert re.search(r"\binf\b", err)  # the table shows it
 
 
 def test_cli_eval_bad_inputs_are_one_line_errors(capsys, llama_dir, tmp_path):
     for extra, code_expected, message in bad_inputs(tmp_path, llama_dir):
         code, out, err = cli(capsys, "eval", llama_dir, *extra)
         assert code == code_expected, (extra, err)
-        lines = [x for x in err.splitlines() if x.strip()]
+        lines = [x for x in err.splitlines() if x.strip() and not re.match(r"\[\s*\d+ s\] ", x)]  # progress log
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (extra, err)
         assert out == ""
     code, _, err = cli(capsys, "eval", tmp_path / "nope")
@@ -301,6 +369,25 @@ def test_perplexity_gates_pass_and_fail(llama_dir, tmp_path):
         needs_model_dir({"max_perplexity": 10}, tiny_bert(tmp_path), "bert")
     with pytest.raises(UsageError, match="max_perplexity_ratio runs the model"):
         needs_model_dir({"max_perplexity_ratio": 1.2}, None, "x.safetensors")
+
+
+def test_a_model_with_nan_logits_fails_its_perplexity_gates(llama_dir, tmp_path):
+    from sinecompress.io.open import open_source
+    from sinecompress.recipe.gates import check_gates
+
+    nan = variant(llama_dir, tmp_path / "nan", {"model.norm.weight": math.nan})
+    results = check_gates({"max_perplexity": 100.0, "max_perplexity_ratio": 2.0}, {"layers": []},
+                          open_source(llama_dir), nan)
+    assert [r["gate"] for r in results] == ["max_perplexity", "max_perplexity_ratio"]
+    assert not any(r["passed"] for r in results) and all(math.isnan(r["value"]) for r in results)
+    assert "its logits are not finite" in results[0]["detail"]
+
+
+def test_json_output_has_no_nan_or_infinity_tokens(capsys):
+    from sinecompress.cli.json_out import print_json
+
+    print_json({"a": math.nan, "b": [1.5, -math.inf, {"c": math.inf}], "d": "nan"})
+    assert json.loads(capsys.readouterr().out) == {"a": None, "b": [1.5, None, {"c": None}], "d": "nan"}
 
 
 def test_recipe_schema_accepts_the_perplexity_gates(tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -10,6 +9,7 @@ import typer
 from ..adapters.io import merge_checkpoint
 from ._console import err_console
 from .app import app
+from .json_out import print_json
 
 adapter_app = typer.Typer(help="Work with LoRA, DoRA, sine LoRA and sine DoRA adapters (peft layout).",
                           no_args_is_help=True)
@@ -29,7 +29,7 @@ def merge(
     """Fold an adapter into its base weights and write a dense safetensors checkpoint."""
     summary = merge_checkpoint(base, adapter, out, overwrite=overwrite)
     if as_json:
-        print(json.dumps(summary))
+        print_json(summary, indent=None)
     else:
         err_console.print(f"merged {len(summary['merged_modules'])} {summary['kind']} modules into {summary['output']}",
                           markup=False, highlight=False)

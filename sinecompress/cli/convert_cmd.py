@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -10,6 +9,7 @@ import typer
 from ..scratch.init_checkpoint import convert_timm
 from ._console import err_console
 from .app import app
+from .json_out import print_json
 
 
 @app.command("convert")
@@ -41,4 +41,4 @@ def convert_cmd(
         f"whole model {s['model_params_before']:,} → {s['model_params_after']:,} ({s['model_compression_rate']:.1%})",
         highlight=False, markup=False)
     if as_json:
-        print(json.dumps(s, indent=2))
+        print_json(s, indent=2)

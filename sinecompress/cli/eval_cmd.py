@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -12,6 +11,7 @@ from ..config import resolve_device
 from ..report.evaluate import DEFAULT_MAX_TOKENS, DEFAULT_WINDOW, evaluate
 from ._console import err_console
 from .app import app
+from .json_out import print_json
 from .progress import run_progress
 
 
@@ -52,7 +52,7 @@ def eval_cmd(
                           max_tokens=max_tokens, device=resolve_device(device), progress=progress)
     print_result(result)
     if as_json:
-        print(json.dumps(result, indent=2))
+        print_json(result, indent=2)
 
 
 def print_result(r: dict) -> None:
@@ -70,7 +70,7 @@ def print_result(r: dict) -> None:
             continue
         cells = [role, run["path"], "yes" if run["compressed"] else "no"]
         if causal:
-            cells += [f"{run['perplexity']:.3f}", f"{run['scored_tokens']:,}"]
+            cells += [_number(run["perplexity"], 3), f"{run['scored_tokens']:,}"]
         cells += [f"{run['seconds']:.1f} s", f"{run['load_seconds']:.1f} s"]
         t.add_row(*cells)
     err_console.print(t)
@@ -79,7 +79,7 @@ def print_result(r: dict) -> None:
                           f"first {r['model']['tokens']:,} tokens",
                           highlight=False, markup=False)
         if r.get("against"):
-            err_console.print(f"perplexity ratio (model / against): {r['perplexity_ratio']:.4f}",
+            err_console.print(f"perplexity ratio (model / against): {_number(r['perplexity_ratio'], 4)}",
                               highlight=False, markup=False)
             if not r["same_tokens"]:
                 err_console.print("warning: the two tokenizers split the text differently; the perplexities "
@@ -89,3 +89,8 @@ def print_result(r: dict) -> None:
         err_console.print(f"embedding cosine: mean {a['cosine']:.4f}, worst {a['cosine_min']:.4f}; "
                           f"nearest-neighbour agreement {a['nn_agreement']:.1%} over {a['texts']} texts "
                           f"({a['tokens']:,} tokens)", highlight=False, markup=False)
+
+
+def _number(x: float, decimals: int) -> str:
+    """Fixed decimals, or scientific past a million, so a broken model's value does not squeeze the table."""
+    return f"{x:.{decimals}f}" if abs(x) < 1e6 else f"{x:.3e}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -15,6 +14,7 @@ from ..pipeline.workdir import work_path
 from ..recipe.gates import raise_if_failed
 from ..recipe.run import run_recipe
 from .app import app
+from .json_out import print_json
 from .progress import run_progress
 from .recipe_view import print_gates
 from .settings import given_settings, option
@@ -90,7 +90,7 @@ def factorize_cmd(
     if recipe is not None:
         print_gates(summary["gates"])
     if as_json:
-        print(json.dumps(summary, indent=2))
+        print_json(summary, indent=2)
     if recipe is not None:
         raise_if_failed(summary["gates"], summary["output"])
 

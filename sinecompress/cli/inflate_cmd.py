@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -10,6 +9,7 @@ import typer
 from ..pipeline.inflate import inflate
 from ._console import err_console
 from .app import app
+from .json_out import print_json
 
 
 @app.command("inflate")
@@ -25,4 +25,4 @@ def inflate_cmd(
     summary = inflate(compressed, out, overwrite=overwrite, max_shard_size=max_shard_size)
     err_console.print(f"inflated {len(summary['layers'])} layers → {summary['output']}", highlight=False)
     if as_json:
-        print(json.dumps(summary, indent=2))
+        print_json(summary, indent=2)

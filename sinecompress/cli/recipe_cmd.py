@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -14,6 +13,7 @@ from ..recipe.shipped import shipped_names, shipped_text, summary_line
 from ..recipe.template import TEMPLATE
 from ._console import err_console
 from .app import app
+from .json_out import print_json
 
 recipe_app = typer.Typer(help="YAML recipes: validate, write a template, and preview which layers they match.",
                          no_args_is_help=True, rich_markup_mode=None)
@@ -25,9 +25,9 @@ def validate_cmd(file: Path = typer.Argument(..., help="Recipe YAML file to chec
     """Check a recipe's schema, types and regexes without opening any model; errors say FILE:LINE."""
     r = load_recipe(file)
     if as_json:
-        print(json.dumps({"path": r.path, "sha256": r.sha256, "version": r.version, "model": r.model,
+        print_json({"path": r.path, "sha256": r.sha256, "version": r.version, "model": r.model,
                           "output": r.output, "settings": {k: _plain(v) for k, v in r.settings.items()},
-                          "config": r.config.to_dict(), "gates": r.gates}, indent=2))
+                          "config": r.config.to_dict(), "gates": r.gates}, indent=2)
     err_console.print(f"{file}: ok (recipe version {r.version}, {len(r.rules)} rules, "
                       f"gates: {', '.join(r.gates) or 'none'})", markup=False, highlight=False, soft_wrap=True)
 
@@ -52,7 +52,7 @@ def list_cmd(as_json: bool = typer.Option(False, "--json", help="Print the names
     """The recipes that ship with sinecompress (use one with `factorize --recipe NAME` or `recipe init --from NAME`)."""
     rows = {name: summary_line(name) for name in shipped_names()}
     if as_json:
-        print(json.dumps(rows, indent=2))
+        print_json(rows, indent=2)
         return
     for name, line in rows.items():
         print(f"{name:10} {line}")
@@ -71,7 +71,7 @@ def show_cmd(file: Path = typer.Argument(..., help="Recipe YAML file."),
     r, plan, _ = recipe_plan(file, {"model": model})
     rows = rule_table(plan)
     if as_json:
-        print(json.dumps({"recipe": r.path, "model": plan.source, "rules": rows, "plan": plan.to_dict()}, indent=2))
+        print_json({"recipe": r.path, "model": plan.source, "rules": rows, "plan": plan.to_dict()}, indent=2)
         return
     by_name = {lp.name: lp for lp in plan.layers}
     for row in rows:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from ..report.spectra import DEFAULT_TOP, sparkline
 from ..report.sweep import DEFAULT_OMEGAS, omega_sweep, parse_omegas, parse_shape
 from ._console import err_console
 from .app import app
+from .json_out import print_json
 
 
 def _out_console(as_json: bool) -> Console:
@@ -150,7 +150,7 @@ def _emit(result: dict, show, draw, plot: Path | None, as_json: bool, reads=()) 
         draw(result, plot, reads)
         err_console.print(f"wrote {plot}", highlight=False)
     if as_json:
-        print(json.dumps(result, indent=1))
+        print_json(result, indent=1)
 
 
 def print_sweep(sw: dict, console: Console) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import GateFailed, UsageError
+from ..errors import GateFailed, NonFiniteOutput, UsageError
 from ..io.hf_model import dense_model, is_causal_lm_dir
 from ..io.model_dir import TOKENIZER_FILES
 from ..io.open import open_source
@@ -116,7 +116,10 @@ def _perplexity_gates(gates: dict, original: Source | None, compressed: Path | N
     ratio = "max_perplexity_ratio" in gates
     if compressed is None or (ratio and original is None):
         raise UsageError("the perplexity gates need the compressed (and, for the ratio, the original) model")
-    r = evaluate(str(compressed), against=original.display if ratio else None)
+    try:
+        r = evaluate(str(compressed), against=original.display if ratio else None)
+    except NonFiniteOutput as e:  # a model with NaN logits fails its gates; it is not an unreadable input
+        return [_result(g, gates[g], math.nan, False, str(e)) for g in PERPLEXITY_GATES if g in gates]
     m, where = r["model"], f"{r['model']['scored_tokens']:,} tokens of {r['text']}, window {r['settings']['window']}"
     results = []
     if "max_perplexity" in gates:

@@ -31,7 +31,7 @@ import torch
 
 from ..calib.data import length_batches, with_padding
 from ..calib.text import SEPARATOR, builtin_texts, read_texts
-from ..errors import InputError, UsageError
+from ..errors import InputError, NonFiniteOutput, UsageError
 from ..io.format import read_metadata
 from ..io.hf_model import is_causal_lm
 from ..io.open import open_source
@@ -57,8 +57,10 @@ def check_settings(window: int | None, stride: int | None, max_tokens: int | Non
         raise UsageError(f"--window {window}: must be at least 2 tokens (one of context, one to predict)")
     if stride is None and window is not None:
         stride = default_stride(window)
-    if stride is not None and not 1 <= stride <= (window or stride):
-        raise UsageError(f"--stride {stride}: must be between 1 and the window ({window}); a larger stride "
+    if stride is not None and stride < 1:
+        raise UsageError(f"--stride {stride}: must be at least 1 token")
+    if stride is not None and window is not None and stride > window:
+        raise UsageError(f"--stride {stride}: must be at most the window ({window}); a larger stride "
                          "would skip tokens")
     if max_tokens is not None and max_tokens != 0 and max_tokens < 2:
         raise UsageError(f"--max-tokens {max_tokens}: must be at least 2, or 0 for the whole text")
@@ -83,16 +85,19 @@ def token_stream(tokenizer, texts: list[str], max_tokens: int | None) -> torch.T
 
 @torch.no_grad()
 def perplexity(model, token_ids: torch.Tensor, window: int = DEFAULT_WINDOW, stride: int | None = None,
-               progress: Callable[[int, int], None] | None = None) -> dict:
+               progress: Callable[[int, int], None] | None = None, name: str = "the model") -> dict:
     """Sliding-window perplexity of ``token_ids`` (one sequence); the convention is the module docstring's.
 
-    Returns ``{perplexity, nll (mean, nats), tokens, scored_tokens, windows, window, stride}``.
+    Returns ``{perplexity, nll (mean, nats), tokens, scored_tokens, windows, window, stride}``; the
+    perplexity is ``inf`` where exp(nll) overflows a float. Logits that are NaN or infinite (a model with
+    broken weights) raise NonFiniteOutput naming ``name``: they have no perplexity.
     """
     stride = check_settings(window, stride, None)
     ids = token_ids.reshape(-1)
     n = ids.numel()
     if n < 2:
         raise InputError(f"the text is {n} token(s) long; perplexity needs at least 2")
+    _check_ids(model, ids, name)
     starts = []
     for b in range(0, n, stride):
         starts.append(b)
@@ -111,14 +116,29 @@ def perplexity(model, token_ids: torch.Tensor, window: int = DEFAULT_WINDOW, str
             logits = out.logits if hasattr(out, "logits") else out[0]
             # logits at positions first-1 .. e-2 predict tokens first .. e-1
             pred = logits[0, -(e - first + 1):-1].float()
+            if not bool(torch.isfinite(pred).all()):
+                raise NonFiniteOutput(f"{name}: its logits are not finite (NaN or infinite) in the window at token "
+                                 f"{b}; the weights are broken (check them with `sinecompress report`)")
             nll += float(torch.nn.functional.cross_entropy(pred, ids[first:e].to(device), reduction="sum"))
             scored += e - first
         prev_end = e
         if progress:
             progress(i + 1, len(starts))
     mean = nll / scored
-    return {"perplexity": math.exp(mean), "nll": mean, "tokens": n, "scored_tokens": scored,
+    return {"perplexity": math.exp(mean) if mean < _LOG_MAX_FLOAT else math.inf, "nll": mean, "tokens": n, "scored_tokens": scored,
             "windows": len(starts), "window": window, "stride": stride}
+
+
+_LOG_MAX_FLOAT = math.log(torch.finfo(torch.float64).max)
+
+
+def _check_ids(model, ids: torch.Tensor, name: str) -> None:
+    """Token ids past the embedding table would fail deep inside the model: name the mismatch instead."""
+    emb = model.get_input_embeddings() if callable(getattr(model, "get_input_embeddings", None)) else None
+    vocab = getattr(emb, "num_embeddings", None)
+    if vocab is not None and ids.numel() and int(ids.max()) >= vocab:
+        raise InputError(f"{name}: its tokenizer gives token id {int(ids.max())}, but the model has {vocab} "
+                         "token embeddings; the tokenizer does not belong to this model")
 
 
 def _logits_to_keep_arg(model) -> str | None:
@@ -134,11 +154,14 @@ def _logits_to_keep_arg(model) -> str | None:
 
 
 @torch.no_grad()
-def embed(model, batches, progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """Mean-pooled, L2-normalised sentence embeddings (the sentence-transformers recipe)."""
+def embed(model, batches, progress: Callable[[int, int], None] | None = None,
+          name: str = "the model") -> torch.Tensor:
+    """Mean-pooled, L2-normalised sentence embeddings (the sentence-transformers recipe); InputError
+    naming ``name`` for token ids past its embeddings, NonFiniteOutput for embeddings that are not finite."""
     out = []
     dev = next(model.parameters()).device
     for i, b in enumerate(batches):
+        _check_ids(model, b["input_ids"], name)
         b = {k: v.to(dev) for k, v in b.items()}
         o = model(**b)
         h = getattr(o, "last_hidden_state", None)
@@ -146,6 +169,9 @@ def embed(model, batches, progress: Callable[[int, int], None] | None = None) ->
             h = model(**b, output_hidden_states=True).hidden_states[-1]
         m = b["attention_mask"].unsqueeze(-1).to(h.dtype)
         e = (h * m).sum(1) / m.sum(1).clamp_min(1)
+        if not bool(torch.isfinite(e).all()):
+            raise NonFiniteOutput(f"{name}: its embeddings are not finite (NaN or infinite); the weights are broken "
+                             "(check them with `sinecompress report`)")
         out.append(torch.nn.functional.normalize(e.float(), dim=-1).cpu())
         if progress:
             progress(i + 1, len(batches))
@@ -172,7 +198,7 @@ def _embeddings(loaded, texts, window, progress) -> torch.Tensor:
     tok = loaded.tokenizer
     with_padding(tok, loaded.display)
     batches, rows = length_batches(tok, texts, window)
-    return embed(loaded.model, batches, progress)[rows]
+    return embed(loaded.model, batches, progress, loaded.display)[rows]
 
 
 def _texts_within(tokenizer, texts: list[str], max_tokens: int | None, max_length: int) -> tuple[list[str], int]:
@@ -215,7 +241,7 @@ def evaluate(model: str, against: str | None = None, text: str | Path | None = N
               "settings": {"window": window, "stride": stride if kind == CAUSAL_LM else None,
                            "max_tokens": max_tokens or None, "device": device}}
     if kind == CAUSAL_LM:
-        return {**result, **_causal(model, against, texts, window, stride, max_tokens, device, progress)}
+        return {**result, **_causal(model, against, texts, text_desc, window, stride, max_tokens, device, progress)}
     if against is None:
         raise UsageError(_needs_reference(model))
     if len(texts) < 2:
@@ -226,6 +252,10 @@ def evaluate(model: str, against: str | None = None, text: str | Path | None = N
 def _window(window: int | None, configs: dict) -> int:
     """The window: DEFAULT_WINDOW or the shortest context of the models if shorter; a longer one is an error."""
     positions = {spec: p for spec, c in configs.items() if (p := getattr(c, "max_position_embeddings", None))}
+    for spec, p in positions.items():
+        if type(p) is not int or p < 2:
+            raise InputError(f"{spec}: its config's max_position_embeddings is {p!r}; a model needs at least 2 "
+                             "positions")
     if window is None:
         return min([DEFAULT_WINDOW, *positions.values()])
     for spec, p in positions.items():
@@ -259,17 +289,20 @@ def _load(spec: str, device: str, progress: Progress | None):
     return loaded, time.perf_counter() - t0
 
 
-def _causal(model, against, texts, window, stride, max_tokens, device, progress) -> dict:
+def _causal(model, against, texts, text_desc, window, stride, max_tokens, device, progress) -> dict:
     runs, streams = {}, {}
     for role, spec in (("against", against), ("model", model)):
         if spec is None:
             continue
         loaded, load_s = _load(spec, device, progress)
         ids = token_stream(loaded.tokenizer, texts, max_tokens)
+        if ids.numel() < 2:
+            raise InputError(f"{text_desc}: {ids.numel()} token(s) under {spec}'s tokenizer; perplexity needs at "
+                             "least 2")
         t0 = time.perf_counter()
         label = f"perplexity {spec}"
         r = perplexity(loaded.model, ids, window, stride,
-                       progress=(lambda d, t, label=label: progress(label, d, t)) if progress else None)
+                       progress=(lambda d, t, label=label: progress(label, d, t)) if progress else None, name=spec)
         runs[role] = {"path": spec, "compressed": loaded.compressed, **r,
                       "load_seconds": round(load_s, 2), "seconds": round(time.perf_counter() - t0, 2)}
         streams[role] = ids
