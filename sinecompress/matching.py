@@ -94,6 +94,11 @@ def select_targets(shapes: dict[str, tuple[int, ...]], dtypes: dict[str, str],
                                  "patterns match whole module names (tensor name minus '.weight'), "
                                  "run `sinecompress report` to list them")
         chosen = [c for c in candidates if full_match(tpats, c)]
+        both = next((c for c in chosen if c in tied), None)
+        if both is not None:  # a compressed head would no longer be the embedding transformers ties it to
+            raise UsageError(f"--target matches {both!r}, which {source}'s config ties to the input embedding "
+                             "(tie_word_embeddings); leave it out, or set tie_word_embeddings to false in "
+                             "config.json if the checkpoint's head is its own")
     else:
         chosen = [c for c in candidates if not full_match(dpats, c) and c not in tied]
     for p in xpats:

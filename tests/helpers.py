@@ -152,19 +152,41 @@ LLAMA_WORDS = ("the of and to in is that it for on with as was by be this are fr
                "one all were can their more has been other its when also time there some into only new first").split()
 
 
-def tiny_llama(root: Path, seed: int = 0, layers: int = 2) -> Path:
-    """A tiny random-weight Llama causal LM directory with a word-level tokenizer (the built-in calibration
-    text tokenizes to known words or <unk>)."""
+def word_tokenizer(d: Path) -> int:
+    """Save a word-level tokenizer over LLAMA_WORDS into ``d`` (the built-in calibration text tokenizes to
+    known words or <unk>); return its vocabulary size."""
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
-    d = root / "tiny_llama"
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, ",": 3, ".": 4, **{w: i + 5 for i, w in enumerate(LLAMA_WORDS)}}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
                             eos_token="</s>").save_pretrained(str(d))
-    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+    return len(vocab)
+
+
+def tiny_gpt2(root: Path, seed: int = 0) -> Path:
+    """A tiny random-weight GPT-2 (its linear layers are transformers' Conv1D, weights stored in×out)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    d = root / "tiny_gpt2"
+    n = word_tokenizer(d)
+    cfg = GPT2Config(vocab_size=n, n_embd=32, n_layer=2, n_head=4, n_positions=256, initializer_range=0.3,
+                     bos_token_id=1, eos_token_id=2, architectures=["GPT2LMHeadModel"])
+    torch.manual_seed(seed)
+    GPT2LMHeadModel(cfg).save_pretrained(str(d))
+    return d
+
+
+def tiny_llama(root: Path, seed: int = 0, layers: int = 2) -> Path:
+    """A tiny random-weight Llama causal LM directory with a word-level tokenizer (the built-in calibration
+    text tokenizes to known words or <unk>)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    d = root / "tiny_llama"
+    n = word_tokenizer(d)
+    cfg = LlamaConfig(vocab_size=n, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                       initializer_range=0.3, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
                       architectures=["LlamaForCausalLM"])

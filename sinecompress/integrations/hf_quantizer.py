@@ -38,7 +38,7 @@ from ..io.format import (
     parse_record,
 )
 from ..nn.layers import LowRankLinear, SineLowRankLinear
-from ..nn.surgery import empty_module, swap_module
+from ..nn.surgery import empty_module, replaceable, swap_module
 from ..pipeline.save import checkpoint_state, layer_records
 
 MIN_TRANSFORMERS = (4, 57)  # register_quantizer and get_state_dict_and_metadata (checked in their sources)
@@ -127,13 +127,20 @@ class SineCompressHfQuantizer(HfQuantizer):
         return checkpoint_state(model, records, dedupe=False), {k: v for k, v in meta.items() if k != "format"}
 
     def _dequantize(self, model, dtype=None):
-        """``model.dequantize()``: every compressed layer becomes an ``nn.Linear`` holding Ŵ."""
+        """``model.dequantize()``: every compressed layer becomes an ``nn.Linear`` holding Ŵ (a transformers
+        ``Conv1D`` holding Ŵᵀ where it replaced one, so the model saves as its class expects)."""
         for name, mod in list(model.named_modules()):
             if isinstance(mod, (SineLowRankLinear, LowRankLinear)):
                 with torch.no_grad():
                     w = mod.dense_weight().detach()
-                    lin = nn.Linear(mod.in_features, mod.out_features, bias=mod.bias is not None,
-                                    device=w.device, dtype=dtype or w.dtype)
+                    if getattr(mod, "transposed", False):
+                        from transformers.pytorch_utils import Conv1D
+
+                        lin = Conv1D(mod.out_features, mod.in_features).to(device=w.device, dtype=dtype or w.dtype)
+                        w = w.T
+                    else:
+                        lin = nn.Linear(mod.in_features, mod.out_features, bias=mod.bias is not None,
+                                        device=w.device, dtype=dtype or w.dtype)
                     lin.weight.copy_(w)
                     if mod.bias is not None:
                         lin.bias.copy_(mod.bias)
@@ -152,12 +159,14 @@ def replace_layers(model: nn.Module, layers: dict[str, LayerRecord]) -> None:
         old = modules.get(path) if path is not None else None
         if isinstance(old, (SineLowRankLinear, LowRankLinear)):
             continue
-        if not isinstance(old, nn.Linear):
-            raise InputError(f"config.json quantization_config: layer {name!r} is "
-                             f"{'not in' if old is None else 'not an nn.Linear of'} {type(model).__name__}; "
+        if old is None:
+            raise InputError(f"config.json quantization_config: layer {name!r} is not in {type(model).__name__}; "
                              "load the directory with the model class it was compressed from")
-        if tuple(old.weight.shape) != tuple(rec.shape):
-            raise InputError(f"config.json quantization_config: layer {name!r} is {list(rec.shape)} but "
+        why = replaceable(old, rec)
+        if why:
+            raise InputError(f"config.json quantization_config: layer {name!r}: {why}")
+        if tuple(old.weight.shape) != tuple(rec.stored_shape):
+            raise InputError(f"config.json quantization_config: layer {name!r} is {list(rec.stored_shape)} but "
                              f"{type(model).__name__} has {list(old.weight.shape)}")
         new = empty_module(rec, old.bias is not None, device=old.weight.device, dtype=old.weight.dtype)
         swap_module(model, path, new)

@@ -21,6 +21,8 @@ transformers expects) and one JSON document under ``"sinecompress"``::
                              "rel_error": e, ...}}}
 
 ``rank`` is the total factor rank (sine + linear part); the sine part has ``rank - linear_rank``.
+``shape`` is always out×in; a layer whose dense weight is stored in×out (transformers' ``Conv1D``, as
+in GPT-2) has ``"transposed": true``, and ``inflate`` writes its weight back in×out.
 ``read_layers`` checks every record against the factor tensors actually present before anything is
 allocated, so ``inflate``, ``report``, ``load`` and the transformers integration trust what it returns.
 """
@@ -52,7 +54,7 @@ SUFFIXES = {
 ALL_SUFFIXES = tuple(s for kind in SUFFIXES.values() for s in kind.values())
 PLACEHOLDER = "weight"  # <module>.weight, zero elements
 QUANT_METHOD = "sinecompress"  # config.json quantization_config.quant_method
-HF_LAYER_KEYS = ("kind", "shape", "dtype", "rank", "linear_rank", "omega", "amplitude")
+HF_LAYER_KEYS = ("kind", "shape", "dtype", "rank", "linear_rank", "omega", "amplitude", "transposed")
 
 
 def factor_shapes(kind: str, m: int, n: int, rank: int, linear_rank: int = 0,
@@ -88,6 +90,12 @@ class LayerRecord:
     rel_error: float | None = None
     act_error: float | None = None
     method: str | None = None
+    transposed: bool = False  # the dense weight is stored in×out (transformers' Conv1D); ``shape`` is out×in
+
+    @property
+    def stored_shape(self) -> tuple[int, int]:
+        """The dense weight's shape in the checkpoint (what ``inflate`` writes)."""
+        return (self.shape[1], self.shape[0]) if self.transposed else self.shape
 
     @property
     def tensor_names(self) -> dict[str, str]:
@@ -106,6 +114,8 @@ class LayerRecord:
     def to_json(self) -> dict:
         d = asdict(self)
         d["shape"] = list(self.shape)
+        if not self.transposed:  # records of nn.Linear layers stay as they were before the key existed
+            del d["transposed"]
         return d
 
 
@@ -186,8 +196,12 @@ def parse_record(name: str, rec) -> LayerRecord:
     errors = {k: rec.get(k) if isinstance(rec.get(k), (int, float)) and not isinstance(rec.get(k), bool) else None
               for k in ("rel_error", "act_error")}
     method = rec.get("method") if isinstance(rec.get("method"), str) else None
+    transposed = rec.get("transposed", False)
+    if not isinstance(transposed, bool):
+        raise ValueError(f"'transposed' must be true or false, got {transposed!r}")
     return LayerRecord(name, kind, (shape[0], shape[1]), dtype, rank, linear_rank,
-                       None if omega is None else float(omega), amplitude, **errors, method=method)
+                       None if omega is None else float(omega), amplitude, **errors, method=method,
+                       transposed=transposed)
 
 
 def read_layers(src: Source) -> dict[str, LayerRecord]:

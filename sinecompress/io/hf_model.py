@@ -10,7 +10,7 @@ store (BERT's position ids) are copied.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import torch
@@ -47,13 +47,16 @@ def is_causal_lm_dir(model_dir: Path | None) -> bool:
 
 
 def model_class(model_dir: Path):
-    """(config, the transformers class config.json names in ``architectures``; without one, the causal-LM
-    auto class for a causal LM (its head gives logits), else AutoModel)."""
+    """(config, the transformers class config.json names in ``architectures``; without one, or with one
+    whose config class is not the config's, the causal-LM auto class for a causal LM (its head gives
+    logits), else AutoModel)."""
     import transformers
 
     config = transformers.AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
     arch = (getattr(config, "architectures", None) or [None])[0]
     cls = getattr(transformers, arch, None) if arch else None
+    if cls is not None and not isinstance(config, getattr(cls, "config_class", None) or object):
+        cls = None  # `architectures` contradicts `model_type`: follow model_type, as the Auto classes do
     if cls is None:
         cls = transformers.AutoModelForCausalLM if is_causal_lm(config) else transformers.AutoModel
     return config, cls
@@ -139,13 +142,82 @@ def check_depth(src) -> None:
                          f"{found}; the config does not belong to these weights")
 
 
+LINEAR, CONV1D = "linear", "conv1d"
+
+
+def module_kind(module: nn.Module) -> str:
+    """``linear`` (``nn.Linear``: weight out×in), ``conv1d`` (transformers' ``Conv1D`` of GPT-2 and its
+    kin: the same map with its weight stored in×out), else the module's class name."""
+    if isinstance(module, nn.Linear):
+        return LINEAR
+    if type(module).__name__ == "Conv1D" and type(module).__module__.startswith("transformers"):
+        return CONV1D
+    return type(module).__name__
+
+
+def module_kinds(src) -> dict[str, str] | None:
+    """Checkpoint module name -> ``module_kind`` of the module it loads into, for every 2-D ``.weight`` of a
+    module the model has; None when there is no model to ask (a bare weights file, an architecture
+    transformers cannot build). A model directory's
+    model is built on the meta device from config.json (nothing allocated); an in-memory source's is its own."""
+    model = getattr(src, "module", None)
+    side = None if model is not None else src.side_dir()
+    if model is None and (side is None or not (side / "config.json").is_file()):
+        return None
+    if model is None:
+        check_depth(src)  # a config claiming 10⁶ blocks is refused before it is built, even on meta
+        try:
+            with torch.device("meta"):
+                model = build_model(side)
+        except InputError:  # an architecture this transformers cannot build: weight-only runs still work
+            return None
+    modules = dict(model.named_modules())
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    out = {}
+    for name in src.tensors:
+        if not name.endswith(".weight"):
+            continue
+        mod = name[:-len(".weight")]
+        stripped = mod[len(prefix) + 1:] if prefix and mod.startswith(prefix + ".") else None
+        key = next((c for c in (mod, f"{prefix}.{mod}" if prefix else None, stripped) if c in modules), None)
+        if key is not None:
+            out[mod] = module_kind(modules[key])
+    return out
+
+
+def check_fits(src, compressed: Collection[str] = ()) -> None:
+    """The checkpoint fits the model its config.json describes: no more blocks (``check_depth``), and every
+    tensor the model has a parameter or buffer for has that shape. The model is built on the meta device,
+    so a config that lacks its size keys (transformers then defaults to e.g. a 7B Llama) is refused before
+    anything is allocated. ``compressed``: module names whose tensors are factors, not the model's shapes."""
+    check_depth(src)
+    with torch.device("meta"):
+        model = build_model(src.side_dir())
+    heads = getattr(model.config, "num_attention_heads", None)
+    kv_heads = getattr(model.config, "num_key_value_heads", None)
+    if type(heads) is int and type(kv_heads) is int and (kv_heads < 1 or heads % kv_heads):
+        raise InputError(f"{src.display}: config.json has num_key_value_heads {kv_heads}, which does not divide "
+                         f"num_attention_heads {heads}; grouped-query attention needs whole groups")
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    prefix = getattr(model, "base_model_prefix", "")
+    for name, info in src.tensors.items():
+        if name.rsplit(".", 1)[0] in compressed:
+            continue
+        stripped = name[len(prefix) + 1:] if prefix and name.startswith(prefix + ".") else None
+        key = next((c for c in (name, f"{prefix}.{name}" if prefix else None, stripped) if c in expected), None)
+        if key is not None and tuple(info.shape) != expected[key]:
+            raise InputError(f"{src.display}: weight {name!r} has shape {list(info.shape)}, but the model "
+                             f"config.json describes needs {list(expected[key])}; the config does not belong "
+                             "to these weights")
+
+
 def dense_model(src) -> nn.Module:
     """The source's model in float32 with all its weights, in eval mode.
 
     A safetensors model directory goes through transformers' own ``from_pretrained`` (its rules for
     prefixes, tied weights and buffers, parameters created empty, then filled); other sources with side
     files (GGUF) build the model from their config and load their tensors by ``load_weights``' rules."""
-    check_depth(src)
+    check_fits(src)
     if src.kind in ("hf_dir", "sharded"):
         import transformers
 

@@ -16,6 +16,7 @@ from .sources import Source, TensorInfo
 @dataclass
 class MemorySource(Source):
     state: dict[str, torch.Tensor] = field(default_factory=dict)
+    module: nn.Module | None = field(default=None, repr=False)  # what the state belongs to (module_kinds)
 
     def get(self, name: str) -> torch.Tensor:
         return self.state[name]
@@ -30,7 +31,7 @@ def module_source(model: nn.Module, display: str = "model") -> MemorySource:
     tensors = {}
     for k, v in state.items():
         tensors[k] = TensorInfo(k, tuple(v.shape), st_name(v.dtype), Path(display))
-    return MemorySource(Path(display), "module", tensors, {}, display=display, state=state)
+    return MemorySource(Path(display), "module", tensors, {}, display=display, state=state, module=model)
 
 
 def timm_source(name: str) -> MemorySource:

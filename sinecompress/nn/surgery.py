@@ -11,6 +11,20 @@ from .checkpoint_layers import CompressedLowRankLinear, CompressedSineLinear
 from .layers import LowRankLinear
 
 
+def replaceable(module: nn.Module, rec: LayerRecord) -> str | None:
+    """Why a compressed layer cannot take ``module``'s place (None if it can): it replaces an
+    ``nn.Linear``, or a transformers ``Conv1D`` when the record says the weight was stored transposed."""
+    kind = type(module).__name__
+    if rec.transposed:
+        return None if kind == "Conv1D" else f"the record is of a Conv1D layer but the model has a module of class {kind} there"
+    if isinstance(module, nn.Linear):
+        return None
+    if kind == "Conv1D":
+        return ("the model has a Conv1D (weight stored in×out) but the record has no 'transposed' flag, so it was "
+                "written by an earlier sinecompress that mishandled Conv1D; compress the model again")
+    return f"the model has a module of class {kind} there, not a linear layer"
+
+
 def swap_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
     """Put ``new`` where the submodule ``name`` is; return the module it replaced."""
     parent_name, _, child = name.rpartition(".")
@@ -31,9 +45,12 @@ def empty_module(rec: LayerRecord, bias: bool, device=None, dtype: torch.dtype |
     m, n = rec.shape
     kw = {"device": device, "dtype": dtype or TO_TORCH[rec.dtype]}
     if rec.kind == "lowrank":
-        return CompressedLowRankLinear(n, m, rec.rank, bias=bias, **kw)
-    return CompressedSineLinear(n, m, rec.rank, rec.omega, bias=bias, amplitude=rec.amplitude or "row",
-                                linear_rank=rec.linear_rank, **kw)
+        mod = CompressedLowRankLinear(n, m, rec.rank, bias=bias, **kw)
+    else:
+        mod = CompressedSineLinear(n, m, rec.rank, rec.omega, bias=bias, amplitude=rec.amplitude or "row",
+                                   linear_rank=rec.linear_rank, **kw)
+    mod.transposed = rec.transposed  # it replaces a Conv1D: saved records and dense copies keep that layout
+    return mod
 
 
 def build_module(rec: LayerRecord, factors: dict[str, torch.Tensor], bias: torch.Tensor | None = None,

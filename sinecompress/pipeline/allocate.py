@@ -172,7 +172,7 @@ def apply_sensitivity(plan: Plan, src, cal=None, progress: Progress = QUIET) -> 
     ``{"mode", "budget", "weights", "ranks": {name: [uniform, allocated]}}`` for the summary.
     """
     pool = sensitivity_pool(plan)
-    shares = {lp.name: energy_share(src.get(lp.name + ".weight"), cal.grams[lp.name]["gram"] if cal else None)
+    shares = {lp.name: energy_share(lp.oriented(src.get(lp.name + ".weight")), cal.grams[lp.name]["gram"] if cal else None)
               for lp in pool}
     weights = (output_sensitivity(cal.model, [lp.name for lp in pool], cal.data.batches, plan.seed, progress)
                if cal else None)

@@ -144,7 +144,7 @@ def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str,
         if layers:
             t_fit = time.perf_counter()
             for j, (lp, name) in enumerate(zip(layers, local)):
-                w = block.get_submodule(name).weight.detach()
+                w = lp.oriented(block.get_submodule(name).weight.detach())
                 factors[lp.name] = fit_layer(w, lp, plan, grams[name]["gram"], device)
                 layers[j] = fitted(lp, factors[lp.name])
                 if tune_steps <= 0:  # only a tune measures again; a shared Gram goes with its last layer
@@ -165,7 +165,7 @@ def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str,
                 record.update(loss_start=round(tuned["loss_start"], 6), loss_end=round(tuned["loss_end"], 6),
                               undone=tuned["undone"], tune_seconds=round(tuned["seconds"], 3))
                 for lp, name in zip(layers, local):
-                    w = block.get_submodule(name).weight.detach().float().cpu()
+                    w = lp.oriented(block.get_submodule(name).weight.detach()).float().cpu()
                     factors[lp.name] = retuned(comp.get_submodule(name), lp, w, grams[name]["gram"].cpu(),
                                                factors[lp.name])
                 outs = tuned.pop("outputs")  # held once: they become the next inputs
@@ -187,7 +187,7 @@ def fit_blockwise(src: Source, plan: Plan, config: FactorizeConfig, device: str,
                             "peak_rss_mib": peak_rss_mib(), **gpu_record(device)})
     progress.advance(len(blocks))
     for lp in outside:  # not inside the block stack: fitted to its weights
-        factors[lp.name] = fit_layer(src.get(lp.name + ".weight"), lp, plan, device=device)
+        factors[lp.name] = fit_layer(lp.oriented(src.get(lp.name + ".weight")), lp, plan, device=device)
         spill([lp])
     return factors, {"mode": "block" if tune_steps > 0 else "none", "data": data.description,
                      **({"target": aim, "lr": lr, "rows": config.finetune.rows,

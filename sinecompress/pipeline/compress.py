@@ -9,7 +9,7 @@ from ..calib.capture import capture_grams
 from ..calib.data import CalibData
 from ..config import FactorizeConfig, make_config
 from ..io.memory import module_source
-from ..nn.surgery import build_module, swap_module
+from ..nn.surgery import build_module, replaceable, swap_module
 from .calibrate import Calibration
 from .fitting import fit_layers, settle
 from .load import attach_hf
@@ -38,10 +38,10 @@ def compress_(model: nn.Module, config: FactorizeConfig | None = None, /, *,
     records = []
     for lp in plan.compressed:
         old = model.get_submodule(lp.name)
-        if not isinstance(old, nn.Linear):
-            continue  # a 2-D weight that is not a linear layer's (e.g. a parameter matrix): leave it
         f = factors[lp.name]
         rec = lp.record(rel_error=f["rel_error"], act_error=f.get("act_error"))
+        if replaceable(old, rec):
+            continue  # a 2-D weight that is not a linear layer's (e.g. a parameter matrix): leave it
         new = build_module(rec, f, old.bias.detach() if old.bias is not None else None)
         swap_module(model, lp.name, new.to(old.weight.device))
         records.append(rec.to_json())

@@ -33,7 +33,7 @@ def finetune(src: Source, plan: Plan, factors: dict[str, dict], cal: Calibration
     student.cpu()
     tuned = {}
     for lp in plan.compressed:
-        w32 = src.get(lp.name + ".weight").float()
+        w32 = lp.oriented(src.get(lp.name + ".weight")).float()
         tuned[lp.name] = retuned(student.get_submodule(lp.name), lp, w32, cal.grams[lp.name]["gram"],
                                  factors[lp.name])
     return tuned, {k: (round(v, 6) if isinstance(v, float) else v) for k, v in record.items()}

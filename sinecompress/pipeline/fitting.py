@@ -120,7 +120,7 @@ def fit_layers(src: Source, plan: Plan, progress: Progress = QUIET, cal: Calibra
     for i, lp in enumerate(todo):
         progress.advance(i, lp.name)
         gram = cal.grams[lp.name]["gram"] if cal is not None else None
-        out[lp.name] = fit_layer(src.get(lp.name + ".weight"), lp, plan, gram, device)
+        out[lp.name] = fit_layer(lp.oriented(src.get(lp.name + ".weight")), lp, plan, gram, device)
     progress.advance(len(todo))
     return out
 
@@ -137,7 +137,7 @@ def fit_into(work: WorkDir, src: Source, plan: Plan, progress: Progress = QUIET,
         done = work.record(i, lp)
         if done is not None and "dense" not in done:
             continue
-        w = src.get(lp.name + ".weight")
+        w = lp.oriented(src.get(lp.name + ".weight"))
         reason = nonfinite_reason(w)
         if done is not None and reason:  # kept dense earlier for a reason that still holds
             continue

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from ..config import parse_size
 from ..errors import UsageError
 from ..io.format import LayerRecord, dense_from_factors, owned_tensors, read_layers, read_metadata
@@ -27,8 +29,14 @@ def dense_entries(src: Source, layers: dict[str, LayerRecord]) -> list[Entry]:
         elif layer not in done:  # the dense weight takes the place of the layer's first factor
             done.add(layer)
             rec = layers[layer]
-            entries.append(Entry(layer + ".weight", rec.dtype, rec.shape, lambda r=rec: dense_from_factors(r, src.get)))
+            entries.append(Entry(layer + ".weight", rec.dtype, rec.stored_shape, lambda r=rec: stored_weight(r, src.get)))
     return entries
+
+
+def stored_weight(rec: LayerRecord, get) -> torch.Tensor:
+    """The dense weight as the checkpoint stores it: in×out for a transposed (Conv1D) layer."""
+    w = dense_from_factors(rec, get)
+    return w.T.contiguous() if rec.transposed else w
 
 
 def like_input(src: Source) -> int | None:

@@ -8,10 +8,10 @@ from torch import nn
 
 from ..errors import InputError
 from ..io.format import owned_tensors, read_layers
-from ..io.hf_model import build_model, check_depth, load_weights
+from ..io.hf_model import build_model, check_fits, load_weights
 from ..io.open import open_source
 from ..nn.layers import SineLowRankLinear
-from ..nn.surgery import build_module, swap_module
+from ..nn.surgery import build_module, replaceable, swap_module
 
 
 def load(path: str | Path, model: nn.Module | None = None, cache_weights: bool = False):
@@ -31,7 +31,7 @@ def load(path: str | Path, model: nn.Module | None = None, cache_weights: bool =
     src = open_source(path)
     layers = read_layers(src)
     if model is None and src.config() is not None:
-        check_depth(src)
+        check_fits(src, compressed=set(layers))
         model = build_model(src.side_dir())
     owned = owned_tensors(layers)
     modules = {}
@@ -45,14 +45,18 @@ def load(path: str | Path, model: nn.Module | None = None, cache_weights: bool =
         return {**rest, **modules}
     for name, mod in modules.items():
         try:
-            old = swap_module(model, name, mod)
-        except KeyError:
+            why = replaceable(model.get_submodule(name), layers[name])
+        except AttributeError:
             raise InputError(f"{src.display}: layer {name!r} in the checkpoint is not a module of the model") from None
+        if why:
+            raise InputError(f"{src.display}: layer {name!r}: {why}")
+        old = swap_module(model, name, mod)
         dtype = next((p.dtype for p in old.parameters()), None)
         if dtype is not None:
             mod.to(dtype)
     load_weights(model, rest, src.display, provided=set(layers))
-    attach_hf(model)
+    if layers:  # nothing compressed (every layer kept dense): a plain model, saved as one
+        attach_hf(model)
     return model.eval()
 
 

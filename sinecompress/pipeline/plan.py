@@ -10,9 +10,12 @@ import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 
+import torch
+
 from ..config import FactorizeConfig, Rule, check_omega
-from ..errors import UsageError
+from ..errors import InputError, UsageError
 from ..io.format import LayerRecord, factor_shapes
+from ..io.hf_model import CONV1D, LINEAR, module_kinds
 from ..io.sources import Source, tied_heads
 from ..matching import compile_patterns, select_targets
 from ..weights import break_even, factor_params
@@ -33,11 +36,16 @@ class LayerPlan:
     linear_rank: int = 0  # part of `rank` given to the linear (SVD) term of a sine layer
     keep_dense: str | None = None  # reason the layer stays dense
     rule: int | None = None  # index of the first Rule that matched this layer (recipes' `targets`)
+    transposed: bool = False  # the checkpoint stores the weight in×out (transformers' Conv1D)
 
     @property
     def kind(self) -> str:
         """The stored form: "sine", or "lowrank" for the linear methods."""
         return "sine" if self.method == "sine" else "lowrank"
+
+    def oriented(self, weight: torch.Tensor) -> torch.Tensor:
+        """The layer's weight as fitted, out×in, from the checkpoint's or the module's own tensor."""
+        return weight.T if self.transposed else weight
 
     @property
     def dense_params(self) -> int:
@@ -58,7 +66,8 @@ class LayerPlan:
         sine = self.kind == "sine"
         return LayerRecord(self.name, self.kind, self.shape, self.dtype, self.rank, self.linear_rank,
                            (omega if omega is not None else self.omega) if sine else None,
-                           "row" if sine else None, errors.get("rel_error"), errors.get("act_error"), self.method)
+                           "row" if sine else None, errors.get("rel_error"), errors.get("act_error"), self.method,
+                           self.transposed)
 
     def as_method(self, method: str) -> LayerPlan:
         """The same layer under a linear ``method`` (a sine layer whose fit fell back): same total rank."""
@@ -117,19 +126,23 @@ def build_plan(src: Source, config: FactorizeConfig) -> Plan:
     rules = list(c.rules)
     targets = list(c.targets) or [r.match for r in rules]
     names = select_targets(src.shapes, src.dtypes, targets, c.exclude, tied=tied_heads(src), source=src.display)
+    kinds = module_kinds(src)
+    if kinds is not None:
+        names = linear_layers(names, kinds, bool(targets), src.display)
     if not names:
         raise UsageError(f"no layer to compress in {src.display}; pass --target REGEX")
     rule_pats = compile_patterns([r.match for r in rules], "rule")
     layers = []
     for name in names:
         info = src.tensors[name + ".weight"]
-        m, n = info.shape
+        transposed = kinds is not None and kinds[name] == CONV1D
+        m, n = reversed(info.shape) if transposed else info.shape
         i = next((i for i, p in enumerate(rule_pats) if p.fullmatch(name)), None)
         meth, k, ratio, om = _settings(rules[i] if i is not None else None, name, c)
         if k is None:
             k = rank_for_ratio(m, n, ratio, meth) if m and n else 0
         lp = LayerPlan(name, (m, n), info.dtype, meth, k, om if meth == "sine" and om != "auto" else None,
-                       linear_rank=split_rank(k) if meth == "sine" else 0, rule=i)
+                       linear_rank=split_rank(k) if meth == "sine" else 0, rule=i, transposed=transposed)
         if not (m and n):
             lp = dataclasses.replace(lp, keep_dense=f"the {m}x{n} weight is empty: nothing to factorise")
         elif k <= 0:
@@ -141,6 +154,25 @@ def build_plan(src: Source, config: FactorizeConfig) -> Plan:
     return Plan(src.display, c.method, c.rank, c.param_ratio, c.omega if c.method == "sine" else None,
                 targets, list(c.exclude), c.seed, c.fit.steps, c.fit.fallback, tuple(layers), tuple(rules),
                 c.allocate)
+
+
+def linear_layers(names: list[str], kinds: dict[str, str], explicit: bool, source: str) -> list[str]:
+    """The names that are linear layers of the model the checkpoint describes. A layer the model does not
+    have means the config does not belong to the weights; a 2-D weight of another module (an embedding, a
+    parameter matrix) is an error when a target chose it, and is skipped by the default selection."""
+    out = []
+    for name in names:
+        kind = kinds.get(name)
+        if kind is None:
+            raise InputError(f"{source}: the checkpoint holds {name + '.weight'!r}, but the model its config.json "
+                             "describes has no such layer; the config does not belong to these weights (or pass "
+                             "--exclude for that layer)")
+        if kind in (LINEAR, CONV1D):
+            out.append(name)
+        elif explicit:
+            raise UsageError(f"--target matches {name!r}, a module of class {kind} in the model, not a linear layer; only "
+                             "linear layers (nn.Linear, transformers' Conv1D) are factorised, so narrow the pattern")
+    return out
 
 
 def _settings(rule: Rule | None, name: str, c: FactorizeConfig):

@@ -32,9 +32,10 @@ def layer_records(model: nn.Module) -> dict[str, LayerRecord]:
         shape = (mod.out_features, mod.in_features) if isinstance(mod, (SineLowRankLinear, LowRankLinear)) else None
         if isinstance(mod, SineLowRankLinear):
             out[name] = LayerRecord(name, "sine", shape, st_name(mod.u.dtype), mod.rank, mod.linear_rank,
-                                    mod.omega, mod.amplitude, method="sine")
+                                    mod.omega, mod.amplitude, method="sine", transposed=getattr(mod, "transposed", False))
         elif isinstance(mod, LowRankLinear):
-            out[name] = LayerRecord(name, "lowrank", shape, st_name(mod.u.dtype), mod.rank, method="svd")
+            out[name] = LayerRecord(name, "lowrank", shape, st_name(mod.u.dtype), mod.rank, method="svd",
+                                    transposed=getattr(mod, "transposed", False))
     return out
 
 

@@ -37,7 +37,7 @@ def fit_sequential(src: Source, plan: Plan, progress: Progress, cal: Calibration
     progress.stage("fitting", len(todo))
     for i, lp in enumerate(todo):
         progress.advance(i, lp.name)
-        w = src.get(lp.name + ".weight").float()
+        w = lp.oriented(src.get(lp.name + ".weight")).float()
         gram = cal.grams[lp.name]["gram"]
         if lp.method == "svd":
             f = fit_layer(w, lp, plan, gram, device)

@@ -17,7 +17,7 @@ from ..calib.blocks import block_inputs
 from ..calib.data import CalibData
 from ..config import CalibrationConfig
 from ..errors import InputError
-from ..io.hf_model import build_model, check_depth, checkpoint_names
+from ..io.hf_model import build_model, check_fits, checkpoint_names
 from ..io.sources import Source
 from ..nn.skeleton import empty_parameters, find_blocks, materialize_on_use, move_real, release
 from .calibrate import calibration_data, check_token_ids
@@ -26,7 +26,7 @@ from .plan import LayerPlan
 
 def skeleton(src: Source) -> tuple[nn.Module, str, nn.ModuleList, dict[str, str]]:
     """The model with empty parameters, its block stack (name, list) and model → checkpoint names."""
-    check_depth(src)
+    check_fits(src)
     with empty_parameters():
         model = build_model(src.side_dir())
     stack, blocks = find_blocks(model)

@@ -92,7 +92,7 @@ def stack_sensitivity(st: Stack, inside: dict[int, list], device: str, scratch: 
             _save(inputs, scratch, i)
         outs, grams = run_block(block, inputs, device, local, st.masks)
         for lp, name in zip(inside.get(i, []), local):
-            shares[lp.name] = energy_share(block.get_submodule(name).weight.detach(), grams[name]["gram"])
+            shares[lp.name] = energy_share(lp.oriented(block.get_submodule(name).weight.detach()), grams[name]["gram"])
         inputs = [(y, kw) for y, (_, kw) in zip(outs, inputs)]
         del outs, grams
         release(block)

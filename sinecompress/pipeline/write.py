@@ -70,7 +70,8 @@ def write_compressed(src: Source, plan: Plan, factors: dict[str, dict], out: Pat
 
     def mark_compressed(cfg: dict) -> dict:
         cfg.pop("compression_config", None)  # what versions before the transformers integration wrote
-        cfg["quantization_config"] = hf_quantization_config(layers)
+        if layers:  # every layer left dense at fit time: a dense model, which stock loaders must take as one
+            cfg["quantization_config"] = hf_quantization_config(layers)
         return cfg
 
     with contextlib.ExitStack() as stack:
