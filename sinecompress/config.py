@@ -171,17 +171,38 @@ def _positive_int(path: str, v, lo: int = 1, hi: int | None = None) -> int:
     return v
 
 
-def _finite(path: str, v, lo: float, hi: float | None = None) -> float:
+def as_float(v) -> float | None:
+    """A finite float from a number or a numeric string (YAML 1.1 reads ``1e-4`` as a string), else None;
+    None too for an integer too large for a float (a recipe's 400-digit number)."""
     if isinstance(v, str):
         try:
             v = float(v)
         except ValueError:
-            pass
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= lo \
-            or (hi is not None and v >= hi):
+            return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
+
+
+def shown(v) -> str:
+    """``repr(v)`` for an error message, shortened (a 400-digit number would drown the line)."""
+    try:
+        text = repr(v)
+    except ValueError:  # an int past Python's digit limit for str()
+        return "a huge integer"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _finite(path: str, v, lo: float, hi: float | None = None) -> float:
+    f = as_float(v)
+    if f is None or f <= lo or (hi is not None and f >= hi):
         where = f"between {lo:g} and {hi:g} (exclusive)" if hi is not None else f"a finite number above {lo:g}"
-        _fail(path, f"must be {where}, got {v!r}")
-    return float(v)
+        _fail(path, f"must be {where}, got {shown(v)}")
+    return f
 
 
 def _choice(path: str, v, options) -> str:
@@ -198,16 +219,13 @@ def _bool(path: str, v, optional: bool = False):
 
 def check_omega(om, label: str = "--omega", key: str = "omega"):
     """ω as given: 'auto' or a positive finite number (a numeric string is parsed)."""
-    if isinstance(om, str) and om != "auto":
-        try:
-            om = float(om)
-        except ValueError:
-            raise SettingError(key, label, f"must be 'auto' or a positive number, got {om!r}") from None
-    if om != "auto" and (isinstance(om, bool) or not isinstance(om, (int, float)) or not math.isfinite(om)
-                         or not OMEGA_RANGE[0] <= om <= OMEGA_RANGE[1]):
+    if om == "auto":
+        return om
+    f = as_float(om)
+    if f is None or not OMEGA_RANGE[0] <= f <= OMEGA_RANGE[1]:
         raise SettingError(key, label, f"must be 'auto' or a number from {OMEGA_RANGE[0]:g} to {OMEGA_RANGE[1]:g}, "
-                                       f"got {om!r}")
-    return om if om == "auto" else float(om)
+                                       f"got {shown(om)}")
+    return f
 
 
 def _patterns(path: str, v) -> tuple[str, ...]:

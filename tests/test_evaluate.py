@@ -371,6 +371,18 @@ def test_perplexity_gates_pass_and_fail(llama_dir, tmp_path):
         needs_model_dir({"max_perplexity_ratio": 1.2}, None, "x.safetensors")
 
 
+def test_a_perplexity_gate_on_a_model_without_a_tokenizer_is_refused_before_fitting(llama_dir, tmp_path):
+    from sinecompress.recipe.gates import needs_model_dir
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(llama_dir / f, bare / f)
+    with pytest.raises(UsageError, match=r"gate max_perplexity measures perplexity with the model's own tokenizer, "
+                                         r"and .*bare has no tokenizer files"):
+        needs_model_dir({"max_perplexity": 10}, bare, str(bare))
+
+
 def test_a_model_with_nan_logits_fails_its_perplexity_gates(llama_dir, tmp_path):
     from sinecompress.io.open import open_source
     from sinecompress.recipe.gates import check_gates

@@ -127,3 +127,25 @@ def test_a_head_the_config_ties_to_the_embedding_is_not_a_target(tmp_path):
     (llama / "config.json").write_text(json.dumps({**cfg, "tie_word_embeddings": True}))
     with pytest.raises(UsageError, match=r"--target matches 'lm_head', which .* ties to the input embedding"):
         factorize(llama, tmp_path / "out", rank=4, calibration=False, targets=["lm_head"])
+
+
+def test_report_against_the_original_reads_conv1d_weights_out_by_in(gpt2, tmp_path):
+    from sinecompress.report.report import report
+
+    out = tmp_path / "sc"
+    factorize(gpt2, out, rank=8, calibration=False, method="svd")
+    r = report(str(out), against=str(gpt2))
+    layer = next(x for x in r["layers"] if x["name"] == "transformer.h.0.attn.c_attn")
+    assert layer["shape"] == [96, 32] and 0 < layer["rel_error"] < 1  # it was refused: [32, 96] against [96, 32]
+
+
+def test_inflate_refuses_another_methods_quantization_config(tmp_path):
+    llama = tiny_llama(tmp_path)
+    out = tmp_path / "sc"
+    factorize(llama, out, rank=4, calibration=False)
+    cfg = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**cfg, "quantization_config": {"quant_method": "gptq"}}))
+    with pytest.raises(InputError, match=r"sc/config.json: its quantization_config \(quant_method 'gptq'\) is not "
+                                         r"sinecompress's"):
+        inflate(out, tmp_path / "dense")  # copied on, it made a dense model that no loader would take
+    assert not (tmp_path / "dense").exists()

@@ -101,6 +101,16 @@ def test_recipe_errors_name_line_and_key(text, line, words):
     assert words in msg, msg
 
 
+@pytest.mark.parametrize("text, line, words", [
+    ("defaults: {rank: 4}\ngates:\n  max_perplexity: 1" + "0" * 400, 4,
+     "gates.max_perplexity must be a number in [1, inf), got 1000000000000000000000000000000000000..."),
+    ("defaults: {rank: 4, omega: 1" + "0" * 400 + "}", 2, "defaults.omega must be 'auto' or a number"),
+    ("defaults: {param_ratio: 1" + "0" * 400 + "}", 2, "defaults.param_ratio must be between 0 and 1"),
+], ids=["gate", "omega", "param_ratio"])
+def test_numbers_too_large_for_a_float_are_recipe_errors(text, line, words):
+    test_recipe_errors_name_line_and_key("version: 1\n" + text + "\n", line, words)  # they were exit 4
+
+
 def test_missing_or_unsafe_recipe_is_a_one_line_error(tmp_path):
     with pytest.raises(UsageError, match=r"nope.yaml: cannot read recipe"):
         load_recipe(tmp_path / "nope.yaml")
@@ -109,7 +119,9 @@ def test_missing_or_unsafe_recipe_is_a_one_line_error(tmp_path):
 
 
 def test_yaml_quirks_are_accepted():
-    r = parse_recipe("version: 1\nfinetune: {lr: 1e-4, steps: 0}\nexclude: 'a.*'\ndefaults: {omega: 30, rank: 4}\n")
+    r = parse_recipe("version: 1\nfinetune: {lr: 1e-4, steps: 0}\nexclude: 'a.*'\ndefaults: {omega: 30, rank: 4}\n"
+                     "gates: {max_rel_error: 5e-1, max_perplexity: 1E3}\n")  # YAML 1.1 reads these as strings
+    assert r.gates == {"max_rel_error": 0.5, "max_perplexity": 1000.0}
     assert r.config.finetune.lr == 1e-4 and r.exclude == ("a.*",) and r.config.omega == 30.0
     assert r.config.finetune.steps == 0
 

@@ -76,15 +76,21 @@ def copy_model_files(model_dir: Path, dest: Path, edit_config: ConfigEdit | None
         (dest / rel).write_bytes(data)
     cfg = dest / "config.json"
     if edit_config is not None and cfg.exists():  # edited from the source, read as every config.json is read
-        doc = edit_config(read_json(member(model_dir, "config.json", "config.json"), dict, "a JSON object"))
+        try:
+            doc = edit_config(read_json(member(model_dir, "config.json", "config.json"), dict, "a JSON object"))
+        except InputError as e:  # the edit says what is wrong; here is where
+            raise InputError(f"{model_dir / 'config.json'}: {e}") from None
         cfg.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
 
 def drop_compression(cfg: dict) -> dict:
     """config.json of a dense output: nothing to decompress."""
     cfg.pop("compression_config", None)
-    if is_ours(cfg.get("quantization_config")):
-        cfg.pop("quantization_config")
+    qc = cfg.pop("quantization_config", None)
+    if qc is not None and not is_ours(qc):  # copied on, it would make loaders dequantize dense weights
+        method = qc.get("quant_method") if isinstance(qc, dict) else None
+        raise InputError(f"its quantization_config (quant_method {method!r}) is not sinecompress's, "
+                         "and these weights are not quantized that way; restore the model's own config.json")
     return cfg
 
 

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import torch
 
+from ..config import as_float
 from ..errors import GateFailed, NonFiniteOutput, UsageError
 from ..io.hf_model import dense_model, is_causal_lm_dir
-from ..io.model_dir import TOKENIZER_FILES
+from ..io.model_dir import TOKENIZER_FILES, has_tokenizer
 from ..io.open import open_source
 from ..io.sources import Source
 from ..pipeline.load import load
@@ -32,12 +33,10 @@ from ..report.evaluate import evaluate
 def _in_range(lo, hi, lo_open=True, hi_open=True):
     """A gate limit's check: the number, or ValueError saying what was expected."""
     def check(v):
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        if ok:
-            ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
-        if not ok:
+        f = as_float(v)  # 5e-1 (a string in YAML 1.1) counts, as it does for settings
+        if f is None or not ((f > lo if lo_open else f >= lo) and (f < hi if hi_open else f <= hi)):
             raise ValueError(f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}")
-        return float(v)
+        return f
     return check
 
 
@@ -84,6 +83,10 @@ def needs_model_dir(gates: dict, model_dir: Path | None, display: str) -> None:
                              f"(config.json + weights + tokenizer); {display} is not one")
         if not is_causal_lm_dir(model_dir):
             raise UsageError(f"gate {gate} needs a causal LM; {display} is an encoder: use min_cosine")
+        if not has_tokenizer(model_dir):
+            raise UsageError(f"gate {gate} measures perplexity with the model's own tokenizer, and {display} has "
+                             "no tokenizer files (tokenizer.json, vocab.txt, ...); copy them into the model "
+                             "directory, or drop the gate")
 
 
 def check_gates(gates: dict, summary: dict, original: Source | None = None,

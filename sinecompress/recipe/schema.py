@@ -33,7 +33,7 @@ from pathlib import Path
 
 import yaml
 
-from ..config import SETTINGS, FactorizeConfig, Rule, make_config
+from ..config import SETTINGS, FactorizeConfig, Rule, make_config, shown
 from ..errors import SettingError, UsageError
 from ..matching import compile_patterns
 from .gates import GATES
@@ -186,7 +186,7 @@ def _gates(gates: dict, recipe: Recipe) -> dict:
         try:
             out[gate] = GATES[gate](value)
         except ValueError as e:
-            raise UsageError(f"{recipe.where('gates.' + gate)}: gates.{gate} must be {e}, got {value!r}") from None
+            raise UsageError(f"{recipe.where('gates.' + gate)}: gates.{gate} must be {e}, got {shown(value)}") from None
     return out
 
 

@@ -162,7 +162,8 @@ def _layer(src: Source, rec: dict, orig: Source | None, ctx: dict) -> dict:
             spectra["uv"] = spectra["weight"]
         err = act_err = None
         if orig is not None:
-            wo = _original_weight(orig, name, (m, n))
+            transposed = kind != "dense" and rec["record"].transposed
+            wo = _original_weight(orig, name, (m, n), transposed)
             spectra["original"] = _spectrum(wo, ctx)
             err = rel_error(w, wo)
             if ctx["grams"] is not None:
@@ -205,14 +206,17 @@ def _grams(orig: Source | None, names: list[str], calib) -> dict:
     return cal.grams
 
 
-def _original_weight(orig: Source, name: str, shape: tuple[int, int]) -> torch.Tensor:
+def _original_weight(orig: Source, name: str, shape: tuple[int, int], transposed: bool = False) -> torch.Tensor:
+    """The original's weight out×in, as the compressed layer's (a Conv1D stores it in×out)."""
     key = name + ".weight"
     if key not in orig.tensors:
         raise InputError(f"--against {orig.display} has no tensor {key!r}; is it the checkpoint you factorised?")
-    if tuple(orig.tensors[key].shape) != tuple(shape):
+    stored = tuple(reversed(shape)) if transposed else tuple(shape)
+    if tuple(orig.tensors[key].shape) != stored:
         raise InputError(f"--against {orig.display}: {key!r} has shape {list(orig.tensors[key].shape)}, "
-                         f"the compressed layer has {list(shape)}")
-    return orig.get(key).float()
+                         f"the compressed layer stores {list(stored)}")
+    w = orig.get(key).float()
+    return w.T if transposed else w
 
 
 def _keep(s: Spectrum, k: int, m: int, n: int) -> dict:
