@@ -77,13 +77,23 @@ def test_a_target_that_is_not_a_linear_layer_is_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_config_with_fewer_layers_than_the_weights_is_refused_before_fitting(tmp_path):
+def llama_with(tmp_path, **config):
+    """The tiny Llama with some config.json keys replaced."""
     llama = tiny_llama(tmp_path)
     cfg = json.loads((llama / "config.json").read_text())
-    (llama / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": 1}))
-    with pytest.raises(InputError, match=r"holds 'model.layers.1.[\w.]+.weight', but the model its config.json "
-                                         r"describes has no such layer"):
-        factorize(llama, tmp_path / "out", **FAST)
+    (llama / "config.json").write_text(json.dumps({**cfg, **config}))
+    return llama
+
+
+@pytest.mark.parametrize("config, match", [
+    ({"num_hidden_layers": 1}, r"holds 'model.layers.1.[\w.]+.weight', but the model its config.json describes has "
+                               r"no such layer"),  # it crashed after all the fitting (KeyError, exit 4)
+    ({"vocab_size": 100}, r"weight '[\w.]+' has shape \[\d+, 32\], but the model config.json describes needs "
+                          r"\[100, 32\]"),
+], ids=["fewer-layers", "other-vocabulary"])
+def test_a_config_that_does_not_belong_to_the_weights_is_refused_before_fitting(tmp_path, config, match):
+    with pytest.raises(InputError, match=match):
+        factorize(llama_with(tmp_path, **config), tmp_path / "out", **FAST)
     assert not (tmp_path / "out").exists()
 
 
@@ -100,31 +110,17 @@ def test_a_directory_where_every_layer_stays_dense_loads_as_a_dense_model(tmp_pa
     assert torch.equal(logits(transformers.AutoModelForCausalLM.from_pretrained(str(out))), logits(stock))
 
 
-def test_a_config_whose_vocabulary_disagrees_with_the_weights_is_refused_before_fitting(tmp_path):
-    llama = tiny_llama(tmp_path)
-    cfg = json.loads((llama / "config.json").read_text())
-    (llama / "config.json").write_text(json.dumps({**cfg, "vocab_size": 100}))
-    with pytest.raises(InputError, match=r"weight '[\w.]+' has shape \[\d+, 32\], but the model config.json "
-                                         r"describes needs \[100, 32\]"):
-        factorize(llama, tmp_path / "out", **FAST)
-    assert not (tmp_path / "out").exists()
-
-
 def test_architectures_that_contradict_model_type_follow_model_type_like_the_auto_classes(tmp_path):
     from sinecompress.io.hf_model import model_class
 
-    llama = tiny_llama(tmp_path)
-    cfg = json.loads((llama / "config.json").read_text())
-    (llama / "config.json").write_text(json.dumps({**cfg, "architectures": ["MistralForCausalLM"]}))
+    llama = llama_with(tmp_path, architectures=["MistralForCausalLM"])
     config, cls = model_class(llama)
     assert cls.__name__ == "AutoModelForCausalLM" and type(cls.from_config(config)).__name__ == "LlamaForCausalLM"
     factorize(llama, tmp_path / "out", **FAST)  # it used to fail deep inside the model (exit 4)
 
 
 def test_a_head_the_config_ties_to_the_embedding_is_not_a_target(tmp_path):
-    llama = tiny_llama(tmp_path)
-    cfg = json.loads((llama / "config.json").read_text())
-    (llama / "config.json").write_text(json.dumps({**cfg, "tie_word_embeddings": True}))
+    llama = llama_with(tmp_path, tie_word_embeddings=True)
     with pytest.raises(UsageError, match=r"--target matches 'lm_head', which .* ties to the input embedding"):
         factorize(llama, tmp_path / "out", rank=4, calibration=False, targets=["lm_head"])
 
