@@ -37,6 +37,7 @@ from ..io.format import (
     make_metadata,
     parse_record,
 )
+from ..io.hf_model import prefixed
 from ..nn.layers import LowRankLinear, SineLowRankLinear
 from ..nn.surgery import empty_module, replaceable, swap_module
 from ..pipeline.save import checkpoint_state, layer_records
@@ -154,8 +155,7 @@ def replace_layers(model: nn.Module, layers: dict[str, LayerRecord]) -> None:
     modules = dict(model.named_modules())
     for name, rec in layers.items():
         # The checkpoint may come from a model with or without the base model's prefix (AutoModel vs ...ForX).
-        candidates = [name, f"{prefix}.{name}", name.removeprefix(f"{prefix}.")] if prefix else [name]
-        path = next((p for p in candidates if p in modules), None)
+        path = next((p for p in prefixed(name, prefix) if p in modules), None)
         old = modules.get(path) if path is not None else None
         if isinstance(old, (SineLowRankLinear, LowRankLinear)):
             continue

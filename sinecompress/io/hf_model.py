@@ -114,12 +114,19 @@ def checkpoint_names(model: nn.Module, tensors) -> dict[str, str]:
     prefix = getattr(model, "base_model_prefix", "")
     out = {}
     for name, _ in model.named_parameters(remove_duplicate=False):
-        stripped = name[len(prefix) + 1:] if prefix and name.startswith(prefix + ".") else None
-        for cand in (name, f"{prefix}.{name}" if prefix else None, stripped):
-            if cand and cand in tensors:
-                out[name] = cand
-                break
+        cand = next((c for c in prefixed(name, prefix) if c in tensors), None)
+        if cand is not None:
+            out[name] = cand
     return out
+
+
+def prefixed(name: str, prefix: str | None) -> tuple[str, ...]:
+    """``name`` and what it may be called on the other side of a load: under the base model's prefix, or
+    without it (checkpoints saved from a task head, or from the bare model)."""
+    if not prefix:
+        return (name,)
+    bare = (name[len(prefix) + 1:],) if name.startswith(prefix + ".") else ()
+    return (name, f"{prefix}.{name}", *bare)
 
 
 DEPTH_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
@@ -172,14 +179,13 @@ def module_kinds(src) -> dict[str, str] | None:
         except InputError:  # an architecture this transformers cannot build: weight-only runs still work
             return None
     modules = dict(model.named_modules())
-    prefix = getattr(model, "base_model_prefix", "") or ""
+    prefix = getattr(model, "base_model_prefix", "")
     out = {}
     for name in src.tensors:
         if not name.endswith(".weight"):
             continue
         mod = name[:-len(".weight")]
-        stripped = mod[len(prefix) + 1:] if prefix and mod.startswith(prefix + ".") else None
-        key = next((c for c in (mod, f"{prefix}.{mod}" if prefix else None, stripped) if c in modules), None)
+        key = next((c for c in prefixed(mod, prefix) if c in modules), None)
         if key is not None:
             out[mod] = module_kind(modules[key])
     return out
@@ -203,8 +209,7 @@ def check_fits(src, compressed: Collection[str] = ()) -> None:
     for name, info in src.tensors.items():
         if name.rsplit(".", 1)[0] in compressed:
             continue
-        stripped = name[len(prefix) + 1:] if prefix and name.startswith(prefix + ".") else None
-        key = next((c for c in (name, f"{prefix}.{name}" if prefix else None, stripped) if c in expected), None)
+        key = next((c for c in prefixed(name, prefix) if c in expected), None)
         if key is not None and tuple(info.shape) != expected[key]:
             raise InputError(f"{src.display}: weight {name!r} has shape {list(info.shape)}, but the model "
                              f"config.json describes needs {list(expected[key])}; the config does not belong "
