@@ -7,6 +7,7 @@ from torch import nn
 
 from ..dtypes import TO_TORCH
 from ..io.format import LayerRecord
+from ..io.hf_model import CONV1D, LINEAR, module_kind
 from .checkpoint_layers import CompressedLowRankLinear, CompressedSineLinear
 from .layers import LowRankLinear
 
@@ -14,12 +15,12 @@ from .layers import LowRankLinear
 def replaceable(module: nn.Module, rec: LayerRecord) -> str | None:
     """Why a compressed layer cannot take ``module``'s place (None if it can): it replaces an
     ``nn.Linear``, or a transformers ``Conv1D`` when the record says the weight was stored transposed."""
-    kind = type(module).__name__
+    kind = module_kind(module)
     if rec.transposed:
-        return None if kind == "Conv1D" else f"the record is of a Conv1D layer but the model has a module of class {kind} there"
-    if isinstance(module, nn.Linear):
+        return None if kind == CONV1D else f"the record is of a Conv1D layer but the model has a module of class {kind} there"
+    if kind == LINEAR:
         return None
-    if kind == "Conv1D":
+    if kind == CONV1D:
         return ("the model has a Conv1D (weight stored in×out) but the record has no 'transposed' flag, so it was "
                 "written by an earlier sinecompress that mishandled Conv1D; compress the model again")
     return f"the model has a module of class {kind} there, not a linear layer"
